@@ -1,0 +1,466 @@
+//! The TOML configuration: schema, defaults and validation.
+//!
+//! Parsing is two steps: serde (with `deny_unknown_fields`) reads the raw
+//! schema, keeping the source span of what later checks need; then
+//! [`Config::from_toml`] validates it into plain types. Every error names the
+//! file, the line and column, and the key.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+use vsound_devices::{registry, Format};
+
+use crate::constants::{rate_code, Direction, CHMAP_MAX_SIZE};
+
+/// The embedded default configuration (`configs/default.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
+
+/// The most streams one daemon serves.
+pub const MAX_STREAMS: usize = 1024;
+/// The highest function group (it is the ALSA PCM device number in a Linux
+/// guest, which has at most 32 per card).
+pub const MAX_GROUP: u32 = 31;
+
+/// A configuration error, with where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+}
+
+/// What happens to a running stream when its host device goes away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRemove {
+    /// Keep running on the daemon's clock: playback discarded, capture silent.
+    #[default]
+    Silence,
+    /// PREPARE and START answer IO_ERR until the device is back.
+    Error,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawDirection {
+    Output,
+    Input,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    socket: Option<PathBuf>,
+    api_socket: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannels {
+    min: u8,
+    max: u8,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    direction: RawDirection,
+    device: Spanned<String>,
+    #[serde(default)]
+    group: Option<Spanned<u32>>,
+    formats: Option<Spanned<Vec<Spanned<String>>>>,
+    rates: Option<Spanned<Vec<Spanned<u32>>>>,
+    channels: Option<Spanned<RawChannels>>,
+    #[serde(default)]
+    on_remove: OnRemove,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    devices: BTreeMap<String, Spanned<toml::Table>>,
+    #[serde(default)]
+    streams: Vec<Spanned<RawStream>>,
+}
+
+/// A configured host device (not yet opened).
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    pub name: String,
+    pub kind: String,
+    /// The plugin's own options (the table without `kind`).
+    pub options: toml::Table,
+}
+
+/// A configured guest stream; its id is its position in [`Config::streams`].
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub direction: Direction,
+    /// Index into [`Config::devices`].
+    pub device: usize,
+    pub group: u32,
+    pub formats: Vec<Format>,
+    pub rates: Vec<u32>,
+    pub channels_min: u8,
+    pub channels_max: u8,
+    pub on_remove: OnRemove,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub socket: Option<PathBuf>,
+    pub api_socket: Option<PathBuf>,
+    pub devices: Vec<DeviceConfig>,
+    pub streams: Vec<StreamConfig>,
+}
+
+const DEFAULT_FORMATS: [Format; 1] = [Format::S16];
+const DEFAULT_RATES: [u32; 1] = [48000];
+
+/// Where in the source a span starts: (line, column, the key on that line).
+fn locate(src: &str, span: Option<Range<usize>>) -> (usize, usize, Option<String>) {
+    let Some(span) = span else {
+        return (1, 1, None);
+    };
+    let offset = span.start.min(src.len());
+    let before = src.get(..offset).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    let text = src
+        .get(line_start..)
+        .and_then(|s| s.lines().next())
+        .unwrap_or("");
+    let key = text.split_once('=').map(|(k, _)| k.trim().to_owned()).filter(|k| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'))
+    });
+    (line, column, key)
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    src: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column, _) = locate(self.src, span);
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            key: "-".into(),
+            message: format!("cannot read file: {e}"),
+        })?;
+        Config::from_toml(&file, &src)
+    }
+
+    /// The embedded default configuration.
+    pub fn default_config() -> Result<Config, ConfigError> {
+        Config::from_toml("<embedded configs/default.toml>", DEFAULT_CONFIG)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn from_toml(file: &str, src: &str) -> Result<Config, ConfigError> {
+        let ctx = Ctx { file, src };
+        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+            let (line, column, key) = locate(src, e.span());
+            let message = e.message().trim().to_owned();
+            // serde names the key itself for unknown or missing fields.
+            let key = if message.contains('`') {
+                key.unwrap_or_else(|| "-".into())
+            } else {
+                key.unwrap_or_else(|| "-".into())
+            };
+            ConfigError {
+                file: file.to_owned(),
+                line,
+                column,
+                key,
+                message,
+            }
+        })?;
+
+        let mut devices = Vec::new();
+        for (name, table) in raw.devices {
+            let span = table.span();
+            let mut options = table.into_inner();
+            let key = format!("devices.{name}");
+            let kind = match options.remove("kind") {
+                Some(toml::Value::String(k)) => k,
+                Some(_) => return Err(ctx.err(Some(span), &key, "`kind` must be a string")),
+                None => {
+                    return Err(ctx.err(
+                        Some(span),
+                        &key,
+                        format!(
+                            "missing `kind` (one of: {})",
+                            registry::kinds().join(", ")
+                        ),
+                    ))
+                }
+            };
+            registry::validate(&kind, &options).map_err(|m| ctx.err(Some(span.clone()), &key, m))?;
+            devices.push(DeviceConfig {
+                name,
+                kind,
+                options,
+            });
+        }
+
+        if raw.streams.is_empty() {
+            return Err(ctx.err(None, "streams", "at least one [[streams]] entry is needed"));
+        }
+        if raw.streams.len() > MAX_STREAMS {
+            return Err(ctx.err(
+                None,
+                "streams",
+                format!("at most {MAX_STREAMS} streams are supported"),
+            ));
+        }
+
+        let mut streams = Vec::new();
+        for (id, s) in raw.streams.into_iter().enumerate() {
+            let s = s.into_inner();
+            let key = |k: &str| format!("streams[{id}].{k}");
+            let device = devices
+                .iter()
+                .position(|d| d.name == *s.device.get_ref())
+                .ok_or_else(|| {
+                    let known: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+                    ctx.err(
+                        Some(s.device.span()),
+                        &key("device"),
+                        format!(
+                            "no device named `{}` (defined: {})",
+                            s.device.get_ref(),
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    )
+                })?;
+
+            let group = match &s.group {
+                Some(g) if *g.get_ref() > MAX_GROUP => {
+                    return Err(ctx.err(
+                        Some(g.span()),
+                        &key("group"),
+                        format!("must be at most {MAX_GROUP}"),
+                    ))
+                }
+                Some(g) => *g.get_ref(),
+                None => 0,
+            };
+
+            let formats = match &s.formats {
+                None => DEFAULT_FORMATS.to_vec(),
+                Some(list) => {
+                    if list.get_ref().is_empty() {
+                        return Err(ctx.err(Some(list.span()), &key("formats"), "must not be empty"));
+                    }
+                    let mut out = Vec::new();
+                    for f in list.get_ref() {
+                        let fmt = Format::from_name(f.get_ref()).ok_or_else(|| {
+                            let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
+                            ctx.err(
+                                Some(f.span()),
+                                &key("formats"),
+                                format!("unknown format `{}` (one of: {})", f.get_ref(), names.join(", ")),
+                            )
+                        })?;
+                        if !out.contains(&fmt) {
+                            out.push(fmt);
+                        }
+                    }
+                    out
+                }
+            };
+
+            let rates = match &s.rates {
+                None => DEFAULT_RATES.to_vec(),
+                Some(list) => {
+                    if list.get_ref().is_empty() {
+                        return Err(ctx.err(Some(list.span()), &key("rates"), "must not be empty"));
+                    }
+                    let mut out = Vec::new();
+                    for r in list.get_ref() {
+                        let rate = *r.get_ref();
+                        if rate_code(rate).is_none() {
+                            return Err(ctx.err(
+                                Some(r.span()),
+                                &key("rates"),
+                                format!(
+                                    "{rate} is not a virtio-snd rate (one of: {})",
+                                    crate::constants::RATES
+                                        .iter()
+                                        .map(|r| r.to_string())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            ));
+                        }
+                        if !out.contains(&rate) {
+                            out.push(rate);
+                        }
+                    }
+                    out
+                }
+            };
+
+            let (channels_min, channels_max) = match &s.channels {
+                None => (1, 2),
+                Some(c) => {
+                    let RawChannels { min, max } = *c.get_ref();
+                    let max_allowed = u8::try_from(CHMAP_MAX_SIZE).unwrap_or(u8::MAX);
+                    if min == 0 || min > max || max > max_allowed {
+                        return Err(ctx.err(
+                            Some(c.span()),
+                            &key("channels"),
+                            format!("need 1 <= min <= max <= {CHMAP_MAX_SIZE}, got min = {min}, max = {max}"),
+                        ));
+                    }
+                    (min, max)
+                }
+            };
+
+            streams.push(StreamConfig {
+                direction: match s.direction {
+                    RawDirection::Output => Direction::Output,
+                    RawDirection::Input => Direction::Input,
+                },
+                device,
+                group,
+                formats,
+                rates,
+                channels_min,
+                channels_max,
+                on_remove: s.on_remove,
+            });
+        }
+
+        Ok(Config {
+            socket: raw.daemon.socket,
+            api_socket: raw.daemon.api_socket,
+            devices,
+            streams,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(src: &str) -> ConfigError {
+        match Config::from_toml("test.toml", src) {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    const GOOD: &str = r#"
+[daemon]
+socket = "/tmp/x.sock"
+
+[devices.n]
+kind = "null"
+
+[[streams]]
+direction = "output"
+device = "n"
+group = 1
+formats = ["S16", "FLOAT"]
+rates = [44100, 48000]
+channels = { min = 1, max = 8 }
+on_remove = "error"
+
+[[streams]]
+direction = "input"
+device = "n"
+"#;
+
+    #[test]
+    fn embedded_default_is_valid_with_one_output_and_one_input() {
+        let c = Config::default_config().unwrap();
+        assert_eq!(c.streams.len(), 2);
+        assert_eq!(c.streams[0].direction, Direction::Output);
+        assert_eq!(c.streams[1].direction, Direction::Input);
+    }
+
+    #[test]
+    fn a_full_file_is_read_with_defaults_filled_in() {
+        let c = Config::from_toml("t", GOOD).unwrap();
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/x.sock")));
+        let s = &c.streams[0];
+        assert_eq!((s.group, s.channels_min, s.channels_max), (1, 1, 8));
+        assert_eq!(s.formats, vec![Format::S16, Format::Float]);
+        assert_eq!(s.rates, vec![44100, 48000]);
+        assert_eq!(s.on_remove, OnRemove::Error);
+        let i = &c.streams[1];
+        assert_eq!((i.group, i.formats.clone(), i.rates.clone()), (0, vec![Format::S16], vec![48000]));
+        assert_eq!(i.on_remove, OnRemove::Silence);
+    }
+
+    /// Each bad file, the line and key its error must name.
+    #[test]
+    fn bad_files_name_file_line_and_key() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (GOOD, "rates = [44100, 48000]", 0, ""),
+            ("[[streams]]\ndirection = \"output\"\ndevice = \"n\"\nrats = [1]\n[devices.n]\nkind=\"null\"\n", "", 4, "rats"),
+            ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"sideways\"\ndevice = \"n\"\n", "", 4, "direction"),
+            ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"m\"\n", "", 5, "streams[0].device"),
+            ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\nformats = [\"S16\", \"S17\"]\n", "", 6, "streams[0].formats"),
+            ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\nrates = [48001]\n", "", 6, "streams[0].rates"),
+            ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\nchannels = { min = 3, max = 2 }\n", "", 6, "streams[0].channels"),
+            ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\ngroup = 40\n", "", 6, "streams[0].group"),
+            ("[devices.n]\nkind = \"tape\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n", "", 1, "devices.n"),
+            ("[devices.n]\nkind = \"null\"\npath = \"/x\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n", "", 1, "devices.n"),
+            ("[devices.n]\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n", "", 1, "devices.n"),
+            ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\non_remove = \"explode\"\n", "", 6, "on_remove"),
+            ("[daemon]\nsocket = 5\n", "", 2, "socket"),
+            ("[daemon]\nsocket = \"/x\"\n", "", 1, "streams"),
+            ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\nchannels = { min = 1, max = 19 }\n", "", 6, "streams[0].channels"),
+            ("this is not toml", "", 1, "-"),
+        ];
+        for (src, _, line, key) in cases.iter().skip(1) {
+            let e = err(src);
+            assert_eq!(e.file, "test.toml");
+            assert_eq!(e.line, *line, "line of {e} for\n{src}");
+            assert!(
+                e.key == *key || e.message.contains(&format!("`{key}`")),
+                "key `{key}` not named by {e} for\n{src}"
+            );
+            let shown = e.to_string();
+            assert!(shown.starts_with(&format!("test.toml:{line}:")), "{shown}");
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The control queue (spec 5.14.6.3–5.14.6.9): info queries, the PCM
+//! state machine, and SET_PARAMS validation.
+//!
+//! Every request is answered at once from the queue thread: nothing here
+//! waits on a host device except RELEASE, which waits (bounded) for the
+//! stream's worker to hand back the buffer it holds, because the spec wants
+//! every pending buffer returned before RELEASE is answered.
+
+use std::sync::Arc;
+
+use vm_memory::ByteValued;
+use vsound_devices::{DeviceError as HostError, Format, StreamParams};
+
+use crate::chain::{self, ChainLayout};
+use crate::config::OnRemove;
+use crate::constants::{pcm_features, rate_code, rate_from_code, Direction, RequestCode, Status};
+use crate::device::SoundDevice;
+use crate::io::IoMessage;
+use crate::pacer::{now_ns, Schedule};
+use crate::queue::{Chain, Virtqueue};
+use crate::stream::{PcmCommand, PcmState};
+use crate::wire::{Hdr, JackInfo, PcmHdr, PcmInfo, PcmSetParams, QueryInfo, ChmapInfo, JackRemap};
+use crate::worker::{Endpoint, Negotiated, StreamRuntime};
+
+/// The longest request we read (the largest we understand is 24 bytes).
+const MAX_REQUEST: usize = 64;
+/// The largest stream buffer we accept (far above Linux's 160 ms at 8
+/// channels × 4 bytes × 384 kHz).
+pub const MAX_BUFFER_BYTES: u32 = 16 << 20;
+/// Features a stream can negotiate.
+pub const STREAM_FEATURES: u32 = pcm_features::EVT_XRUNS;
+
+/// A response: status plus an optional payload.
+struct Response {
+    status: Status,
+    payload: Vec<u8>,
+}
+
+impl Response {
+    fn status(status: Status) -> Response {
+        Response {
+            status,
+            payload: Vec::new(),
+        }
+    }
+}
+
+fn read_req<T: ByteValued>(req: &[u8]) -> Option<T> {
+    T::from_slice(req.get(..std::mem::size_of::<T>())?).copied()
+}
+
+/// Handles one control chain and returns it to the guest.
+pub fn handle_control(dev: &SoundDevice, queue: &dyn Virtqueue, chain: Chain) {
+    let head = chain.head_index();
+    let layout = match ChainLayout::of(&chain) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("control request refused: {e}");
+            return queue.complete(head, 0);
+        }
+    };
+    if layout.writable < 4 {
+        log::warn!("control request without room for a status");
+        return queue.complete(head, 0);
+    }
+    let mut req = [0u8; MAX_REQUEST];
+    let req_len = usize::try_from(layout.readable).unwrap_or(MAX_REQUEST).min(MAX_REQUEST);
+    let req = match req.get_mut(..req_len) {
+        Some(r) => match chain::read_at(&chain, &layout, 0, r) {
+            Ok(()) => &*r,
+            Err(_) => &[][..],
+        },
+        None => &[][..],
+    };
+    let resp = dispatch(dev, req, layout.writable);
+    let mut hdr = Hdr::default();
+    hdr.code = resp.status.code().into();
+    let mut used = 4u32;
+    if chain::write_at(&chain, &layout, 0, hdr.as_slice()).is_err() {
+        used = 0;
+    } else if resp.status == Status::Ok && !resp.payload.is_empty() {
+        match chain::write_at(&chain, &layout, 4, &resp.payload) {
+            Ok(()) => used = used.saturating_add(u32::try_from(resp.payload.len()).unwrap_or(0)),
+            Err(_) => {
+                hdr.code = Status::BadMsg.code().into();
+                let _ = chain::write_at(&chain, &layout, 0, hdr.as_slice());
+            }
+        }
+    }
+    queue.complete(head, used);
+}
+
+fn dispatch(dev: &SoundDevice, req: &[u8], writable: u64) -> Response {
+    let Some(hdr) = read_req::<Hdr>(req) else {
+        log::warn!("control request shorter than its header");
+        return Response::status(Status::BadMsg);
+    };
+    let code = match RequestCode::try_from(hdr.code.to_native()) {
+        Ok(c) => c,
+        Err(other) => {
+            log::debug!("control request {other:#06x} not supported");
+            return Response::status(Status::NotSupp);
+        }
+    };
+    match code {
+        RequestCode::JackInfo => query(dev, req, writable, dev.jacks.len(), std::mem::size_of::<JackInfo>(), |i| {
+            dev.jacks.get(i).map(|j| dev.jack_info(j).as_slice().to_vec())
+        }),
+        RequestCode::PcmInfo => query(dev, req, writable, dev.streams.len(), std::mem::size_of::<PcmInfo>(), |i| {
+            dev.streams.get(i).map(|s| pcm_info(s).as_slice().to_vec())
+        }),
+        RequestCode::ChmapInfo => query(dev, req, writable, dev.chmaps.len(), std::mem::size_of::<ChmapInfo>(), |i| {
+            dev.chmaps.get(i).map(|c| dev.chmap_info(c).as_slice().to_vec())
+        }),
+        RequestCode::JackRemap => {
+            let Some(r) = read_req::<JackRemap>(req) else {
+                return Response::status(Status::BadMsg);
+            };
+            if usize::try_from(r.jack_id.to_native()).ok().and_then(|i| dev.jacks.get(i)).is_none() {
+                return Response::status(Status::BadMsg);
+            }
+            // No jack advertises VIRTIO_SND_JACK_F_REMAP.
+            Response::status(Status::NotSupp)
+        }
+        RequestCode::PcmSetParams => {
+            let Some(p) = read_req::<PcmSetParams>(req) else {
+                return Response::status(Status::BadMsg);
+            };
+            match stream_of(dev, p.hdr.stream_id.to_native()) {
+                Some(s) => Response::status(set_params(s, &p)),
+                None => Response::status(Status::BadMsg),
+            }
+        }
+        RequestCode::PcmPrepare | RequestCode::PcmRelease | RequestCode::PcmStart | RequestCode::PcmStop => {
+            let Some(p) = read_req::<PcmHdr>(req) else {
+                return Response::status(Status::BadMsg);
+            };
+            let Some(s) = stream_of(dev, p.stream_id.to_native()) else {
+                return Response::status(Status::BadMsg);
+            };
+            let status = match code {
+                RequestCode::PcmPrepare => prepare(s),
+                RequestCode::PcmRelease => release(dev, s),
+                RequestCode::PcmStart => start(s),
+                _ => stop(s),
+            };
+            Response::status(status)
+        }
+    }
+}
+
+fn stream_of(dev: &SoundDevice, id: u32) -> Option<&Arc<StreamRuntime>> {
+    usize::try_from(id).ok().and_then(|i| dev.streams.get(i))
+}
+
+/// An info query (spec 5.14.6.4): range and response size checked with
+/// overflow-safe arithmetic; `size` larger than ours is honoured by zero
+/// padding each item (forward compatibility), smaller is refused.
+fn query(
+    _dev: &SoundDevice,
+    req: &[u8],
+    writable: u64,
+    total: usize,
+    item_size: usize,
+    item: impl Fn(usize) -> Option<Vec<u8>>,
+) -> Response {
+    let Some(q) = read_req::<QueryInfo>(req) else {
+        return Response::status(Status::BadMsg);
+    };
+    let (start, count, size) = (q.start_id.to_native(), q.count.to_native(), q.size.to_native());
+    let (Ok(start), Ok(count), Ok(size)) = (usize::try_from(start), usize::try_from(count), usize::try_from(size)) else {
+        return Response::status(Status::BadMsg);
+    };
+    let in_range = start.checked_add(count).is_some_and(|end| end <= total);
+    let need = count.checked_mul(size).and_then(|n| n.checked_add(4));
+    let fits = need.is_some_and(|n| (n as u64) <= writable);
+    if !in_range || size < item_size || !fits {
+        log::debug!("info query refused: start {start} count {count} size {size} of {total}, {writable} writable");
+        return Response::status(Status::BadMsg);
+    }
+    let mut payload = Vec::with_capacity(count.saturating_mul(size));
+    for i in start..start + count {
+        let Some(bytes) = item(i) else {
+            return Response::status(Status::BadMsg);
+        };
+        payload.extend_from_slice(&bytes);
+        payload.resize(payload.len() + (size - item_size), 0);
+    }
+    Response {
+        status: Status::Ok,
+        payload,
+    }
+}
+
+pub fn pcm_info(s: &StreamRuntime) -> PcmInfo {
+    let c = &s.config;
+    let formats = c.formats.iter().fold(0u64, |m, f| m | (1u64 << f.code()));
+    let rates = c
+        .rates
+        .iter()
+        .filter_map(|&r| rate_code(r))
+        .fold(0u64, |m, b| m | (1u64 << b));
+    PcmInfo {
+        hda_fn_nid: c.group.into(),
+        features: STREAM_FEATURES.into(),
+        formats: formats.into(),
+        rates: rates.into(),
+        direction: c.direction.code(),
+        channels_min: c.channels_min,
+        channels_max: c.channels_max,
+        padding: [0; 5],
+    }
+}
+
+fn log_transition(s: &StreamRuntime, from: PcmState, to: PcmState, cmd: PcmCommand) {
+    log::debug!("stream {} ({}): {from} -> {to} ({cmd:?})", s.id, s.direction().name());
+}
+
+/// Validates PCM_SET_PARAMS (spec 5.14.6.6.3, virtio-snd.md §1.E item 16):
+/// malformed or impossible values get BAD_MSG, unadvertised ones NOT_SUPP.
+fn validate_params(s: &StreamRuntime, p: &PcmSetParams) -> Result<Negotiated, Status> {
+    let c = &s.config;
+    let buffer = p.buffer_bytes.to_native();
+    let period = p.period_bytes.to_native();
+    let features = p.features.to_native();
+    if p.padding != 0 || period == 0 || buffer == 0 || buffer % period != 0 {
+        return Err(Status::BadMsg);
+    }
+    let shmem = pcm_features::SHMEM_HOST | pcm_features::SHMEM_GUEST;
+    if features & shmem == shmem {
+        return Err(Status::BadMsg);
+    }
+    if features & !STREAM_FEATURES != 0 {
+        return Err(Status::NotSupp);
+    }
+    let format = Format::from_code(p.format).filter(|f| c.formats.contains(f)).ok_or(Status::NotSupp)?;
+    let rate = rate_from_code(p.rate).filter(|r| c.rates.contains(r)).ok_or(Status::NotSupp)?;
+    if p.channels < c.channels_min || p.channels > c.channels_max {
+        return Err(Status::NotSupp);
+    }
+    if buffer > MAX_BUFFER_BYTES {
+        return Err(Status::NotSupp);
+    }
+    let params = StreamParams {
+        format,
+        rate,
+        channels: p.channels,
+        period_bytes: period,
+        buffer_bytes: buffer,
+    };
+    if period % params.frame_bytes() != 0 {
+        return Err(Status::BadMsg);
+    }
+    match s.device.check_params(&params) {
+        Ok(()) => {}
+        Err(HostError::Unsupported(why)) => {
+            log::debug!("stream {}: device refuses parameters: {why}", s.id);
+            return Err(Status::NotSupp);
+        }
+        // An absent device is checked again at PREPARE.
+        Err(_) => {}
+    }
+    Ok(Negotiated { params, features })
+}
+
+fn set_params(s: &StreamRuntime, p: &PcmSetParams) -> Status {
+    let mut inner = s.lock_idle();
+    let from = inner.state;
+    let to = match from.next(PcmCommand::SetParams) {
+        Ok(to) => to,
+        Err(e) => {
+            log::debug!("stream {}: {e}", s.id);
+            return Status::BadMsg;
+        }
+    };
+    let negotiated = match validate_params(s, p) {
+        Ok(n) => n,
+        Err(st) => return st,
+    };
+    // New parameters invalidate a prepared endpoint; held buffers go back.
+    let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
+    inner.endpoint = Endpoint::None;
+    inner.negotiated = Some(negotiated);
+    inner.state = to;
+    drop(inner);
+    log_transition(s, from, to, PcmCommand::SetParams);
+    log::debug!("stream {}: params {:?}", s.id, negotiated);
+    s.complete_all(held, Status::Ok);
+    Status::Ok
+}
+
+
+fn prepare(s: &StreamRuntime) -> Status {
+    let mut inner = s.lock_idle();
+    let from = inner.state;
+    let to = match from.next(PcmCommand::Prepare) {
+        Ok(to) => to,
+        Err(e) => {
+            log::debug!("stream {}: {e}", s.id);
+            return Status::BadMsg;
+        }
+    };
+    let Some(negotiated) = inner.negotiated else {
+        return Status::BadMsg;
+    };
+    if matches!(inner.endpoint, Endpoint::None) {
+        let opened = match s.direction() {
+            Direction::Output => s.device.open_playback(&negotiated.params).map(Endpoint::Playback),
+            Direction::Input => s.device.open_capture(&negotiated.params).map(Endpoint::Capture),
+        };
+        inner.endpoint = match opened {
+            Ok(ep) => ep,
+            Err(HostError::Unsupported(why)) => {
+                log::warn!("stream {}: {why}", s.id);
+                return Status::NotSupp;
+            }
+            Err(e) => match s.config.on_remove {
+                OnRemove::Error => {
+                    log::warn!("stream {}: device {}: {e}", s.id, s.device_name);
+                    return Status::IoErr;
+                }
+                // Run on the daemon's clock without the device.
+                OnRemove::Silence => {
+                    log::info!("stream {}: device {} absent ({e}); running silent", s.id, s.device_name);
+                    Endpoint::None
+                }
+            },
+        };
+    }
+    inner.state = to;
+    drop(inner);
+    log_transition(s, from, to, PcmCommand::Prepare);
+    Status::Ok
+}
+
+fn start(s: &StreamRuntime) -> Status {
+    let mut inner = s.lock();
+    let from = inner.state;
+    let to = match from.next(PcmCommand::Start) {
+        Ok(to) => to,
+        Err(e) => {
+            log::debug!("stream {}: {e}", s.id);
+            return Status::BadMsg;
+        }
+    };
+    let Some(negotiated) = inner.negotiated else {
+        return Status::BadMsg;
+    };
+    let now = now_ns();
+    let mut schedule = Schedule::new(now, negotiated.params.bytes_per_second());
+    // A message still current from before a STOP plays out its full length.
+    inner.due = match &inner.current {
+        Some(m) => schedule.advance(u64::from(m.payload()).max(1)),
+        None => now,
+    };
+    inner.schedule = Some(schedule);
+    inner.in_xrun = false;
+    inner.state = to;
+    drop(inner);
+    s.wake();
+    log_transition(s, from, to, PcmCommand::Start);
+    Status::Ok
+}
+
+fn stop(s: &StreamRuntime) -> Status {
+    let mut inner = s.lock();
+    let from = inner.state;
+    let to = match from.next(PcmCommand::Stop) {
+        Ok(to) => to,
+        Err(e) => {
+            log::debug!("stream {}: {e}", s.id);
+            return Status::BadMsg;
+        }
+    };
+    inner.state = to;
+    inner.schedule = None;
+    drop(inner);
+    s.wake();
+    log_transition(s, from, to, PcmCommand::Stop);
+    Status::Ok
+}
+
+/// RELEASE: every buffer of the stream is returned before the answer
+/// (spec 5.14.6.6.5), and the host endpoint is closed, unconditionally.
+fn release(_dev: &SoundDevice, s: &StreamRuntime) -> Status {
+    let mut inner = s.lock_idle();
+    let from = inner.state;
+    let to = match from.next(PcmCommand::Release) {
+        Ok(to) => to,
+        Err(e) => {
+            log::debug!("stream {}: {e}", s.id);
+            return Status::BadMsg;
+        }
+    };
+    let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
+    let endpoint = std::mem::replace(&mut inner.endpoint, Endpoint::None);
+    inner.schedule = None;
+    inner.state = to;
+    drop(inner);
+    drop(endpoint);
+    let n = held.len();
+    s.complete_all(held, Status::Ok);
+    log_transition(s, from, to, PcmCommand::Release);
+    if n > 0 {
+        log::debug!("stream {}: {n} buffers returned by RELEASE", s.id);
+    }
+    Status::Ok
+}

@@ -1,0 +1,108 @@
+//! The daemon: builds the host devices once, then serves VMM connections
+//! one after another on the same listening socket. Each connection gets a
+//! fresh [`SoundDevice`]; host devices (and a pad's socket) outlive it.
+
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::GuestMemoryAtomic;
+use vsound_devices::{registry, HostDevice};
+
+use crate::config::Config;
+use crate::device::SoundDevice;
+use crate::queue::Mem;
+use crate::vhu::VsoundBackend;
+
+/// Where the daemon listens.
+#[derive(Clone, Debug)]
+pub enum SocketSpec {
+    Path(PathBuf),
+    /// An already-bound, listening Unix socket (socket activation).
+    Fd(RawFd),
+}
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("Device `{name}`: {message}")]
+    Device { name: String, message: String },
+    #[error("Cannot listen on {0}")]
+    Listen(String, #[source] vhost::vhost_user::Error),
+    #[error("Cannot create the device")]
+    Create(#[source] crate::device::DeviceError),
+    #[error("Cannot create the vhost-user backend")]
+    Backend(#[source] std::io::Error),
+    #[error("vhost-user daemon: {0}")]
+    Vhost(vhost_user_backend::Error),
+}
+
+/// Opens every configured host device.
+pub fn build_devices(config: &Config) -> Result<Vec<(String, Arc<dyn HostDevice>)>, DaemonError> {
+    config
+        .devices
+        .iter()
+        .map(|d| {
+            registry::build(&d.name, &d.kind, d.options.clone())
+                .map(|dev| (d.name.clone(), dev))
+                .map_err(|message| DaemonError::Device {
+                    name: d.name.clone(),
+                    message,
+                })
+        })
+        .collect()
+}
+
+/// Serves VMM connections until `max_connections` is reached (forever when
+/// `None`).
+pub fn run(config: &Config, socket: &SocketSpec, max_connections: Option<usize>) -> Result<(), DaemonError> {
+    let devices = build_devices(config)?;
+    let mut listener = match socket {
+        SocketSpec::Path(p) => {
+            Listener::new(p, true).map_err(|e| DaemonError::Listen(p.display().to_string(), e))?
+        }
+        // SAFETY: the caller passed this fd to us on the command line as a
+        // listening socket we now own; nothing else in the process uses it.
+        SocketSpec::Fd(fd) => unsafe { Listener::from_raw_fd(*fd) },
+    };
+    log::info!(
+        "vsound listening on {} ({} streams, {} devices)",
+        match socket {
+            SocketSpec::Path(p) => p.display().to_string(),
+            SocketSpec::Fd(fd) => format!("fd {fd}"),
+        },
+        config.streams.len(),
+        devices.len()
+    );
+    let mut served = 0usize;
+    loop {
+        if max_connections.is_some_and(|m| served >= m) {
+            return Ok(());
+        }
+        serve_one(config, &devices, &mut listener)?;
+        served += 1;
+    }
+}
+
+fn serve_one(
+    config: &Config,
+    devices: &[(String, Arc<dyn HostDevice>)],
+    listener: &mut Listener,
+) -> Result<(), DaemonError> {
+    let mem = GuestMemoryAtomic::new(Mem::new());
+    let device = Arc::new(SoundDevice::new(config, devices).map_err(DaemonError::Create)?);
+    let backend = Arc::new(VsoundBackend::new(device.clone(), mem.clone()).map_err(DaemonError::Backend)?);
+    let mut daemon = VhostUserDaemon::new("vsound".into(), backend, mem).map_err(DaemonError::Vhost)?;
+    daemon.start(listener).map_err(DaemonError::Vhost)?;
+    log::info!("VMM connected");
+    match daemon.wait() {
+        Ok(()) => log::info!("VMM disconnected"),
+        Err(e) => log::warn!("VMM connection ended: {e}"),
+    }
+    // Stops the queue thread (exit event), then the stream workers.
+    drop(daemon);
+    device.shutdown();
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! vsound: a vhost-user virtio-sound daemon.
+//!
+//! - [`wire`], [`constants`]: the virtio-snd wire format.
+//! - [`config`]: the TOML schema.
+//! - [`stream`]: the PCM state machine; [`worker`]: a stream at run time.
+//! - [`control`], [`io`], [`events`]: the queues' protocols.
+//! - [`pacer`]: the real-time schedule.
+//! - [`device`]: the device core, independent of the transport.
+//! - [`vhu`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`].
+
+pub mod chain;
+pub mod cli;
+pub mod config;
+pub mod constants;
+pub mod control;
+pub mod daemon;
+pub mod device;
+pub mod events;
+pub mod io;
+pub mod pacer;
+pub mod queue;
+pub mod stream;
+pub mod vhu;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,405 @@
+//! One stream at run time: its shared state, and the worker thread that
+//! moves its buffers in real time.
+//!
+//! Threads: the queue thread (vhost-user) answers control requests and
+//! queues I/O messages here; the stream's worker wakes at each due time,
+//! completes the buffer that was being played (or fills the one being
+//! recorded), and takes the next one. The stream lock is held only to move
+//! messages and the host endpoint in and out of [`Inner`], never across host
+//! I/O or guest-memory copies: the worker marks itself `busy` while it holds
+//! them, and whoever needs everything back (RELEASE, reset) waits on
+//! `idle` for that flag to clear.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+use vsound_devices::{CaptureSource, HostDevice, PlaybackSink, StreamParams};
+
+use crate::config::StreamConfig;
+use crate::constants::{pcm_features, Direction, EventType, QueueIndex, Status};
+use crate::events::EventQueue;
+use crate::io::IoMessage;
+use crate::pacer::{now_ns, tighten_timer_slack, wait_fd_until, Schedule};
+use crate::queue::Virtqueue;
+use crate::stream::PcmState;
+
+/// How long RELEASE or a reset waits for the worker to hand back a buffer.
+/// The worker never blocks on a host device, so this is never reached in
+/// practice; it bounds the wait if a device breaks that contract.
+const BUSY_WAIT: Duration = Duration::from_millis(200);
+
+/// Scratch size for copying PCM between guest memory and a host device.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Parameters the guest negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub params: StreamParams,
+    pub features: u32,
+}
+
+/// The host side of a prepared stream.
+pub enum Endpoint {
+    None,
+    Playback(Box<dyn PlaybackSink>),
+    Capture(Box<dyn CaptureSource>),
+}
+
+impl Endpoint {
+    fn latency_bytes(&self) -> u32 {
+        match self {
+            Endpoint::None => 0,
+            Endpoint::Playback(s) => s.latency_bytes(),
+            Endpoint::Capture(s) => s.latency_bytes(),
+        }
+    }
+}
+
+/// Counters reported by the daemon.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub bytes: u64,
+    pub xruns: u64,
+}
+
+/// What the stream lock protects.
+pub struct Inner {
+    pub state: PcmState,
+    pub negotiated: Option<Negotiated>,
+    /// Messages waiting their turn, oldest first.
+    pub pending: VecDeque<IoMessage>,
+    /// The message being played (tx) or recorded (rx) until `due`.
+    pub current: Option<IoMessage>,
+    pub endpoint: Endpoint,
+    pub schedule: Option<Schedule>,
+    /// When the worker next has work (while started).
+    pub due: u64,
+    /// The worker holds messages or the endpoint outside the lock.
+    pub busy: bool,
+    /// In an underrun/overrun episode (one XRUN event per episode).
+    pub in_xrun: bool,
+    pub quit: bool,
+    pub stats: Stats,
+}
+
+/// Everything the streams of one device share.
+pub struct Shared {
+    pub queues: [OnceLock<Arc<dyn Virtqueue>>; QueueIndex::COUNT],
+    pub events: EventQueue,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            queues: Default::default(),
+            events: EventQueue::default(),
+        }
+    }
+
+    pub fn queue(&self, q: QueueIndex) -> Option<&Arc<dyn Virtqueue>> {
+        self.queues.get(q as usize).and_then(|c| c.get())
+    }
+
+    /// Queues an event and delivers it if the driver has a buffer posted.
+    pub fn send_event(&self, kind: EventType, data: u32) {
+        let q = self.queue(QueueIndex::Event).map(|q| q.as_ref());
+        self.events.push(kind, data, q);
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new()
+    }
+}
+
+/// One guest stream at run time.
+pub struct StreamRuntime {
+    pub id: u32,
+    pub config: StreamConfig,
+    pub device: Arc<dyn HostDevice>,
+    pub device_name: String,
+    shared: Arc<Shared>,
+    inner: Mutex<Inner>,
+    idle: Condvar,
+    wake: EventFd,
+}
+
+impl StreamRuntime {
+    pub fn new(
+        id: u32,
+        config: StreamConfig,
+        device: Arc<dyn HostDevice>,
+        device_name: String,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Self> {
+        Ok(StreamRuntime {
+            id,
+            config,
+            device,
+            device_name,
+            shared,
+            inner: Mutex::new(Inner {
+                state: PcmState::Idle,
+                negotiated: None,
+                pending: VecDeque::with_capacity(64),
+                current: None,
+                endpoint: Endpoint::None,
+                schedule: None,
+                due: 0,
+                busy: false,
+                in_xrun: false,
+                quit: false,
+                stats: Stats::default(),
+            }),
+            idle: Condvar::new(),
+            wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+        })
+    }
+
+    pub fn direction(&self) -> Direction {
+        self.config.direction
+    }
+
+    pub fn queue_index(&self) -> QueueIndex {
+        match self.config.direction {
+            Direction::Output => QueueIndex::Tx,
+            Direction::Input => QueueIndex::Rx,
+        }
+    }
+
+    /// The queue this stream's messages come from and go back to.
+    pub fn queue(&self) -> Option<&Arc<dyn Virtqueue>> {
+        self.shared.queue(self.queue_index())
+    }
+
+    /// Returns messages to the guest with `status` (rx ones filled with
+    /// whatever they hold: they are flushed, not recorded).
+    pub fn complete_all(&self, held: impl IntoIterator<Item = IoMessage>, status: Status) {
+        let Some(q) = self.queue() else {
+            return;
+        };
+        for m in held {
+            let bytes = m.payload();
+            m.complete(q.as_ref(), self.direction(), status, 0, bytes);
+        }
+    }
+
+    /// Locks the stream state (poisoning is not fatal: the state is plain
+    /// data and every writer leaves it consistent).
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Locks the stream and waits (bounded) until the worker holds nothing.
+    pub fn lock_idle(&self) -> MutexGuard<'_, Inner> {
+        let guard = self.lock();
+        let (guard, timeout) = self
+            .idle
+            .wait_timeout_while(guard, BUSY_WAIT, |i| i.busy)
+            .unwrap_or_else(|e| e.into_inner());
+        if timeout.timed_out() {
+            log::error!("stream {}: worker still busy after {BUSY_WAIT:?}", self.id);
+        }
+        guard
+    }
+
+    /// Wakes the worker to look at the state again.
+    pub fn wake(&self) {
+        let _ = self.wake.write(1);
+    }
+
+    /// Takes every message the stream holds (for RELEASE or a reset).
+    pub fn take_all(inner: &mut Inner) -> impl Iterator<Item = IoMessage> {
+        let current = inner.current.take();
+        let pending = std::mem::take(&mut inner.pending);
+        current.into_iter().chain(pending)
+    }
+
+    /// The worker thread's body.
+    pub fn run(self: Arc<Self>) {
+        let shared = self.shared.clone();
+        tighten_timer_slack();
+        let mut scratch = vec![0u8; SCRATCH_BYTES];
+        loop {
+            let due = {
+                let inner = self.lock();
+                if inner.quit {
+                    return;
+                }
+                (inner.state == PcmState::Started).then_some(inner.due)
+            };
+            match wait_fd_until(self.wake.as_raw_fd(), due) {
+                Ok(true) => {
+                    let _ = self.wake.read();
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    log::error!("stream {}: wait failed: {e}", self.id);
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+            }
+            self.tick(&shared, &mut scratch);
+        }
+    }
+
+    /// One due time: finish the current message, start the next.
+    fn tick(&self, shared: &Shared, scratch: &mut [u8]) {
+        let dir = self.direction();
+        let (finished, next, mut endpoint, negotiated) = {
+            let mut inner = self.lock();
+            if inner.state != PcmState::Started || now_ns() < inner.due {
+                return;
+            }
+            let Some(negotiated) = inner.negotiated else {
+                return;
+            };
+            inner.busy = true;
+            let finished = inner.current.take();
+            let next = inner.pending.pop_front();
+            let endpoint = std::mem::replace(&mut inner.endpoint, Endpoint::None);
+            (finished, next, endpoint, negotiated)
+        };
+
+        let Some(queue) = shared.queue(self.queue_index()) else {
+            // Unreachable: a message only exists once its queue was seen.
+            self.finish_tick(None, next, endpoint, &negotiated, shared);
+            return;
+        };
+
+        // Outside the lock: host I/O and guest-memory copies.
+        if let Some(msg) = finished {
+            let status = match (&mut endpoint, dir) {
+                (_, Direction::Output) => Status::Ok,
+                (Endpoint::Capture(src), Direction::Input) => {
+                    fill_from_source(&msg, Some(src.as_mut()), scratch, &negotiated.params)
+                }
+                (_, Direction::Input) => fill_from_source(&msg, None, scratch, &negotiated.params),
+            };
+            let latency = endpoint.latency_bytes();
+            let bytes = msg.payload();
+            msg.complete(queue.as_ref(), dir, status, latency, bytes);
+        }
+        if let Some(msg) = &next {
+            if let Endpoint::Playback(sink) = &mut endpoint {
+                play_into_sink(msg, sink.as_mut(), scratch);
+            }
+        }
+        self.finish_tick(Some(queue.as_ref()), next, endpoint, &negotiated, shared);
+    }
+
+    fn finish_tick(
+        &self,
+        queue: Option<&dyn Virtqueue>,
+        next: Option<IoMessage>,
+        endpoint: Endpoint,
+        negotiated: &Negotiated,
+        shared: &Shared,
+    ) {
+        let mut xrun = false;
+        {
+            let mut inner = self.lock();
+            inner.busy = false;
+            if matches!(inner.endpoint, Endpoint::None) {
+                inner.endpoint = endpoint;
+            }
+            let period = u64::from(negotiated.params.period_bytes);
+            let advance = match &next {
+                Some(m) => {
+                    inner.in_xrun = false;
+                    inner.stats.bytes = inner.stats.bytes.saturating_add(u64::from(m.payload()));
+                    u64::from(m.payload())
+                }
+                None => {
+                    if !inner.in_xrun {
+                        inner.in_xrun = true;
+                        inner.stats.xruns += 1;
+                        xrun = negotiated.features & pcm_features::EVT_XRUNS != 0;
+                    }
+                    period
+                }
+            };
+            match inner.state {
+                PcmState::Started | PcmState::Stopped | PcmState::Prepared => {
+                    inner.current = next;
+                    if let Some(s) = inner.schedule.as_mut() {
+                        let due = s.advance(advance.max(1));
+                        inner.due = due;
+                    }
+                }
+                _ => {
+                    // Released or reset while we were busy: nothing may be
+                    // held any more. (RELEASE waits for `busy`, so this only
+                    // happens on teardown paths that gave up waiting.)
+                    if let (Some(m), Some(q)) = (next, queue) {
+                        m.complete(q, self.direction(), Status::IoErr, 0, 0);
+                    }
+                }
+            }
+        }
+        self.idle.notify_all();
+        if xrun {
+            log::debug!("stream {}: xrun", self.id);
+            shared.send_event(EventType::PcmXrun, self.id);
+        }
+    }
+}
+
+/// Hands a tx message's PCM to the sink, in scratch-sized pieces.
+fn play_into_sink(msg: &IoMessage, sink: &mut dyn PlaybackSink, scratch: &mut [u8]) {
+    let total = msg.payload();
+    let mut off = 0u32;
+    while off < total {
+        let n = (total - off).min(scratch.len() as u32);
+        let Some(buf) = scratch.get_mut(..n as usize) else {
+            return;
+        };
+        if msg.read_pcm(off, buf).is_err() {
+            log::warn!("tx message unreadable; skipped");
+            return;
+        }
+        if let Err(e) = sink.write(buf) {
+            log::warn!("playback sink: {e}");
+            return;
+        }
+        off += n;
+    }
+}
+
+/// Fills an rx message from the source (silence without one), in
+/// scratch-sized pieces.
+fn fill_from_source(
+    msg: &IoMessage,
+    mut src: Option<&mut dyn CaptureSource>,
+    scratch: &mut [u8],
+    params: &StreamParams,
+) -> Status {
+    let total = msg.payload();
+    let mut off = 0u32;
+    let mut status = Status::Ok;
+    while off < total {
+        let n = (total - off).min(scratch.len() as u32);
+        let Some(buf) = scratch.get_mut(..n as usize) else {
+            return Status::IoErr;
+        };
+        match src.as_deref_mut().map(|s| s.read(buf)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                log::warn!("capture source: {e}");
+                params.format.fill_silence(buf);
+                status = Status::IoErr;
+            }
+            None => params.format.fill_silence(buf),
+        }
+        if msg.write_pcm(off, buf).is_err() {
+            return Status::IoErr;
+        }
+        off += n;
+    }
+    status
+}

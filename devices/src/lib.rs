@@ -1,0 +1,91 @@
+//! Host audio devices for vsound.
+//!
+//! A *host device* is what a guest PCM stream is bound to on the host: an ALSA
+//! PCM, a `pad` socket, or the `null` device. Every device implements
+//! [`HostDevice`]; the daemon opens a [`PlaybackSink`] or a [`CaptureSource`]
+//! on it for a stream's negotiated [`StreamParams`] when the guest prepares the
+//! stream, and closes it (by dropping it) on release.
+//!
+//! Devices are plugins: [`registry::build`] turns a `[devices.NAME]` table of
+//! the config file into a device by its `kind`. Adding a plugin means adding a
+//! file here and one entry in [`registry::PLUGINS`]; nothing in the daemon.
+//!
+//! Contracts every device keeps (they are what lets the daemon keep the
+//! guest's clock whatever the host does):
+//! - I/O never blocks: `write`/`read` move what they can now and return.
+//! - Close is final: dropping a sink or source frees everything, whatever
+//!   error came before.
+//! - A device that goes away says so with [`DeviceError::Gone`].
+
+mod format;
+pub mod null;
+pub mod registry;
+
+pub use format::{Format, StreamParams};
+
+/// Who keeps time for a stream bound to a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The daemon paces completions on `CLOCK_MONOTONIC` (null, pad).
+    Daemon,
+    /// The device consumes and produces frames at its own rate (ALSA); the
+    /// daemon still never runs faster than the stream's nominal rate.
+    Device,
+}
+
+/// Errors a host device reports.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The device cannot take these stream parameters; the guest may retry
+    /// with others (answered `NOT_SUPP`).
+    #[error("Parameters not supported: {0}")]
+    Unsupported(String),
+    /// The device is not there (detached, unplugged, no client connected).
+    #[error("Device is gone")]
+    Gone,
+    /// Any other host I/O error.
+    #[error("Host I/O error")]
+    Io(#[source] std::io::Error),
+}
+
+/// A host device, shared by every stream bound to it.
+pub trait HostDevice: Send + Sync {
+    /// The plugin kind (`"null"`, `"pad"`, `"alsa"`).
+    fn kind(&self) -> &'static str;
+
+    /// Whether the device is present now (a jack is "connected" when it is).
+    fn is_attached(&self) -> bool;
+
+    /// Checks that the device could take these parameters, without opening
+    /// anything (used at `PCM_SET_PARAMS`).
+    fn check_params(&self, params: &StreamParams) -> Result<(), DeviceError>;
+
+    /// Opens a playback sink for a stream's negotiated parameters.
+    fn open_playback(&self, params: &StreamParams) -> Result<Box<dyn PlaybackSink>, DeviceError>;
+
+    /// Opens a capture source for a stream's negotiated parameters.
+    fn open_capture(&self, params: &StreamParams) -> Result<Box<dyn CaptureSource>, DeviceError>;
+}
+
+/// Where a playback stream's frames go. Dropping it closes it.
+pub trait PlaybackSink: Send {
+    /// Who keeps time for this sink.
+    fn clock(&self) -> Clock;
+    /// Hands over interleaved frames in the negotiated format. Never blocks;
+    /// frames the device cannot take now are dropped and counted by the
+    /// device (the daemon keeps the guest's clock).
+    fn write(&mut self, frames: &[u8]) -> Result<(), DeviceError>;
+    /// Bytes queued in the host path ahead of what the guest just wrote.
+    fn latency_bytes(&self) -> u32;
+}
+
+/// Where a capture stream's frames come from. Dropping it closes it.
+pub trait CaptureSource: Send {
+    /// Who keeps time for this source.
+    fn clock(&self) -> Clock;
+    /// Fills `buf` completely with interleaved frames in the negotiated
+    /// format; what the device has not produced is silence. Never blocks.
+    fn read(&mut self, buf: &mut [u8]) -> Result<(), DeviceError>;
+    /// Bytes captured and waiting in the host path.
+    fn latency_bytes(&self) -> u32;
+}

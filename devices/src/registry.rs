@@ -1,0 +1,88 @@
+//! The plugin registry: config `kind` → device constructor.
+//!
+//! Each plugin parses its own options from the device's TOML table (with
+//! `deny_unknown_fields`), so a typo in a device option is reported with the
+//! key that is wrong.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::null::{NullDevice, NullOptions};
+use crate::HostDevice;
+
+/// Builds a device from the options in its config table (the table without
+/// its `kind` key).
+pub type Constructor = fn(name: &str, opts: toml::Table) -> Result<Arc<dyn HostDevice>, String>;
+
+/// Checks a device's options without side effects (for `check-config`).
+pub type Validator = fn(opts: &toml::Table) -> Result<(), String>;
+
+/// One registered plugin.
+pub struct Plugin {
+    /// The `kind` value that selects it.
+    pub kind: &'static str,
+    /// Checks its options.
+    pub validate: Validator,
+    /// Builds it.
+    pub build: Constructor,
+}
+
+/// Every plugin this build knows.
+pub const PLUGINS: &[Plugin] = &[Plugin {
+    kind: "null",
+    validate: |opts| parse::<NullOptions>(opts.clone()).map(|_| ()),
+    build: build_null,
+}];
+
+fn parse<T: for<'de> Deserialize<'de>>(opts: toml::Table) -> Result<T, String> {
+    T::deserialize(opts).map_err(|e| e.message().to_owned())
+}
+
+fn build_null(_name: &str, opts: toml::Table) -> Result<Arc<dyn HostDevice>, String> {
+    let opts: NullOptions = parse(opts)?;
+    Ok(Arc::new(NullDevice::from_options(opts)))
+}
+
+/// The kinds this build knows, for error messages.
+pub fn kinds() -> Vec<&'static str> {
+    PLUGINS.iter().map(|p| p.kind).collect()
+}
+
+fn find(kind: &str) -> Result<&'static Plugin, String> {
+    PLUGINS.iter().find(|p| p.kind == kind).ok_or_else(|| {
+        format!(
+            "unknown device kind `{kind}`, expected one of: {}",
+            kinds().join(", ")
+        )
+    })
+}
+
+/// Checks the options of a device of `kind` without opening anything.
+pub fn validate(kind: &str, opts: &toml::Table) -> Result<(), String> {
+    (find(kind)?.validate)(opts)
+}
+
+/// Builds a device of `kind` from its options.
+pub fn build(name: &str, kind: &str, opts: toml::Table) -> Result<Arc<dyn HostDevice>, String> {
+    (find(kind)?.build)(name, opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_kind_names_the_known_ones() {
+        let err = build("x", "nope", toml::Table::new()).err().unwrap();
+        assert!(err.contains("`nope`") && err.contains("null"), "{err}");
+    }
+
+    #[test]
+    fn null_rejects_unknown_options() {
+        let mut t = toml::Table::new();
+        t.insert("path".into(), toml::Value::String("/x".into()));
+        let err = build("x", "null", t).err().unwrap();
+        assert!(err.contains("path"), "{err}");
+    }
+}
