@@ -15,7 +15,7 @@ use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
-use crate::constants::{QueueIndex, VIRTIO_SND_F_CTLS};
+use crate::constants::QueueIndex;
 use crate::control::handle_control;
 use crate::device::SoundDevice;
 use crate::queue::{Chain, Mem, Virtqueue};
@@ -131,10 +131,14 @@ impl VhostUserBackend for VsoundBackend {
         MAX_QUEUE_SIZE
     }
 
+    /// `VIRTIO_SND_F_CTLS` is not offered while there are no controls:
+    /// QEMU's vhost-user-snd passes the bit through even when its own config
+    /// space is 12 bytes (`controls=off`), and a Linux guest then reads
+    /// `controls` past the end, gets garbage, and fails its probe with
+    /// -ENOMEM (seen with Linux 6.12 under QEMU 10.0).
     fn features(&self) -> u64 {
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | VIRTIO_SND_F_CTLS
             | vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
