@@ -48,6 +48,16 @@ pub enum DeviceError {
     Io(#[source] std::io::Error),
 }
 
+/// Told when a device comes and goes. Called from the device's own thread:
+/// implementations must return quickly and never block.
+pub trait DeviceListener: Send + Sync {
+    /// The device is present again (a pad client connected, an ALSA PCM
+    /// reopened).
+    fn attached(&self);
+    /// The device went away (a pad client closed, an ALSA card vanished).
+    fn detached(&self);
+}
+
 /// A host device, shared by every stream bound to it.
 pub trait HostDevice: Send + Sync {
     /// The plugin kind (`"null"`, `"pad"`, `"alsa"`).
@@ -55,6 +65,11 @@ pub trait HostDevice: Send + Sync {
 
     /// Whether the device is present now (a jack is "connected" when it is).
     fn is_attached(&self) -> bool;
+
+    /// Registers who to tell when the device attaches or detaches (the
+    /// daemon sets one listener per device at startup; a later call replaces
+    /// it). Devices that never change (null) ignore it.
+    fn set_listener(&self, _listener: std::sync::Arc<dyn DeviceListener>) {}
 
     /// Checks that the device could take these parameters, without opening
     /// anything (used at `PCM_SET_PARAMS`).
