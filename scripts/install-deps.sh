@@ -2,7 +2,9 @@
 # install-deps.sh: install everything vsound needs to build and to boot its test guests
 # on a Debian 12 (bookworm) machine.
 #
-# Usage:  sudo scripts/install-deps.sh        (or as root; no arguments, no stdin needed)
+# Usage:  sudo scripts/install-deps.sh [--build-only]   (or as root; no stdin needed)
+#         --build-only: only what building vsound needs (gcc, pkg-config,
+#         libasound2-dev), not QEMU and the guest tools.
 #
 # What it does, idempotently:
 #   * adds a deb822 source for bookworm-backports (same URIs and keyring as the
@@ -20,8 +22,19 @@ readonly QEMU_PKG=qemu-system-x86
 readonly QEMU_MIN_VERSION=1:10.0
 readonly BACKPORTS=bookworm-backports
 readonly BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.sources
-readonly PKGS=(gcc pkg-config libasound2-dev libasound2 alsa-utils busybox-static
-    cpio xz-utils zstd sox socat python3 kmod)
+BUILD_ONLY=0
+if [[ ${1:-} == --build-only ]]; then
+    BUILD_ONLY=1
+elif [[ $# -gt 0 ]]; then
+    printf 'usage: %s [--build-only]\n' "$0" >&2
+    exit 2
+fi
+if ((BUILD_ONLY)); then
+    readonly PKGS=(gcc pkg-config libasound2-dev)
+else
+    readonly PKGS=(gcc pkg-config libasound2-dev libasound2 alsa-utils busybox-static
+        cpio xz-utils zstd sox socat python3 kmod)
+fi
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -90,13 +103,19 @@ for p in "${PKGS[@]}"; do
     installed "$p" || missing+=("$p")
 done
 need_qemu=0
-installed "$QEMU_PKG" "$QEMU_MIN_VERSION" || need_qemu=1
-# the guest kernel is fetched from backports by vmm-tests/guest/fetch-kernel.sh
 need_source=0
-backports_configured || need_source=1
+if ((!BUILD_ONLY)); then
+    installed "$QEMU_PKG" "$QEMU_MIN_VERSION" || need_qemu=1
+    # the guest kernel is fetched from backports by vmm-tests/guest/fetch-kernel.sh
+    backports_configured || need_source=1
+fi
 
 if [[ ${#missing[@]} -eq 0 && $need_qemu -eq 0 && $need_source -eq 0 ]]; then
-    log "all dependencies present (qemu $(dpkg-query -W -f='${Version}' "$QEMU_PKG"))"
+    if ((BUILD_ONLY)); then
+        log "build dependencies present"
+    else
+        log "all dependencies present (qemu $(dpkg-query -W -f='${Version}' "$QEMU_PKG"))"
+    fi
     exit 0
 fi
 
@@ -160,6 +179,10 @@ if ((need_qemu)); then
     apt_install -t "$BACKPORTS" "$QEMU_PKG"
     installed "$QEMU_PKG" "$QEMU_MIN_VERSION" ||
         die "$QEMU_PKG $(dpkg-query -W -f='${Version}' "$QEMU_PKG" 2>/dev/null) is older than $QEMU_MIN_VERSION"
+fi
+if ((BUILD_ONLY)); then
+    log "done (build dependencies)"
+    exit 0
 fi
 qemu-system-x86_64 -device help 2>/dev/null | grep -q '"vhost-user-snd-pci"' ||
     die "qemu-system-x86_64 has no vhost-user-snd-pci device"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# test.sh: the whole test suite, as README and CI run it.
+#
+# Usage (as root on Debian 12):  scripts/test.sh
+#
+# 1. installs what the suite needs (idempotent: a no-op when present);
+# 2. format and lint checks (cargo fmt --check, clippy -D warnings);
+# 3. unit tests and the vmm-tests integration tests, which drive a real
+#    vsound process through its vhost-user socket;
+# 4. the guest suite: real Linux 6.12 guests under QEMU 10 attached to vsound.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+step() { printf '\n==== %s\n' "$*"; }
+
+step "dependencies"
+if [[ $(id -u) -eq 0 ]]; then
+    scripts/install-deps.sh
+else
+    echo "test.sh: not root; assuming scripts/install-deps.sh already ran" >&2
+fi
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --locked
+
+step "unit and integration tests"
+cargo test --workspace --locked
+
+step "guest tests"
+vmm-tests/guest/run-suite.sh
