@@ -23,7 +23,11 @@ pub enum ChainError {
     #[error("Readable descriptor after a writable one")]
     ReadableAfterWritable,
     #[error("Access of {len} bytes at offset {offset} beyond the {part_len}-byte part")]
-    OutOfRange { offset: u64, len: u64, part_len: u64 },
+    OutOfRange {
+        offset: u64,
+        len: u64,
+        part_len: u64,
+    },
     #[error("Guest memory access failed")]
     Memory,
 }
@@ -118,7 +122,12 @@ fn for_each_piece(
 }
 
 /// Reads `buf.len()` bytes at `offset` of the readable part.
-pub fn read_at(chain: &Chain, layout: &ChainLayout, offset: u64, buf: &mut [u8]) -> Result<(), ChainError> {
+pub fn read_at(
+    chain: &Chain,
+    layout: &ChainLayout,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), ChainError> {
     check_range(offset, buf.len(), layout.readable)?;
     let mem = chain.memory();
     let len = buf.len();
@@ -129,7 +138,12 @@ pub fn read_at(chain: &Chain, layout: &ChainLayout, offset: u64, buf: &mut [u8])
 }
 
 /// Writes `buf` at `offset` of the writable part.
-pub fn write_at(chain: &Chain, layout: &ChainLayout, offset: u64, buf: &[u8]) -> Result<(), ChainError> {
+pub fn write_at(
+    chain: &Chain,
+    layout: &ChainLayout,
+    offset: u64,
+    buf: &[u8],
+) -> Result<(), ChainError> {
     check_range(offset, buf.len(), layout.writable)?;
     let mem = chain.memory();
     for_each_piece(chain, true, offset, buf.len(), |addr, range| {
@@ -138,13 +152,12 @@ pub fn write_at(chain: &Chain, layout: &ChainLayout, offset: u64, buf: &[u8]) ->
     })
 }
 
-
 #[cfg(test)]
 pub(crate) mod tests {
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueOwnedT};
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
     use super::*;
@@ -152,23 +165,29 @@ pub(crate) mod tests {
 
     /// Builds a one-chain queue in fresh memory: `readable` bytes split at
     /// `rsplits`, then `writable` zero bytes split at `wsplits`.
-    pub(crate) fn make_chain(readable: &[u8], rsplits: &[usize], writable: usize, wsplits: &[usize]) -> Chain {
+    pub(crate) fn make_chain(
+        readable: &[u8],
+        rsplits: &[usize],
+        writable: usize,
+        wsplits: &[usize],
+    ) -> Chain {
         let mem = Mem::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
         let atomic = GuestMemoryAtomic::new(mem);
         let guard = atomic.memory();
         let vq = MockSplitQueue::new(&*guard, 64);
         let mut descs = Vec::new();
         let mut addr = 0x10_0000u64;
-        let mut pieces = |total: usize, splits: &[usize], write: bool, descs: &mut Vec<(u64, u32, bool)>| {
-            let mut start = 0;
-            for &s in splits.iter().chain(std::iter::once(&total)) {
-                if s > start {
-                    descs.push((addr, (s - start) as u32, write));
-                    addr += (s - start) as u64 + 0x100; // leave gaps
+        let mut pieces =
+            |total: usize, splits: &[usize], write: bool, descs: &mut Vec<(u64, u32, bool)>| {
+                let mut start = 0;
+                for &s in splits.iter().chain(std::iter::once(&total)) {
+                    if s > start {
+                        descs.push((addr, (s - start) as u32, write));
+                        addr += (s - start) as u64 + 0x100; // leave gaps
+                    }
+                    start = s;
                 }
-                start = s;
-            }
-        };
+            };
         pieces(readable.len(), rsplits, false, &mut descs);
         pieces(writable, wsplits, true, &mut descs);
         let mut off = 0;
@@ -204,7 +223,13 @@ pub(crate) mod tests {
         let data: Vec<u8> = (0..100u8).collect();
         let chain = make_chain(&data, &[1, 3, 7, 50], 40, &[5, 13]);
         let layout = ChainLayout::of(&chain).unwrap();
-        assert_eq!(layout, ChainLayout { readable: 100, writable: 40 });
+        assert_eq!(
+            layout,
+            ChainLayout {
+                readable: 100,
+                writable: 40
+            }
+        );
         let mut buf = [0u8; 10];
         read_at(&chain, &layout, 2, &mut buf).unwrap();
         assert_eq!(buf, [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);

@@ -141,11 +141,14 @@ fn locate(src: &str, span: Option<Range<usize>>) -> (usize, usize, Option<String
         .get(line_start..)
         .and_then(|s| s.lines().next())
         .unwrap_or("");
-    let key = text.split_once('=').map(|(k, _)| k.trim().to_owned()).filter(|k| {
-        !k.is_empty()
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'))
-    });
+    let key = text
+        .split_once('=')
+        .map(|(k, _)| k.trim().to_owned())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'))
+        });
     (line, column, key)
 }
 
@@ -155,7 +158,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, column, _) = locate(self.src, span);
         ConfigError {
             file: self.file.to_owned(),
@@ -219,14 +227,12 @@ impl Config {
                     return Err(ctx.err(
                         Some(span),
                         &key,
-                        format!(
-                            "missing `kind` (one of: {})",
-                            registry::kinds().join(", ")
-                        ),
+                        format!("missing `kind` (one of: {})", registry::kinds().join(", ")),
                     ))
                 }
             };
-            registry::validate(&kind, &options).map_err(|m| ctx.err(Some(span.clone()), &key, m))?;
+            registry::validate(&kind, &options)
+                .map_err(|m| ctx.err(Some(span.clone()), &key, m))?;
             devices.push(DeviceConfig {
                 name,
                 kind,
@@ -285,7 +291,11 @@ impl Config {
                 None => DEFAULT_FORMATS.to_vec(),
                 Some(list) => {
                     if list.get_ref().is_empty() {
-                        return Err(ctx.err(Some(list.span()), &key("formats"), "must not be empty"));
+                        return Err(ctx.err(
+                            Some(list.span()),
+                            &key("formats"),
+                            "must not be empty",
+                        ));
                     }
                     let mut out = Vec::new();
                     for f in list.get_ref() {
@@ -294,7 +304,11 @@ impl Config {
                             ctx.err(
                                 Some(f.span()),
                                 &key("formats"),
-                                format!("unknown format `{}` (one of: {})", f.get_ref(), names.join(", ")),
+                                format!(
+                                    "unknown format `{}` (one of: {})",
+                                    f.get_ref(),
+                                    names.join(", ")
+                                ),
                             )
                         })?;
                         if !out.contains(&fmt) {
@@ -426,7 +440,10 @@ device = "n"
         assert_eq!(s.rates, vec![44100, 48000]);
         assert_eq!(s.on_remove, OnRemove::Error);
         let i = &c.streams[1];
-        assert_eq!((i.group, i.formats.clone(), i.rates.clone()), (0, vec![Format::S16], vec![48000]));
+        assert_eq!(
+            (i.group, i.formats.clone(), i.rates.clone()),
+            (0, vec![Format::S16], vec![48000])
+        );
         assert_eq!(i.on_remove, OnRemove::Silence);
     }
 

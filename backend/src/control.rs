@@ -19,7 +19,7 @@ use crate::io::IoMessage;
 use crate::pacer::{now_ns, Schedule};
 use crate::queue::{Chain, Virtqueue};
 use crate::stream::{PcmCommand, PcmState};
-use crate::wire::{Hdr, JackInfo, PcmHdr, PcmInfo, PcmSetParams, QueryInfo, ChmapInfo, JackRemap};
+use crate::wire::{ChmapInfo, Hdr, JackInfo, JackRemap, PcmHdr, PcmInfo, PcmSetParams, QueryInfo};
 use crate::worker::{Endpoint, Negotiated, StreamRuntime};
 
 /// The longest request we read (the largest we understand is 24 bytes).
@@ -64,7 +64,9 @@ pub fn handle_control(dev: &SoundDevice, queue: &dyn Virtqueue, chain: Chain) {
         return queue.complete(head, 0);
     }
     let mut req = [0u8; MAX_REQUEST];
-    let req_len = usize::try_from(layout.readable).unwrap_or(MAX_REQUEST).min(MAX_REQUEST);
+    let req_len = usize::try_from(layout.readable)
+        .unwrap_or(MAX_REQUEST)
+        .min(MAX_REQUEST);
     let req = match req.get_mut(..req_len) {
         Some(r) => match chain::read_at(&chain, &layout, 0, r) {
             Ok(()) => &*r,
@@ -73,8 +75,9 @@ pub fn handle_control(dev: &SoundDevice, queue: &dyn Virtqueue, chain: Chain) {
         None => &[][..],
     };
     let resp = dispatch(dev, req, layout.writable);
-    let mut hdr = Hdr::default();
-    hdr.code = resp.status.code().into();
+    let mut hdr = Hdr {
+        code: resp.status.code().into(),
+    };
     let mut used = 4u32;
     if chain::write_at(&chain, &layout, 0, hdr.as_slice()).is_err() {
         used = 0;
@@ -103,20 +106,47 @@ fn dispatch(dev: &SoundDevice, req: &[u8], writable: u64) -> Response {
         }
     };
     match code {
-        RequestCode::JackInfo => query(dev, req, writable, dev.jacks.len(), std::mem::size_of::<JackInfo>(), |i| {
-            dev.jacks.get(i).map(|j| dev.jack_info(j).as_slice().to_vec())
-        }),
-        RequestCode::PcmInfo => query(dev, req, writable, dev.streams.len(), std::mem::size_of::<PcmInfo>(), |i| {
-            dev.streams.get(i).map(|s| pcm_info(s).as_slice().to_vec())
-        }),
-        RequestCode::ChmapInfo => query(dev, req, writable, dev.chmaps.len(), std::mem::size_of::<ChmapInfo>(), |i| {
-            dev.chmaps.get(i).map(|c| dev.chmap_info(c).as_slice().to_vec())
-        }),
+        RequestCode::JackInfo => query(
+            dev,
+            req,
+            writable,
+            dev.jacks.len(),
+            std::mem::size_of::<JackInfo>(),
+            |i| {
+                dev.jacks
+                    .get(i)
+                    .map(|j| dev.jack_info(j).as_slice().to_vec())
+            },
+        ),
+        RequestCode::PcmInfo => query(
+            dev,
+            req,
+            writable,
+            dev.streams.len(),
+            std::mem::size_of::<PcmInfo>(),
+            |i| dev.streams.get(i).map(|s| pcm_info(s).as_slice().to_vec()),
+        ),
+        RequestCode::ChmapInfo => query(
+            dev,
+            req,
+            writable,
+            dev.chmaps.len(),
+            std::mem::size_of::<ChmapInfo>(),
+            |i| {
+                dev.chmaps
+                    .get(i)
+                    .map(|c| dev.chmap_info(c).as_slice().to_vec())
+            },
+        ),
         RequestCode::JackRemap => {
             let Some(r) = read_req::<JackRemap>(req) else {
                 return Response::status(Status::BadMsg);
             };
-            if usize::try_from(r.jack_id.to_native()).ok().and_then(|i| dev.jacks.get(i)).is_none() {
+            if usize::try_from(r.jack_id.to_native())
+                .ok()
+                .and_then(|i| dev.jacks.get(i))
+                .is_none()
+            {
                 return Response::status(Status::BadMsg);
             }
             // No jack advertises VIRTIO_SND_JACK_F_REMAP.
@@ -131,7 +161,10 @@ fn dispatch(dev: &SoundDevice, req: &[u8], writable: u64) -> Response {
                 None => Response::status(Status::BadMsg),
             }
         }
-        RequestCode::PcmPrepare | RequestCode::PcmRelease | RequestCode::PcmStart | RequestCode::PcmStop => {
+        RequestCode::PcmPrepare
+        | RequestCode::PcmRelease
+        | RequestCode::PcmStart
+        | RequestCode::PcmStop => {
             let Some(p) = read_req::<PcmHdr>(req) else {
                 return Response::status(Status::BadMsg);
             };
@@ -167,8 +200,16 @@ fn query(
     let Some(q) = read_req::<QueryInfo>(req) else {
         return Response::status(Status::BadMsg);
     };
-    let (start, count, size) = (q.start_id.to_native(), q.count.to_native(), q.size.to_native());
-    let (Ok(start), Ok(count), Ok(size)) = (usize::try_from(start), usize::try_from(count), usize::try_from(size)) else {
+    let (start, count, size) = (
+        q.start_id.to_native(),
+        q.count.to_native(),
+        q.size.to_native(),
+    );
+    let (Ok(start), Ok(count), Ok(size)) = (
+        usize::try_from(start),
+        usize::try_from(count),
+        usize::try_from(size),
+    ) else {
         return Response::status(Status::BadMsg);
     };
     let in_range = start.checked_add(count).is_some_and(|end| end <= total);
@@ -213,7 +254,11 @@ pub fn pcm_info(s: &StreamRuntime) -> PcmInfo {
 }
 
 fn log_transition(s: &StreamRuntime, from: PcmState, to: PcmState, cmd: PcmCommand) {
-    log::debug!("stream {} ({}): {from} -> {to} ({cmd:?})", s.id, s.direction().name());
+    log::debug!(
+        "stream {} ({}): {from} -> {to} ({cmd:?})",
+        s.id,
+        s.direction().name()
+    );
 }
 
 /// Validates PCM_SET_PARAMS (spec 5.14.6.6.3, virtio-snd.md §1.E item 16):
@@ -233,8 +278,12 @@ fn validate_params(s: &StreamRuntime, p: &PcmSetParams) -> Result<Negotiated, St
     if features & !STREAM_FEATURES != 0 {
         return Err(Status::NotSupp);
     }
-    let format = Format::from_code(p.format).filter(|f| c.formats.contains(f)).ok_or(Status::NotSupp)?;
-    let rate = rate_from_code(p.rate).filter(|r| c.rates.contains(r)).ok_or(Status::NotSupp)?;
+    let format = Format::from_code(p.format)
+        .filter(|f| c.formats.contains(f))
+        .ok_or(Status::NotSupp)?;
+    let rate = rate_from_code(p.rate)
+        .filter(|r| c.rates.contains(r))
+        .ok_or(Status::NotSupp)?;
     if p.channels < c.channels_min || p.channels > c.channels_max {
         return Err(Status::NotSupp);
     }
@@ -289,7 +338,6 @@ fn set_params(s: &StreamRuntime, p: &PcmSetParams) -> Status {
     Status::Ok
 }
 
-
 fn prepare(s: &StreamRuntime) -> Status {
     let mut inner = s.lock_idle();
     let from = inner.state;
@@ -305,8 +353,14 @@ fn prepare(s: &StreamRuntime) -> Status {
     };
     if matches!(inner.endpoint, Endpoint::None) {
         let opened = match s.direction() {
-            Direction::Output => s.device.open_playback(&negotiated.params).map(Endpoint::Playback),
-            Direction::Input => s.device.open_capture(&negotiated.params).map(Endpoint::Capture),
+            Direction::Output => s
+                .device
+                .open_playback(&negotiated.params)
+                .map(Endpoint::Playback),
+            Direction::Input => s
+                .device
+                .open_capture(&negotiated.params)
+                .map(Endpoint::Capture),
         };
         inner.endpoint = match opened {
             Ok(ep) => ep,
@@ -321,7 +375,11 @@ fn prepare(s: &StreamRuntime) -> Status {
                 }
                 // Run on the daemon's clock without the device.
                 OnRemove::Silence => {
-                    log::info!("stream {}: device {} absent ({e}); running silent", s.id, s.device_name);
+                    log::info!(
+                        "stream {}: device {} absent ({e}); running silent",
+                        s.id,
+                        s.device_name
+                    );
                     Endpoint::None
                 }
             },

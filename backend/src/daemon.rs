@@ -39,8 +39,11 @@ pub enum DaemonError {
     Vhost(vhost_user_backend::Error),
 }
 
+/// The configured host devices, by name, in config order.
+pub type HostDevices = Vec<(String, Arc<dyn HostDevice>)>;
+
 /// Opens every configured host device.
-pub fn build_devices(config: &Config) -> Result<Vec<(String, Arc<dyn HostDevice>)>, DaemonError> {
+pub fn build_devices(config: &Config) -> Result<HostDevices, DaemonError> {
     config
         .devices
         .iter()
@@ -57,7 +60,11 @@ pub fn build_devices(config: &Config) -> Result<Vec<(String, Arc<dyn HostDevice>
 
 /// Serves VMM connections until `max_connections` is reached (forever when
 /// `None`).
-pub fn run(config: &Config, socket: &SocketSpec, max_connections: Option<usize>) -> Result<(), DaemonError> {
+pub fn run(
+    config: &Config,
+    socket: &SocketSpec,
+    max_connections: Option<usize>,
+) -> Result<(), DaemonError> {
     let devices = build_devices(config)?;
     let mut listener = match socket {
         SocketSpec::Path(p) => {
@@ -93,12 +100,17 @@ fn serve_one(
 ) -> Result<(), DaemonError> {
     let mem = GuestMemoryAtomic::new(Mem::new());
     let device = Arc::new(SoundDevice::new(config, devices).map_err(DaemonError::Create)?);
-    let backend = Arc::new(VsoundBackend::new(device.clone(), mem.clone()).map_err(DaemonError::Backend)?);
-    let mut daemon = VhostUserDaemon::new("vsound".into(), backend, mem).map_err(DaemonError::Vhost)?;
+    let backend =
+        Arc::new(VsoundBackend::new(device.clone(), mem.clone()).map_err(DaemonError::Backend)?);
+    let mut daemon =
+        VhostUserDaemon::new("vsound".into(), backend, mem).map_err(DaemonError::Vhost)?;
     daemon.start(listener).map_err(DaemonError::Vhost)?;
     log::info!("VMM connected");
     match daemon.wait() {
-        Ok(()) => log::info!("VMM disconnected"),
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::SocketBroken(_),
+        )) => log::info!("VMM disconnected"),
         Err(e) => log::warn!("VMM connection ended: {e}"),
     }
     // Stops the queue thread (exit event), then the stream workers.

@@ -54,7 +54,10 @@ pub struct SoundDevice {
 
 impl SoundDevice {
     /// Builds the device and starts one worker per stream.
-    pub fn new(config: &Config, host_devices: &[(String, Arc<dyn HostDevice>)]) -> Result<SoundDevice, DeviceError> {
+    pub fn new(
+        config: &Config,
+        host_devices: &[(String, Arc<dyn HostDevice>)],
+    ) -> Result<SoundDevice, DeviceError> {
         let shared = Arc::new(Shared::new());
         let mut streams = Vec::new();
         let mut jacks: Vec<Jack> = Vec::new();
@@ -65,9 +68,13 @@ impl SoundDevice {
                 .get(sc.device)
                 .cloned()
                 .unwrap_or_else(|| ("null".into(), Arc::new(vsound_devices::null::NullDevice)));
-            let rt = StreamRuntime::new(id, sc.clone(), dev, name, shared.clone()).map_err(|e| DeviceError::Stream(id, e))?;
+            let rt = StreamRuntime::new(id, sc.clone(), dev, name, shared.clone())
+                .map_err(|e| DeviceError::Stream(id, e))?;
             streams.push(Arc::new(rt));
-            if !jacks.iter().any(|j| j.device == sc.device && j.direction == sc.direction) {
+            if !jacks
+                .iter()
+                .any(|j| j.device == sc.device && j.direction == sc.direction)
+            {
                 jacks.push(Jack {
                     device: sc.device,
                     direction: sc.direction,
@@ -177,9 +184,14 @@ impl SoundDevice {
             Ok(x) => x,
             Err(refused) => return io::refuse(q.as_ref(), refused),
         };
-        let stream = usize::try_from(stream_id).ok().and_then(|i| self.streams.get(i));
+        let stream = usize::try_from(stream_id)
+            .ok()
+            .and_then(|i| self.streams.get(i));
         let Some(stream) = stream.filter(|s| s.direction() == dir) else {
-            log::debug!("{} message for stream {stream_id}: not a stream of this queue", dir.name());
+            log::debug!(
+                "{} message for stream {stream_id}: not a stream of this queue",
+                dir.name()
+            );
             return msg.complete(q.as_ref(), dir, crate::constants::Status::IoErr, 0, 0);
         };
         if msg.payload() == 0 {

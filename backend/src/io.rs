@@ -45,7 +45,10 @@ impl IoMessage {
             }
         };
         if layout.writable < STATUS_LEN {
-            log::warn!("I/O message without room for a status ({} writable bytes)", layout.writable);
+            log::warn!(
+                "I/O message without room for a status ({} writable bytes)",
+                layout.writable
+            );
             return Err(Refused::NoStatus(chain));
         }
         let mut xfer = PcmXfer::default();
@@ -59,7 +62,14 @@ impl IoMessage {
         let Ok(payload) = u32::try_from(payload) else {
             return Err(Refused::IoErr(chain, layout));
         };
-        Ok((xfer.stream_id.to_native(), IoMessage { chain, layout, payload }))
+        Ok((
+            xfer.stream_id.to_native(),
+            IoMessage {
+                chain,
+                layout,
+                payload,
+            },
+        ))
     }
 
     /// PCM bytes this message carries (tx) or asks for (rx).
@@ -79,7 +89,14 @@ impl IoMessage {
 
     /// Completes the message: status in the last 8 writable bytes; used
     /// length 8 for tx, data + 8 for rx (`rx_bytes` filled).
-    pub fn complete(self, queue: &dyn Virtqueue, dir: Direction, status: Status, latency_bytes: u32, rx_bytes: u32) {
+    pub fn complete(
+        self,
+        queue: &dyn Virtqueue,
+        dir: Direction,
+        status: Status,
+        latency_bytes: u32,
+        rx_bytes: u32,
+    ) {
         let used = match dir {
             Direction::Output => STATUS_LEN as u32,
             Direction::Input => rx_bytes.min(self.payload).saturating_add(STATUS_LEN as u32),

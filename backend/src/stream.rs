@@ -81,7 +81,10 @@ impl PcmState {
 
     /// Whether I/O messages are accepted (queued) in this state.
     pub fn accepts_io(self) -> bool {
-        matches!(self, PcmState::Prepared | PcmState::Started | PcmState::Stopped)
+        matches!(
+            self,
+            PcmState::Prepared | PcmState::Started | PcmState::Stopped
+        )
     }
 }
 
@@ -147,9 +150,33 @@ mod tests {
         // virtio-snd.md §2.4: open/hw_params/prepare/start/stop/sync_stop,
         // pause/resume, re-prepare after release, close from PREPARE.
         let seqs: &[&[C]] = &[
-            &[C::SetParams, C::SetParams, C::Prepare, C::Prepare, C::Start, C::Stop, C::Release],
-            &[C::SetParams, C::Prepare, C::Start, C::Stop, C::Start, C::Stop, C::Release, C::Prepare],
-            &[C::SetParams, C::Prepare, C::SetParams, C::Prepare, C::Release, C::SetParams],
+            &[
+                C::SetParams,
+                C::SetParams,
+                C::Prepare,
+                C::Prepare,
+                C::Start,
+                C::Stop,
+                C::Release,
+            ],
+            &[
+                C::SetParams,
+                C::Prepare,
+                C::Start,
+                C::Stop,
+                C::Start,
+                C::Stop,
+                C::Release,
+                C::Prepare,
+            ],
+            &[
+                C::SetParams,
+                C::Prepare,
+                C::SetParams,
+                C::Prepare,
+                C::Release,
+                C::SetParams,
+            ],
         ];
         for seq in seqs {
             let mut s = S::Idle;

@@ -123,10 +123,10 @@ pub struct Event {
     pub data: Le32,
 }
 
-// SAFETY (all impls below): each type is `repr(C)`, made only of `Le32`,
-// `Le64`, `u8` and arrays of them, with explicit padding fields so there is no
-// implicit padding (the size assertions below prove it); every bit pattern is
-// a valid value.
+// All impls below: each type is `repr(C)`, made only of `Le32`, `Le64`, `u8`
+// and arrays of them, with explicit padding fields so there is no implicit
+// padding (the size assertions below prove it); every bit pattern is valid.
+// SAFETY: see above.
 unsafe impl ByteValued for VirtioSndConfig {}
 // SAFETY: see above.
 unsafe impl ByteValued for Hdr {}

@@ -302,12 +302,22 @@ impl StreamRuntime {
         shared: &Shared,
     ) {
         let mut xrun = false;
+        let stale;
         {
             let mut inner = self.lock();
             inner.busy = false;
-            if matches!(inner.endpoint, Endpoint::None) {
+            let live = matches!(
+                inner.state,
+                PcmState::Started | PcmState::Stopped | PcmState::Prepared
+            );
+            // Put the endpoint back unless the stream was released or reset
+            // meanwhile (then it is closed here, exactly once).
+            stale = if live && matches!(inner.endpoint, Endpoint::None) {
                 inner.endpoint = endpoint;
-            }
+                None
+            } else {
+                Some(endpoint)
+            };
             let period = u64::from(negotiated.params.period_bytes);
             let advance = match &next {
                 Some(m) => {
@@ -342,6 +352,7 @@ impl StreamRuntime {
                 }
             }
         }
+        drop(stale);
         self.idle.notify_all();
         if xrun {
             log::debug!("stream {}: xrun", self.id);

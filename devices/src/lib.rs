@@ -17,8 +17,10 @@
 //!   error came before.
 //! - A device that goes away says so with [`DeviceError::Gone`].
 
+pub mod alsa;
 mod format;
 pub mod null;
+pub mod pad;
 pub mod registry;
 
 pub use format::{Format, StreamParams};

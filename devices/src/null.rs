@@ -3,9 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::{
-    CaptureSource, Clock, DeviceError, Format, HostDevice, PlaybackSink, StreamParams,
-};
+use crate::{CaptureSource, Clock, DeviceError, Format, HostDevice, PlaybackSink, StreamParams};
 
 /// Options of a `kind = "null"` device (it has none).
 #[derive(Debug, Default, Deserialize)]

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::alsa::{AlsaDevice, AlsaOptions};
 use crate::null::{NullDevice, NullOptions};
+use crate::pad::{PadDevice, PadOptions};
 use crate::HostDevice;
 
 /// Builds a device from the options in its config table (the table without
@@ -29,11 +31,23 @@ pub struct Plugin {
 }
 
 /// Every plugin this build knows.
-pub const PLUGINS: &[Plugin] = &[Plugin {
-    kind: "null",
-    validate: |opts| parse::<NullOptions>(opts.clone()).map(|_| ()),
-    build: build_null,
-}];
+pub const PLUGINS: &[Plugin] = &[
+    Plugin {
+        kind: "null",
+        validate: |opts| parse::<NullOptions>(opts.clone()).map(|_| ()),
+        build: build_null,
+    },
+    Plugin {
+        kind: "alsa",
+        validate: |opts| parse::<AlsaOptions>(opts.clone())?.check(),
+        build: build_alsa,
+    },
+    Plugin {
+        kind: "pad",
+        validate: |opts| parse::<PadOptions>(opts.clone()).map(|_| ()),
+        build: build_pad,
+    },
+];
 
 fn parse<T: for<'de> Deserialize<'de>>(opts: toml::Table) -> Result<T, String> {
     T::deserialize(opts).map_err(|e| e.message().to_owned())
@@ -42,6 +56,30 @@ fn parse<T: for<'de> Deserialize<'de>>(opts: toml::Table) -> Result<T, String> {
 fn build_null(_name: &str, opts: toml::Table) -> Result<Arc<dyn HostDevice>, String> {
     let opts: NullOptions = parse(opts)?;
     Ok(Arc::new(NullDevice::from_options(opts)))
+}
+
+fn build_alsa(name: &str, opts: toml::Table) -> Result<Arc<dyn HostDevice>, String> {
+    Ok(Arc::new(AlsaDevice::new(name, parse(opts)?)?))
+}
+
+fn build_pad(name: &str, opts: toml::Table) -> Result<Arc<dyn HostDevice>, String> {
+    let opts: PadOptions = parse(opts)?;
+    match PadDevice::from_options(name, opts) {
+        Ok(pad) => Ok(Arc::new(pad)),
+        Err(e) => Err(with_sources(&e)),
+    }
+}
+
+/// An error's message followed by its sources' (which it does not repeat).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }
 
 /// The kinds this build knows, for error messages.

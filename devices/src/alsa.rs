@@ -1,0 +1,992 @@
+//! The `alsa` device: a guest stream plays to, or records from, an ALSA PCM
+//! (`pcm = "default"`, `"hw:0,0"`, `"plughw:1"`: any name alsa-lib knows).
+//!
+//! I/O never blocks: the PCM is opened non-blocking, a write hands over the
+//! whole frames the PCM has room for and drops (and counts) the rest, a read
+//! takes what the PCM has captured and pads with silence. Under- and overruns
+//! are recovered on the spot, without `snd_pcm_recover`, which sleeps while a
+//! suspended card resumes. The daemon keeps the guest's clock either way.
+//! Since the daemon hands each period over just when it is due, a stream
+//! keeps one period of cushion in the PCM: playback puts a period of silence
+//! ahead of the guest's frames whenever the PCM (re)starts, and capture
+//! reads nothing until the PCM holds a period more than asked for.
+//!
+//! # Attach and detach
+//!
+//! The device is in one of two states (`Shared::attached`):
+//!
+//! - **attached**: the PCM opened and took a configuration the last time it
+//!   was tried. Nothing probes it, so an open stream is never disturbed.
+//! - **detached**: the PCM could not be opened (missing at startup, or
+//!   failing with an error that means the card or sound server went away:
+//!   `ENODEV`, `ENOENT`, `EBADFD`, `EIO`, ...). A stream, or an open, that
+//!   hits such an error returns [`DeviceError::Gone`] and moves the device
+//!   here.
+//!
+//! One monitor thread per device does the rest: while detached it probes the
+//! PCM (opens it, applies any configuration, closes it) with a backoff
+//! doubling from `retry_ms` to [`MAX_RETRY`]; when a probe succeeds the
+//! device is attached again. Every [`DeviceListener`] call is made from that
+//! thread, never from the I/O path, so a listener may take the daemon's
+//! locks and wait for the stream that reported the error to let go of the
+//! device. A missing PCM is never fatal: the device is built detached.
+
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use alsa::pcm::{Access, Format as AlsaFormat, HwParams, PCM};
+use alsa::{Direction, ValueOr};
+use serde::Deserialize;
+
+use crate::{
+    CaptureSource, Clock, DeviceError, DeviceListener, Format, HostDevice, PlaybackSink,
+    StreamParams,
+};
+
+/// The first delay before probing a detached PCM again, unless `retry_ms`
+/// says otherwise.
+const DEFAULT_RETRY_MS: u64 = 500;
+
+/// The longest delay between two probes of a detached PCM (the backoff
+/// doubles up to it, or stays at `retry_ms` if that is longer).
+pub const MAX_RETRY: Duration = Duration::from_secs(10);
+
+/// Options of a `kind = "alsa"` device.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlsaOptions {
+    /// The ALSA PCM name (`"default"`, `"hw:0,0"`, `"plughw:1"`, ...).
+    pub pcm: String,
+    /// Milliseconds before the first attempt to reopen a missing PCM; the
+    /// delay then doubles up to 10 s.
+    #[serde(default = "default_retry_ms")]
+    pub retry_ms: u64,
+}
+
+fn default_retry_ms() -> u64 {
+    DEFAULT_RETRY_MS
+}
+
+impl AlsaOptions {
+    /// Checks what serde cannot: a usable PCM name and a non-zero delay.
+    pub fn check(&self) -> Result<(), String> {
+        if self.pcm.is_empty() {
+            return Err("`pcm` must not be empty".to_owned());
+        }
+        if self.pcm.contains('\0') {
+            return Err("`pcm` must not contain a NUL character".to_owned());
+        }
+        if self.retry_ms == 0 {
+            return Err("`retry_ms` must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// An ALSA PCM as a host device.
+pub struct AlsaDevice {
+    pcm: CString,
+    shared: Arc<Shared>,
+    monitor: Option<JoinHandle<()>>,
+}
+
+impl AlsaDevice {
+    /// Builds the device named `name` (the config table's key). Fails only
+    /// on bad options or if the monitor thread cannot start: a PCM that does
+    /// not open now gives a detached device.
+    pub fn new(name: &str, opts: AlsaOptions) -> Result<Self, String> {
+        opts.check()?;
+        let pcm = CString::new(opts.pcm.as_str())
+            .map_err(|_| "`pcm` must not contain a NUL character".to_owned())?;
+        let attached = pcm_present(&pcm);
+        let shared = Arc::new(Shared::new(
+            describe(name, &opts.pcm),
+            attached,
+            Duration::from_millis(opts.retry_ms),
+        ));
+        if attached {
+            log::info!("{}: present", shared.name);
+        } else {
+            log::warn!("{}: not present, will retry", shared.name);
+        }
+        let probe_pcm = pcm.clone();
+        let monitor = spawn_monitor(name, Arc::clone(&shared), move || pcm_present(&probe_pcm))?;
+        Ok(AlsaDevice {
+            pcm,
+            shared,
+            monitor: Some(monitor),
+        })
+    }
+
+    /// The ALSA PCM name this device opens.
+    pub fn pcm_name(&self) -> &str {
+        self.pcm.to_str().unwrap_or("?")
+    }
+
+    /// Runs `f`, which opens the PCM; if it finds the PCM gone, the device
+    /// is detached (nothing else would notice while no stream is open).
+    fn watching<T>(&self, f: impl FnOnce(u64) -> Result<T, DeviceError>) -> Result<T, DeviceError> {
+        // Read before opening: if the device detaches and comes back while
+        // this runs, its errors must not detach the new attachment.
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        let result = f(generation);
+        match &result {
+            Ok(_) => self.shared.request_probe(),
+            Err(DeviceError::Gone) => self.shared.report_gone(generation),
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn open_stream(&self, params: &StreamParams, dir: Direction) -> Result<Stream, DeviceError> {
+        self.watching(|generation| self.try_open_stream(params, dir, generation))
+    }
+
+    fn try_open_stream(
+        &self,
+        params: &StreamParams,
+        dir: Direction,
+        generation: u64,
+    ) -> Result<Stream, DeviceError> {
+        let pcm = PCM::open(&self.pcm, dir, true).map_err(|e| open_error(&e))?;
+        let geometry = configure_hw(&pcm, params, self.pcm_name())?;
+        configure_sw(&pcm, dir, geometry.period).map_err(|e| setup_error(&e))?;
+        pcm.prepare().map_err(|e| setup_error(&e))?;
+        if dir == Direction::Capture {
+            pcm.start().map_err(|e| setup_error(&e))?;
+        }
+        Ok(Stream {
+            pcm,
+            shared: Arc::clone(&self.shared),
+            generation,
+            frame_bytes: frame_bytes(params)?,
+            period: usize::try_from(geometry.period).unwrap_or(0),
+            buffer: usize::try_from(geometry.buffer).unwrap_or(0),
+            primed: false,
+            gone: false,
+            xruns: 0,
+            lost_frames: 0,
+        })
+    }
+}
+
+impl Drop for AlsaDevice {
+    fn drop(&mut self) {
+        self.shared.stop();
+        if let Some(monitor) = self.monitor.take() {
+            // A listener that drops the last reference to its device runs on
+            // the monitor thread: it cannot join itself, and it returns on
+            // its own once it sees `stop`.
+            if monitor.thread().id() != thread::current().id() && monitor.join().is_err() {
+                log::error!("{}: monitor thread panicked", self.shared.name);
+            }
+        }
+    }
+}
+
+impl HostDevice for AlsaDevice {
+    fn kind(&self) -> &'static str {
+        "alsa"
+    }
+
+    fn is_attached(&self) -> bool {
+        self.shared.attached.load(Ordering::SeqCst)
+    }
+
+    fn set_listener(&self, listener: Arc<dyn DeviceListener>) {
+        *lock(&self.shared.listener) = Some(listener);
+    }
+
+    /// Opens the PCM, tries the parameters, and closes it. The playback side
+    /// is tried first, the capture side if the PCM has no playback. A PCM
+    /// held by someone else (perhaps a stream of this daemon) cannot be
+    /// checked now: that passes, and the open at `PREPARE` will tell.
+    fn check_params(&self, params: &StreamParams) -> Result<(), DeviceError> {
+        self.watching(|_| {
+            let opened = PCM::open(&self.pcm, Direction::Playback, true).or_else(|e| {
+                if e.errno() == libc::EBUSY {
+                    Err(e)
+                } else {
+                    PCM::open(&self.pcm, Direction::Capture, true)
+                }
+            });
+            let pcm = match opened {
+                Ok(pcm) => pcm,
+                Err(e) if e.errno() == libc::EBUSY => return Ok(()),
+                Err(e) => return Err(open_error(&e)),
+            };
+            configure_hw(&pcm, params, self.pcm_name()).map(|_| ())
+        })
+    }
+
+    fn open_playback(&self, params: &StreamParams) -> Result<Box<dyn PlaybackSink>, DeviceError> {
+        let stream = self.open_stream(params, Direction::Playback)?;
+        let mut silence = vec![0; stream.period.saturating_mul(stream.frame_bytes)];
+        params.format.fill_silence(&mut silence);
+        Ok(Box::new(AlsaSink { stream, silence }))
+    }
+
+    fn open_capture(&self, params: &StreamParams) -> Result<Box<dyn CaptureSource>, DeviceError> {
+        let stream = self.open_stream(params, Direction::Capture)?;
+        Ok(Box::new(AlsaSource {
+            format: params.format,
+            stream,
+        }))
+    }
+}
+
+/// The ALSA sample format for a virtio-snd one. Every virtio-snd format has
+/// one: all are little-endian; `S20`/`S24` (and unsigned) are LSB-justified
+/// in a 32-bit container, `S24_3` and friends are packed in 3 bytes.
+fn alsa_format(format: Format) -> AlsaFormat {
+    match format {
+        Format::MuLaw => AlsaFormat::MuLaw,
+        Format::ALaw => AlsaFormat::ALaw,
+        Format::S8 => AlsaFormat::S8,
+        Format::U8 => AlsaFormat::U8,
+        Format::S16 => AlsaFormat::S16LE,
+        Format::U16 => AlsaFormat::U16LE,
+        Format::S18_3 => AlsaFormat::S183LE,
+        Format::U18_3 => AlsaFormat::U183LE,
+        Format::S20_3 => AlsaFormat::S203LE,
+        Format::U20_3 => AlsaFormat::U203LE,
+        Format::S24_3 => AlsaFormat::S243LE,
+        Format::U24_3 => AlsaFormat::U243LE,
+        Format::S20 => AlsaFormat::S20LE,
+        Format::U20 => AlsaFormat::U20LE,
+        Format::S24 => AlsaFormat::S24LE,
+        Format::U24 => AlsaFormat::U24LE,
+        Format::S32 => AlsaFormat::S32LE,
+        Format::U32 => AlsaFormat::U32LE,
+        Format::Float => AlsaFormat::FloatLE,
+        Format::Float64 => AlsaFormat::Float64LE,
+        Format::DsdU8 => AlsaFormat::DSDU8,
+        Format::DsdU16 => AlsaFormat::DSDU16LE,
+        Format::DsdU32 => AlsaFormat::DSDU32LE,
+        Format::Iec958Subframe => AlsaFormat::IEC958SubframeLE,
+    }
+}
+
+fn frame_bytes(params: &StreamParams) -> Result<usize, DeviceError> {
+    match usize::try_from(params.frame_bytes()) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(DeviceError::Unsupported(format!(
+            "{} channels",
+            params.channels
+        ))),
+    }
+}
+
+/// Period and buffer sizes, in frames, as the PCM chose them.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    period: i64,
+    buffer: i64,
+}
+
+/// Sets the hardware parameters for `params`. Access, format, channels and
+/// rate must be exactly the stream's; period and buffer sizes are the
+/// nearest the PCM takes (the daemon paces completions on its own schedule).
+fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry, DeviceError> {
+    let frame = params.frame_bytes();
+    if frame == 0 {
+        return Err(DeviceError::Unsupported(format!(
+            "{} channels",
+            params.channels
+        )));
+    }
+    let period = i64::from(params.period_bytes / frame);
+    let buffer = i64::from(params.buffer_bytes / frame);
+    if period == 0 || buffer < period {
+        return Err(DeviceError::Unsupported(format!(
+            "period of {} bytes in a buffer of {} bytes",
+            params.period_bytes, params.buffer_bytes
+        )));
+    }
+    let refused = |what: String| move |e: alsa::Error| param_error(&e, what, name);
+    let hw = HwParams::any(pcm).map_err(|e| setup_error(&e))?;
+    hw.set_access(Access::RWInterleaved)
+        .map_err(refused("interleaved access".to_owned()))?;
+    hw.set_format(alsa_format(params.format))
+        .map_err(refused(format!("format {}", params.format)))?;
+    hw.set_channels(u32::from(params.channels))
+        .map_err(refused(format!("{} channels", params.channels)))?;
+    let rate = || format!("rate {} Hz", params.rate);
+    hw.set_rate(params.rate, ValueOr::Nearest)
+        .map_err(refused(rate()))?;
+    match hw.get_rate() {
+        Ok(r) if r == params.rate => {}
+        Ok(r) => {
+            return Err(DeviceError::Unsupported(format!(
+                "{} (ALSA PCM `{name}` offers {r} Hz)",
+                rate()
+            )))
+        }
+        Err(e) => return Err(param_error(&e, rate(), name)),
+    }
+    let sizes = || format!("period of {period} frames, buffer of {buffer} frames");
+    hw.set_period_size_near(period, ValueOr::Nearest)
+        .map_err(refused(sizes()))?;
+    hw.set_buffer_size_near(buffer).map_err(refused(sizes()))?;
+    pcm.hw_params(&hw).map_err(|e| {
+        if e.errno() == libc::EBUSY {
+            setup_error(&e)
+        } else {
+            param_error(&e, sizes(), name)
+        }
+    })?;
+    let chosen = Geometry {
+        period: hw.get_period_size().map_err(|e| setup_error(&e))?,
+        buffer: hw.get_buffer_size().map_err(|e| setup_error(&e))?,
+    };
+    if chosen.period != period || chosen.buffer != buffer {
+        log::debug!(
+            "ALSA PCM `{name}`: period of {} frames, buffer of {} frames instead of {period}, {buffer}",
+            chosen.period,
+            chosen.buffer
+        );
+    }
+    Ok(chosen)
+}
+
+/// Playback starts as soon as a period is queued; a poll would wake once a
+/// period can move.
+fn configure_sw(pcm: &PCM, dir: Direction, period: i64) -> alsa::Result<()> {
+    let sw = pcm.sw_params_current()?;
+    if dir == Direction::Playback {
+        sw.set_start_threshold(period)?;
+    }
+    sw.set_avail_min(period)?;
+    pcm.sw_params(&sw)
+}
+
+/// Whether an errno from an open PCM means the card (or the sound server
+/// behind the PCM) went away, rather than a passing condition. (`EPIPE` and
+/// `ESTRPIPE`, xruns and suspends, are dealt with before this is asked.)
+fn is_gone(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENODEV
+            | libc::ENXIO
+            | libc::ENOENT
+            | libc::EBADFD
+            | libc::EIO
+            | libc::ENOTCONN
+            | libc::ESHUTDOWN
+            | libc::ECONNRESET
+            | libc::ECONNREFUSED
+    )
+}
+
+fn io_error(e: &alsa::Error) -> DeviceError {
+    DeviceError::Io(std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// `snd_pcm_open` failed: the PCM is not there, unless it is only busy or
+/// the host is out of resources.
+fn open_error(e: &alsa::Error) -> DeviceError {
+    match e.errno() {
+        libc::EBUSY | libc::ENOMEM | libc::EMFILE | libc::ENFILE => io_error(e),
+        _ => DeviceError::Gone,
+    }
+}
+
+/// A setup call other than a parameter choice failed.
+fn setup_error(e: &alsa::Error) -> DeviceError {
+    if is_gone(e.errno()) {
+        DeviceError::Gone
+    } else {
+        io_error(e)
+    }
+}
+
+/// The PCM refused a parameter (or vanished while being asked).
+fn param_error(e: &alsa::Error, what: String, name: &str) -> DeviceError {
+    if is_gone(e.errno()) {
+        DeviceError::Gone
+    } else {
+        DeviceError::Unsupported(format!("{what} (ALSA PCM `{name}`: {e})"))
+    }
+}
+
+/// Whether the PCM opens and takes a configuration now, in either direction
+/// (a microphone has no playback side). Busy counts as present: someone
+/// holds it.
+fn pcm_present(pcm: &CString) -> bool {
+    [Direction::Playback, Direction::Capture]
+        .into_iter()
+        .any(|dir| match PCM::open(pcm, dir, true) {
+            Ok(pcm) => takes_a_configuration(&pcm),
+            Err(e) => e.errno() == libc::EBUSY,
+        })
+}
+
+/// Some PCMs open while what is behind them is missing (the `pipewire` PCM
+/// while the server has no sink fails only at `snd_pcm_hw_params`, with
+/// `ENOENT`): only a configuration tells. Any one the PCM offers will do.
+fn takes_a_configuration(pcm: &PCM) -> bool {
+    let Ok(hw) = HwParams::any(pcm) else {
+        return false;
+    };
+    // Preferences only: a PCM that refuses them gets its own choice.
+    let _ = hw.set_access(Access::RWInterleaved);
+    let _ = hw.set_rate_near(48000, ValueOr::Nearest);
+    pcm.hw_params(&hw).is_ok()
+}
+
+fn describe(name: &str, pcm: &str) -> String {
+    format!("ALSA device `{name}` (PCM `{pcm}`)")
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the device, its streams and its monitor thread share.
+struct Shared {
+    /// For log lines.
+    name: String,
+    /// The attach state (see the module doc).
+    attached: AtomicBool,
+    /// Bumped at every attach, so that a stream opened before a detach
+    /// cannot detach the device again after it came back.
+    generation: AtomicU64,
+    control: Mutex<Control>,
+    wake: Condvar,
+    listener: Mutex<Option<Arc<dyn DeviceListener>>>,
+    first_retry: Duration,
+}
+
+/// Requests to the monitor thread, under [`Shared::control`]. The lock is
+/// only ever held to flip these flags.
+#[derive(Default)]
+struct Control {
+    stop: bool,
+    /// A stream found the PCM gone; the listener is still to be told.
+    detach_pending: bool,
+    /// Something opened the PCM while detached: probe without waiting.
+    probe_now: bool,
+}
+
+/// What the monitor thread does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    Stop,
+    Detached,
+    Probe,
+}
+
+impl Shared {
+    fn new(name: String, attached: bool, first_retry: Duration) -> Self {
+        Shared {
+            name,
+            attached: AtomicBool::new(attached),
+            generation: AtomicU64::new(0),
+            control: Mutex::new(Control::default()),
+            wake: Condvar::new(),
+            listener: Mutex::new(None),
+            first_retry,
+        }
+    }
+
+    fn stop(&self) {
+        lock(&self.control).stop = true;
+        self.wake.notify_all();
+    }
+
+    /// A stream opened at `generation` found the PCM gone. Marks the device
+    /// detached at once (so `is_attached` is right when the daemon sees the
+    /// error) and leaves the listener call to the monitor thread.
+    fn report_gone(&self, generation: u64) {
+        if self.generation.load(Ordering::SeqCst) == generation
+            && self.attached.swap(false, Ordering::SeqCst)
+        {
+            lock(&self.control).detach_pending = true;
+            self.wake.notify_all();
+        }
+    }
+
+    /// The PCM was just opened: if the device is detached, probe now
+    /// rather than at the end of the backoff.
+    fn request_probe(&self) {
+        if !self.attached.load(Ordering::SeqCst) {
+            lock(&self.control).probe_now = true;
+            self.wake.notify_all();
+        }
+    }
+
+    fn listener(&self) -> Option<Arc<dyn DeviceListener>> {
+        lock(&self.listener).clone()
+    }
+
+    /// Waits for the next thing to do: forever while attached, at most
+    /// `delay` while detached.
+    fn next_event(&self, delay: Duration) -> Event {
+        let deadline = Instant::now().checked_add(delay);
+        let mut control = lock(&self.control);
+        loop {
+            if control.stop {
+                return Event::Stop;
+            }
+            if control.detach_pending {
+                control.detach_pending = false;
+                return Event::Detached;
+            }
+            if self.attached.load(Ordering::SeqCst) {
+                control.probe_now = false;
+                control = self
+                    .wake
+                    .wait(control)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            if control.probe_now {
+                control.probe_now = false;
+                return Event::Probe;
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => delay,
+            };
+            if left.is_zero() {
+                return Event::Probe;
+            }
+            control = self
+                .wake
+                .wait_timeout(control, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// The monitor thread: tells the listener about detaches and probes a
+    /// detached PCM until it is back.
+    fn monitor(&self, probe: impl Fn() -> bool) {
+        let mut delay = self.first_retry;
+        loop {
+            match self.next_event(delay) {
+                Event::Stop => return,
+                Event::Detached => {
+                    log::warn!("{}: gone", self.name);
+                    if let Some(listener) = self.listener() {
+                        listener.detached();
+                    }
+                    delay = self.first_retry;
+                }
+                Event::Probe => {
+                    if !probe() {
+                        delay = next_delay(delay, self.first_retry);
+                        continue;
+                    }
+                    self.generation.fetch_add(1, Ordering::SeqCst);
+                    self.attached.store(true, Ordering::SeqCst);
+                    log::info!("{}: back", self.name);
+                    if let Some(listener) = self.listener() {
+                        listener.attached();
+                    }
+                    delay = self.first_retry;
+                }
+            }
+        }
+    }
+}
+
+/// The backoff after a failed probe: double, up to [`MAX_RETRY`] (or the
+/// first delay, if that is longer).
+fn next_delay(delay: Duration, first: Duration) -> Duration {
+    delay.saturating_mul(2).min(MAX_RETRY.max(first))
+}
+
+fn spawn_monitor<P>(name: &str, shared: Arc<Shared>, probe: P) -> Result<JoinHandle<()>, String>
+where
+    P: Fn() -> bool + Send + 'static,
+{
+    // Thread names may not hold NUL; Linux keeps 15 bytes of them anyway.
+    let tag: String = name
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(9)
+        .collect();
+    thread::Builder::new()
+        .name(format!("alsa-{tag}"))
+        .spawn(move || shared.monitor(probe))
+        .map_err(|e| format!("cannot start the monitor thread of ALSA device `{name}`: {e}"))
+}
+
+/// An open PCM, shared by the sink and the source.
+struct Stream {
+    pcm: PCM,
+    shared: Arc<Shared>,
+    generation: u64,
+    frame_bytes: usize,
+    /// Period and buffer sizes the PCM chose, in frames.
+    period: usize,
+    buffer: usize,
+    /// Whether the cushion of one period is in place since the PCM was last
+    /// started (see [`AlsaSink::write`] and [`AlsaSource::read_available`]).
+    primed: bool,
+    /// Set once the PCM failed for good: every later call says `Gone`.
+    gone: bool,
+    xruns: u64,
+    /// Playback frames dropped because the PCM was full.
+    lost_frames: u64,
+}
+
+impl Stream {
+    fn gone(&mut self) -> DeviceError {
+        if !self.gone {
+            self.gone = true;
+            self.shared.report_gone(self.generation);
+        }
+        DeviceError::Gone
+    }
+
+    /// Sorts out an error of `writei`/`readi`. `Ok(true)`: the PCM was
+    /// recovered from an xrun, try again; `Ok(false)`: nothing moves now.
+    fn handle(&mut self, e: alsa::Error, retried: bool) -> Result<bool, DeviceError> {
+        match e.errno() {
+            libc::EAGAIN | libc::EINTR => Ok(false),
+            errno @ (libc::EPIPE | libc::ESTRPIPE) => {
+                self.xruns = self.xruns.saturating_add(1);
+                log::trace!("{}: xrun ({errno})", self.shared.name);
+                if retried {
+                    return Ok(false);
+                }
+                match recover(&self.pcm, errno) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.errno() == libc::EAGAIN => Ok(false),
+                    Err(_) => Err(self.gone()),
+                }
+            }
+            errno if is_gone(errno) => Err(self.gone()),
+            _ => Err(io_error(&e)),
+        }
+    }
+
+    /// Starts a capture PCM again after an overrun was recovered (it does
+    /// not start by itself after a prepare) and waits for a new cushion.
+    fn restart_capture(&mut self) -> Result<(), DeviceError> {
+        self.primed = false;
+        match self.pcm.start() {
+            Err(e) if is_gone(e.errno()) => Err(self.gone()),
+            _ => Ok(()),
+        }
+    }
+
+    fn latency_bytes(&self) -> u32 {
+        match self.pcm.delay() {
+            Ok(frames) if frames > 0 => u64::try_from(frames)
+                .unwrap_or(0)
+                .saturating_mul(self.frame_bytes as u64)
+                .try_into()
+                .unwrap_or(u32::MAX),
+            _ => 0,
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // Dropping the PCM closes it: `snd_pcm_close` drops pending frames,
+        // it does not drain them, so this never blocks.
+        if self.xruns > 0 || self.lost_frames > 0 {
+            log::debug!(
+                "{}: stream closed after {} xruns, {} frames dropped",
+                self.shared.name,
+                self.xruns,
+                self.lost_frames
+            );
+        }
+    }
+}
+
+/// Brings the PCM back from an xrun (`EPIPE`) or a suspend (`ESTRPIPE`)
+/// without blocking: a suspended PCM that is still resuming answers `EAGAIN`
+/// and is tried again at the next call.
+fn recover(pcm: &PCM, errno: i32) -> alsa::Result<()> {
+    if errno == libc::ESTRPIPE {
+        match pcm.resume() {
+            Ok(()) => return Ok(()),
+            Err(e) if e.errno() == libc::EAGAIN => return Err(e),
+            // The PCM cannot resume where it was: start it over.
+            Err(_) => {}
+        }
+    }
+    pcm.prepare()
+}
+
+struct AlsaSink {
+    stream: Stream,
+    /// One period of silence, made at open.
+    silence: Vec<u8>,
+}
+
+impl PlaybackSink for AlsaSink {
+    fn clock(&self) -> Clock {
+        Clock::Device
+    }
+
+    /// After each (re)start of the PCM, one period of silence goes ahead of
+    /// the guest's frames. The daemon hands a period over when it is due,
+    /// just as the PCM finishes the one before: without a cushion, any
+    /// lateness would underrun.
+    fn write(&mut self, frames: &[u8]) -> Result<(), DeviceError> {
+        let AlsaSink { stream: s, silence } = self;
+        if s.gone {
+            return Err(DeviceError::Gone);
+        }
+        let fb = s.frame_bytes;
+        let whole = frames.len() / fb * fb;
+        let mut rest = frames.get(..whole).unwrap_or_default();
+        let mut retried = false;
+        while !rest.is_empty() {
+            let chunk = if s.primed { rest } else { &silence[..] };
+            let written = s.pcm.io_bytes().writei(chunk);
+            match written {
+                Ok(_) if !s.primed => s.primed = true,
+                Ok(0) => break,
+                Ok(n) => rest = rest.get(n.saturating_mul(fb)..).unwrap_or_default(),
+                Err(e) => {
+                    if !s.handle(e, retried)? {
+                        break;
+                    }
+                    retried = true;
+                    s.primed = false;
+                }
+            }
+        }
+        let lost = (rest.len() / fb) as u64;
+        s.lost_frames = s.lost_frames.saturating_add(lost);
+        Ok(())
+    }
+
+    fn latency_bytes(&self) -> u32 {
+        self.stream.latency_bytes()
+    }
+}
+
+struct AlsaSource {
+    format: Format,
+    stream: Stream,
+}
+
+impl AlsaSource {
+    /// Reads what the PCM has into `buf`; returns the bytes filled.
+    ///
+    /// After each (re)start of the PCM, nothing is read until it holds this
+    /// read plus a period: the daemon asks for a period when it is due, just
+    /// as the PCM captures it; without a cushion, a read a little early
+    /// would find a partial period.
+    fn read_available(&mut self, buf: &mut [u8]) -> Result<usize, DeviceError> {
+        let s = &mut self.stream;
+        if s.gone {
+            return Err(DeviceError::Gone);
+        }
+        let fb = s.frame_bytes;
+        let whole = buf.len() / fb * fb;
+        if !s.primed {
+            // Leave a period of room, or the PCM overruns while it fills.
+            let need = (whole / fb)
+                .saturating_add(s.period)
+                .min(s.buffer.saturating_sub(s.period))
+                .max(1);
+            match s.pcm.avail() {
+                Ok(avail) if usize::try_from(avail).unwrap_or(0) >= need => s.primed = true,
+                Ok(_) => return Ok(0),
+                Err(e) => {
+                    if s.handle(e, false)? {
+                        s.restart_capture()?;
+                    }
+                    return Ok(0);
+                }
+            }
+        }
+        let mut filled = 0;
+        while let Some(free) = buf.get_mut(filled..whole).filter(|b| !b.is_empty()) {
+            let read = s.pcm.io_bytes().readi(free);
+            match read {
+                Ok(0) => break,
+                Ok(n) => filled = whole.min(filled.saturating_add(n.saturating_mul(fb))),
+                Err(e) => {
+                    // After an overrun the PCM is empty: nothing more now.
+                    if s.handle(e, false)? {
+                        s.restart_capture()?;
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(filled)
+    }
+}
+
+impl CaptureSource for AlsaSource {
+    fn clock(&self) -> Clock {
+        Clock::Device
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<(), DeviceError> {
+        let result = self.read_available(buf);
+        let filled = *result.as_ref().unwrap_or(&0);
+        self.format
+            .fill_silence(buf.get_mut(filled..).unwrap_or_default());
+        result.map(|_| ())
+    }
+
+    fn latency_bytes(&self) -> u32 {
+        self.stream.latency_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<AlsaOptions, String> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        let opts = AlsaOptions::deserialize(table).map_err(|e| e.message().to_owned())?;
+        opts.check()?;
+        Ok(opts)
+    }
+
+    #[test]
+    fn options_parse_and_are_checked() {
+        let opts = parse(r#"pcm = "hw:0,0""#).unwrap();
+        assert_eq!(opts.pcm, "hw:0,0");
+        assert_eq!(opts.retry_ms, DEFAULT_RETRY_MS);
+        assert_eq!(parse("pcm = \"x\"\nretry_ms = 20").unwrap().retry_ms, 20);
+
+        let failures = [
+            ("", "pcm"),
+            ("pcm = \"x\"\npath = \"/y\"", "path"),
+            ("pcm = \"\"", "empty"),
+            ("pcm = \"a\\u0000b\"", "NUL"),
+            ("pcm = \"x\"\nretry_ms = 0", "retry_ms"),
+            ("pcm = 3", "string"),
+        ];
+        for (text, needle) in failures {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_format_maps_to_an_alsa_format_of_the_same_size() {
+        for f in Format::ALL {
+            let a = alsa_format(f);
+            let bits = a.physical_width().unwrap();
+            assert_eq!(bits, (f.sample_bytes() * 8) as i32, "{f} -> {a}");
+            if bits > 8 {
+                assert!(a.little_endian().unwrap(), "{f} -> {a}");
+            }
+        }
+        assert_eq!(alsa_format(Format::S24).width().unwrap(), 24);
+        assert_eq!(alsa_format(Format::S20).width().unwrap(), 20);
+        assert_eq!(alsa_format(Format::S24_3).width().unwrap(), 24);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let first = Duration::from_millis(500);
+        let mut d = first;
+        let mut seen = vec![];
+        for _ in 0..8 {
+            seen.push(d.as_millis());
+            d = next_delay(d, first);
+        }
+        assert_eq!(seen, [500, 1000, 2000, 4000, 8000, 10000, 10000, 10000]);
+        let long = Duration::from_secs(30);
+        assert_eq!(next_delay(long, long), long);
+    }
+
+    #[derive(Default)]
+    struct Counter {
+        attached: AtomicUsize,
+        detached: AtomicUsize,
+    }
+
+    impl DeviceListener for Counter {
+        fn attached(&self) {
+            self.attached.fetch_add(1, Ordering::SeqCst);
+        }
+        fn detached(&self) {
+            self.detached.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn monitor_reports_gone_probes_and_reattaches() {
+        let shared = Arc::new(Shared::new("test".into(), true, Duration::from_millis(1)));
+        let counter = Arc::new(Counter::default());
+        *lock(&shared.listener) = Some(counter.clone());
+        let present = Arc::new(AtomicBool::new(false));
+        let probes = Arc::new(AtomicUsize::new(0));
+        let (p, n) = (present.clone(), probes.clone());
+        let monitor = spawn_monitor("test\0", shared.clone(), move || {
+            n.fetch_add(1, Ordering::SeqCst);
+            p.load(Ordering::SeqCst)
+        })
+        .unwrap();
+
+        // Attached: nothing probes.
+        thread::sleep(Duration::from_millis(20));
+        assert_eq!(probes.load(Ordering::SeqCst), 0);
+
+        // A stream of the current attachment hits Gone: detached at once,
+        // the listener is told once, and the monitor probes.
+        let gen0 = shared.generation.load(Ordering::SeqCst);
+        shared.report_gone(gen0);
+        shared.report_gone(gen0);
+        assert!(!shared.attached.load(Ordering::SeqCst));
+        wait_for("detached", || counter.detached.load(Ordering::SeqCst) == 1);
+        wait_for("probes", || probes.load(Ordering::SeqCst) >= 3);
+        assert_eq!(counter.attached.load(Ordering::SeqCst), 0);
+
+        // The PCM comes back.
+        present.store(true, Ordering::SeqCst);
+        wait_for("attached", || counter.attached.load(Ordering::SeqCst) == 1);
+        assert!(shared.attached.load(Ordering::SeqCst));
+        let settled = probes.load(Ordering::SeqCst);
+
+        // A stream of the old attachment cannot detach the new one.
+        shared.report_gone(gen0);
+        assert!(shared.attached.load(Ordering::SeqCst));
+        thread::sleep(Duration::from_millis(20));
+        assert_eq!(probes.load(Ordering::SeqCst), settled);
+        assert_eq!(counter.detached.load(Ordering::SeqCst), 1);
+
+        shared.stop();
+        monitor.join().unwrap();
+    }
+
+    #[test]
+    fn a_probe_request_cuts_the_backoff_short() {
+        let shared = Arc::new(Shared::new("test".into(), false, Duration::from_secs(3600)));
+        let probes = Arc::new(AtomicUsize::new(0));
+        let n = probes.clone();
+        let monitor = spawn_monitor("test", shared.clone(), move || {
+            n.fetch_add(1, Ordering::SeqCst);
+            true
+        })
+        .unwrap();
+        shared.request_probe();
+        wait_for("attached", || shared.attached.load(Ordering::SeqCst));
+        assert_eq!(probes.load(Ordering::SeqCst), 1);
+        // Stopping does not wait for the hour-long backoff.
+        shared.stop();
+        monitor.join().unwrap();
+    }
+}

@@ -1,0 +1,1844 @@
+//! The `pad` device: a Unix stream socket that plays the guest's output to,
+//! and records the guest's input from, whichever host process connects.
+//!
+//! Modelled on NetBSD's pad(4). The wire protocol, as a client sees it:
+//! - One client at a time. Another connection gets the single line
+//!   `vsound: pad NAME is busy\n` and is closed.
+//! - Connecting **attaches** the device; closing the connection (or an
+//!   `EPIPE`/`ECONNRESET` on it) **detaches** it. A client that only shuts
+//!   down its write side (`shutdown(SHUT_WR)`, EOF on our read) stays
+//!   attached and keeps receiving playback; its capture input is over.
+//! - Playback: the guest's interleaved PCM bytes exactly as the guest sent
+//!   them, whole frames only. With `header = "wav"` every playback stream
+//!   (a sink opening while a client is connected, or a client connecting
+//!   while a sink is open) starts with a 44-byte canonical WAV header whose
+//!   RIFF and data sizes are `0xFFFF_FFFF` ("streaming, length unknown").
+//! - Capture: the client writes raw interleaved PCM in the capture stream's
+//!   format (never a header); byte 0 after connecting starts a frame.
+//!
+//! The guest's clock rules (design.md, "The pad device"): a slow or absent
+//! client never stalls anything. Each direction has a bounded ring,
+//! preallocated when the stream opens; when it is full the *oldest* whole
+//! frames are dropped and counted. While no client is connected playback is
+//! discarded and capture is silence, both answered with
+//! [`DeviceError::Gone`].
+//!
+//! Threads: one pad thread per device owns the listening socket and the
+//! client connection (non-blocking, driven by `poll` with a wake eventfd).
+//! Sinks and sources only touch the rings under the device's state lock;
+//! the thread copies a chunk out of (or into) a ring under that lock and
+//! does the socket I/O with the lock released. The listener is called from
+//! the pad thread, with no lock held, strictly alternating
+//! attached/detached.
+
+use std::fmt;
+use std::fs::{self, File, Permissions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::{
+    CaptureSource, Clock, DeviceError, DeviceListener, Format, HostDevice, PlaybackSink,
+    StreamParams,
+};
+
+/// Smallest ring per direction: a third of a second of 48 kHz S16 stereo,
+/// slack for a client that is scheduled late.
+const MIN_RING_BYTES: u64 = 64 * 1024;
+/// Largest ring per direction. `buffer_bytes` comes from the guest; this
+/// caps what a guest can make us allocate (about 5 s of 8-channel FLOAT at
+/// 96 kHz).
+const MAX_RING_BYTES: u64 = 16 * 1024 * 1024;
+/// Bytes the pad thread moves per socket call.
+const IO_CHUNK: usize = 16 * 1024;
+/// Socket calls per direction per wakeup, so one busy direction (a client
+/// flooding capture input) cannot starve the other or a shutdown request.
+const BURST: usize = 16;
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// Length of the canonical WAV header (RIFF + 16-byte `fmt ` + `data`).
+const WAV_HEADER_LEN: usize = 44;
+/// Pause after an `accept` error other than "nothing pending" (EMFILE...),
+/// so a listening socket that stays readable does not spin the thread.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What a pad sends its client ahead of playback frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Header {
+    /// Nothing: raw interleaved PCM.
+    #[default]
+    Raw,
+    /// A 44-byte WAV header at the start of each playback stream.
+    Wav,
+}
+
+/// Options of a `kind = "pad"` device.
+///
+/// ```toml
+/// [devices.pad0]
+/// kind = "pad"
+/// path = "/tmp/vsound-pad0.sock"   # required
+/// mode = "0660"                    # or 0o660; default 0600
+/// header = "wav"                   # "raw" (default) | "wav"
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PadOptions {
+    #[serde(deserialize_with = "socket_path")]
+    path: PathBuf,
+    #[serde(default = "default_mode", deserialize_with = "permission_mode")]
+    mode: u32,
+    #[serde(default)]
+    header: Header,
+}
+
+impl PadOptions {
+    /// Where the socket lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The socket file's permission bits.
+    pub fn mode(&self) -> u32 {
+        self.mode
+    }
+
+    /// What playback starts with.
+    pub fn header(&self) -> Header {
+        self.header
+    }
+}
+
+fn default_mode() -> u32 {
+    0o600
+}
+
+fn socket_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Err(de::Error::custom("path must not be empty"));
+    }
+    if s.contains('\0') {
+        return Err(de::Error::custom("path must not contain NUL"));
+    }
+    if s.len() > MAX_SOCKET_PATH {
+        return Err(de::Error::custom(format!(
+            "path is {} bytes; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+            s.len()
+        )));
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// Accepts `"0660"`/`"660"`/`"0o660"` (octal digits) or an integer
+/// (`0o660` in TOML; the value is taken as is). Only permission bits
+/// (at most `0o777`) make sense on a socket.
+fn permission_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    struct ModeVisitor;
+
+    impl ModeVisitor {
+        fn checked<E: de::Error>(v: u64) -> Result<u32, E> {
+            match u32::try_from(v) {
+                Ok(m) if m <= 0o777 => Ok(m),
+                _ => Err(E::custom(format!(
+                    "mode {v:#o} has bits beyond 0o777; write it as \"0660\" or 0o660"
+                ))),
+            }
+        }
+    }
+
+    impl Visitor<'_> for ModeVisitor {
+        type Value = u32;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an octal permission such as \"0660\" or 0o660")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
+            Self::checked(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
+            let v = u64::try_from(v).map_err(|_| E::custom("mode must not be negative"))?;
+            Self::checked(v)
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<u32, E> {
+            let digits = s.strip_prefix("0o").unwrap_or(s);
+            if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+                return Err(E::custom(format!(
+                    "mode `{s}` is not octal; expected something like \"0660\""
+                )));
+            }
+            let v = u64::from_str_radix(digits, 8).map_err(|_| E::custom("mode is too large"))?;
+            Self::checked(v)
+        }
+    }
+
+    d.deserialize_any(ModeVisitor)
+}
+
+/// Why a pad could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PadError {
+    /// Something other than a socket is at the path.
+    #[error("{} exists and is not a socket; refusing to replace it", path.display())]
+    NotASocket { path: PathBuf },
+    /// A live process is listening on the socket at the path.
+    #[error("Another process is listening on {}", path.display())]
+    InUse { path: PathBuf },
+    /// An existing socket file could not be checked or removed.
+    #[error("Cannot replace the existing socket {}", path.display())]
+    Stale {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// `bind`/`listen` failed.
+    #[error("Cannot listen on {}", path.display())]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The socket's permissions could not be set.
+    #[error("Cannot set mode {mode:04o} on {}", path.display())]
+    Chmod {
+        path: PathBuf,
+        mode: u32,
+        #[source]
+        source: io::Error,
+    },
+    /// The eventfd or the pad thread could not be created.
+    #[error("Cannot start the pad thread")]
+    Thread(#[source] io::Error),
+}
+
+/// A snapshot of a pad's counters (see [`PadDevice::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PadStats {
+    /// A client is connected now.
+    pub attached: bool,
+    /// Clients that attached since the device was built.
+    pub clients: u64,
+    /// Connections turned away because a client was already connected.
+    pub refused: u64,
+    /// Playback bytes sent to clients (WAV headers included).
+    pub playback_bytes: u64,
+    /// Sink writes that found the playback ring full.
+    pub playback_overflows: u64,
+    /// Playback bytes dropped (oldest first) because the ring was full.
+    pub playback_dropped_bytes: u64,
+    /// Playback bytes written while no client was connected.
+    pub playback_discarded_bytes: u64,
+    /// Capture bytes received from clients (also while no source was open).
+    pub capture_bytes: u64,
+    /// Client reads that found the capture ring full.
+    pub capture_overflows: u64,
+    /// Capture bytes dropped (oldest first) because the ring was full.
+    pub capture_dropped_bytes: u64,
+    /// Source reads, with a client connected, that were padded with silence.
+    pub capture_underruns: u64,
+    /// Silence bytes handed to sources (with or without a client).
+    pub capture_silence_bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    clients: AtomicU64,
+    refused: AtomicU64,
+    playback_bytes: AtomicU64,
+    playback_overflows: AtomicU64,
+    playback_dropped_bytes: AtomicU64,
+    playback_discarded_bytes: AtomicU64,
+    capture_bytes: AtomicU64,
+    capture_overflows: AtomicU64,
+    capture_dropped_bytes: AtomicU64,
+    capture_underruns: AtomicU64,
+    capture_silence_bytes: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self, attached: bool) -> PadStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PadStats {
+            attached,
+            clients: get(&self.clients),
+            refused: get(&self.refused),
+            playback_bytes: get(&self.playback_bytes),
+            playback_overflows: get(&self.playback_overflows),
+            playback_dropped_bytes: get(&self.playback_dropped_bytes),
+            playback_discarded_bytes: get(&self.playback_discarded_bytes),
+            capture_bytes: get(&self.capture_bytes),
+            capture_overflows: get(&self.capture_overflows),
+            capture_dropped_bytes: get(&self.capture_dropped_bytes),
+            capture_underruns: get(&self.capture_underruns),
+            capture_silence_bytes: get(&self.capture_silence_bytes),
+        }
+    }
+}
+
+fn round_down(x: u64, frame: u64) -> u64 {
+    x - x % frame
+}
+
+fn round_up(x: u64, frame: u64) -> u64 {
+    x.div_ceil(frame).saturating_mul(frame)
+}
+
+/// A byte ring that only ever hands out, and drops, whole frames.
+///
+/// Positions are absolute byte offsets in the stream (`head` = bytes pushed
+/// so far); a frame starts at every multiple of the frame size, and the byte
+/// at position `p` lives at `buf[p % capacity]`. `tail` is always on a frame
+/// boundary. `tail > head` means "skip pushed bytes up to `tail`": the rest
+/// of a frame whose start was cleared away.
+struct Ring {
+    buf: Vec<u8>,
+    frame: u64,
+    head: u64,
+    tail: u64,
+}
+
+impl Ring {
+    /// Allocates a ring of at least `bytes` (rounded up to whole frames,
+    /// capped at [`MAX_RING_BYTES`]).
+    fn new(bytes: u64, frame_bytes: u32) -> Result<Ring, DeviceError> {
+        let frame = u64::from(frame_bytes);
+        if frame == 0 {
+            return Err(DeviceError::Unsupported("zero-byte frames".into()));
+        }
+        let cap = round_up(bytes.clamp(1, MAX_RING_BYTES), frame);
+        let len = usize::try_from(cap)
+            .map_err(|_| DeviceError::Unsupported(format!("{cap}-byte ring")))?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len)
+            .map_err(|_| DeviceError::Unsupported(format!("cannot allocate a {len}-byte ring")))?;
+        buf.resize(len, 0);
+        Ok(Ring {
+            buf,
+            frame,
+            head: 0,
+            tail: 0,
+        })
+    }
+
+    fn capacity(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    /// Bytes queued (including a trailing partial frame).
+    fn len(&self) -> u64 {
+        self.head.saturating_sub(self.tail)
+    }
+
+    /// Bytes queued in whole frames.
+    fn frames_len(&self) -> u64 {
+        round_down(self.head, self.frame).saturating_sub(self.tail)
+    }
+
+    /// Forgets what is queued; the next frame boundary starts afresh.
+    fn clear(&mut self) {
+        self.tail = self.tail.max(round_up(self.head, self.frame));
+    }
+
+    /// Empties the ring and makes `pos` the position of the next push.
+    fn reset_at(&mut self, pos: u64) {
+        self.head = pos;
+        self.tail = round_up(pos, self.frame);
+    }
+
+    /// Accounts for `n` bytes that were not kept (no client).
+    fn discard(&mut self, n: u64) {
+        self.head = self.head.saturating_add(n);
+        self.clear();
+    }
+
+    /// Appends `data`, dropping the oldest whole frames if it does not fit.
+    /// Returns how many bytes were dropped.
+    fn push(&mut self, data: &[u8]) -> u64 {
+        let cap = self.capacity();
+        let start = self.head;
+        let end = start.saturating_add(data.len() as u64);
+        self.head = end;
+        let mut dropped = 0;
+        let min_tail = round_up(end.saturating_sub(cap), self.frame);
+        if min_tail > self.tail {
+            dropped = min_tail - self.tail;
+            self.tail = min_tail;
+        }
+        // Bytes before `tail` are skipped (or were just dropped).
+        let from = self.tail.max(start);
+        let skip = usize::try_from(from - start.min(from)).unwrap_or(usize::MAX);
+        if let Some(src) = data.get(skip..) {
+            self.copy_in(from, src);
+        }
+        dropped
+    }
+
+    /// Moves whole frames, as many as fit in `out`, to the front of `out`.
+    /// Returns the byte count.
+    fn pop(&mut self, out: &mut [u8]) -> usize {
+        let room = round_down(out.len() as u64, self.frame);
+        let n = self.frames_len().min(room);
+        let n_usize = usize::try_from(n).unwrap_or(0);
+        if let Some(dst) = out.get_mut(..n_usize) {
+            self.copy_out(self.tail, dst);
+            self.tail += n;
+            n_usize
+        } else {
+            0
+        }
+    }
+
+    fn index(&self, pos: u64) -> usize {
+        usize::try_from(pos % self.capacity()).unwrap_or(0)
+    }
+
+    fn copy_in(&mut self, pos: u64, src: &[u8]) {
+        let at = self.index(pos);
+        let first = src.len().min(self.buf.len() - at);
+        let (a, b) = src.split_at(first);
+        if let Some(dst) = self.buf.get_mut(at..at + a.len()) {
+            dst.copy_from_slice(a);
+        }
+        if let Some(dst) = self.buf.get_mut(..b.len()) {
+            dst.copy_from_slice(b);
+        }
+    }
+
+    fn copy_out(&self, pos: u64, dst: &mut [u8]) {
+        let at = self.index(pos);
+        let first = dst.len().min(self.buf.len() - at);
+        let (a, b) = dst.split_at_mut(first);
+        if let Some(src) = self.buf.get(at..at + a.len()) {
+            a.copy_from_slice(src);
+        }
+        if let Some(src) = self.buf.get(..b.len()) {
+            b.copy_from_slice(src);
+        }
+    }
+}
+
+/// Ring capacity for a stream: at least its buffer, four periods, and
+/// [`MIN_RING_BYTES`].
+fn ring_bytes(params: &StreamParams) -> u64 {
+    u64::from(params.buffer_bytes)
+        .max(u64::from(params.period_bytes).saturating_mul(4))
+        .max(MIN_RING_BYTES)
+}
+
+/// The WAV `fmt ` tag and bits per sample for formats a canonical 44-byte
+/// header describes truthfully; `None` for the others (signed 8-bit,
+/// unsigned multi-byte, 18/20/24 bits LSB-justified in a larger container,
+/// DSD, IEC958), which the pad refuses in `wav` mode rather than label
+/// wrongly.
+fn wav_format(format: Format) -> Option<(u16, u16)> {
+    const PCM: u16 = 1;
+    const IEEE_FLOAT: u16 = 3;
+    const ALAW: u16 = 6;
+    const MULAW: u16 = 7;
+    match format {
+        Format::U8 => Some((PCM, 8)),
+        Format::S16 => Some((PCM, 16)),
+        Format::S24_3 => Some((PCM, 24)),
+        Format::S32 => Some((PCM, 32)),
+        Format::Float => Some((IEEE_FLOAT, 32)),
+        Format::Float64 => Some((IEEE_FLOAT, 64)),
+        Format::ALaw => Some((ALAW, 8)),
+        Format::MuLaw => Some((MULAW, 8)),
+        _ => None,
+    }
+}
+
+/// The canonical 44-byte WAV header for a stream of unknown length.
+///
+/// Always the plain `WAVEFORMATEX`-sized `fmt ` chunk, also for more than
+/// two channels: sox, ffmpeg and libsndfile read it, and
+/// `WAVE_FORMAT_EXTENSIBLE` would need a speaker mask the pad does not know.
+fn wav_header(params: &StreamParams) -> Option<[u8; WAV_HEADER_LEN]> {
+    let (tag, bits) = wav_format(params.format)?;
+    let frame = params.frame_bytes();
+    let block_align = u16::try_from(frame).ok()?;
+    let byte_rate = params.rate.saturating_mul(frame);
+    let unknown = u32::MAX.to_le_bytes();
+    let fields: [&[u8]; 13] = [
+        b"RIFF",
+        &unknown,
+        b"WAVE",
+        b"fmt ",
+        &16u32.to_le_bytes(),
+        &tag.to_le_bytes(),
+        &u16::from(params.channels).to_le_bytes(),
+        &params.rate.to_le_bytes(),
+        &byte_rate.to_le_bytes(),
+        &block_align.to_le_bytes(),
+        &bits.to_le_bytes(),
+        b"data",
+        &unknown,
+    ];
+    let mut header = [0u8; WAV_HEADER_LEN];
+    let mut at = 0;
+    for field in fields {
+        header.get_mut(at..at + field.len())?.copy_from_slice(field);
+        at += field.len();
+    }
+    (at == WAV_HEADER_LEN).then_some(header)
+}
+
+/// A non-blocking eventfd that wakes the pad thread.
+struct EventFd(File);
+
+impl EventFd {
+    fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes no pointers; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        Ok(EventFd(File::from(unsafe { OwnedFd::from_raw_fd(fd) })))
+    }
+
+    fn signal(&self) {
+        // EAGAIN only if the counter is about to overflow: already signalled.
+        let _ = (&self.0).write(&1u64.to_ne_bytes());
+    }
+
+    fn drain(&self) {
+        let mut count = [0u8; 8];
+        let _ = (&self.0).read(&mut count);
+    }
+
+    fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// `send` that neither blocks nor raises `SIGPIPE`.
+fn send_nonblocking(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call and
+    // `fd` is an open socket borrowed for its duration.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+fn poll(fds: &mut [libc::pollfd]) -> io::Result<()> {
+    let n = libc::nfds_t::try_from(fds.len()).unwrap_or(0);
+    // SAFETY: `fds` is an exclusively borrowed array of `n` pollfd structs,
+    // valid for the whole call.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), n, -1) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; if something did, the data
+    // is still consistent byte counts, so carry on.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The open playback stream.
+struct Playback {
+    ring: Ring,
+    header: Option<[u8; WAV_HEADER_LEN]>,
+    /// The header is due before the next frames.
+    header_pending: bool,
+}
+
+impl Playback {
+    fn has_output(&self) -> bool {
+        self.header_pending || self.ring.frames_len() > 0
+    }
+}
+
+/// Everything the sinks, sources and the pad thread share, under one lock.
+struct State {
+    /// A client is connected (the authoritative flag for I/O).
+    connected: bool,
+    /// Bytes the client wrote since it connected: positions capture frames.
+    client_in: u64,
+    playback: Option<Playback>,
+    capture: Option<Ring>,
+}
+
+struct Shared {
+    name: String,
+    header: Header,
+    state: Mutex<State>,
+    listener: Mutex<Option<Arc<dyn DeviceListener>>>,
+    /// Mirrors `State::connected` for lock-free `is_attached`.
+    attached: AtomicBool,
+    stop: AtomicBool,
+    wake: EventFd,
+    counters: Counters,
+}
+
+impl Shared {
+    fn notify(&self, attached: bool) {
+        let listener = lock(&self.listener).clone();
+        if let Some(l) = listener {
+            if attached {
+                l.attached();
+            } else {
+                l.detached();
+            }
+        }
+    }
+}
+
+/// The socket file a pad created; removed on drop if it is still ours.
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino => {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    log::warn!("cannot remove {}: {e}", self.path.display());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Clears the way for a socket at `path`: removes a stale socket file,
+/// refuses a live one or anything that is not a socket.
+fn prepare_path(path: &Path) -> Result<(), PadError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            let path = path.to_owned();
+            return Err(PadError::Stale { path, source });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(PadError::NotASocket {
+            path: path.to_owned(),
+        });
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(PadError::InUse {
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(PadError::Stale {
+                path: path.to_owned(),
+                source,
+            }),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(PadError::Stale {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// A pad device: one listening socket, at most one client.
+pub struct PadDevice {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    /// Dropped after the thread is joined (field order), removing the file.
+    socket: SocketFile,
+}
+
+impl PadDevice {
+    /// Creates the listening socket (replacing a stale socket file, never
+    /// anything else), sets its mode and starts the pad thread.
+    pub fn from_options(name: &str, opts: PadOptions) -> Result<PadDevice, PadError> {
+        let path = opts.path;
+        prepare_path(&path)?;
+        let listener = UnixListener::bind(&path).map_err(|source| PadError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(source) => {
+                let _ = fs::remove_file(&path);
+                return Err(PadError::Bind { path, source });
+            }
+        };
+        let socket = SocketFile {
+            path,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        fs::set_permissions(&socket.path, Permissions::from_mode(opts.mode)).map_err(|source| {
+            PadError::Chmod {
+                path: socket.path.clone(),
+                mode: opts.mode,
+                source,
+            }
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| PadError::Bind {
+                path: socket.path.clone(),
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            header: opts.header,
+            state: Mutex::new(State {
+                connected: false,
+                client_in: 0,
+                playback: None,
+                capture: None,
+            }),
+            listener: Mutex::new(None),
+            attached: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            wake: EventFd::new().map_err(PadError::Thread)?,
+            counters: Counters::default(),
+        });
+        let worker = PadThread::new(Arc::clone(&shared), listener);
+        // Thread names cannot hold NUL (a quoted TOML key can).
+        let thread_name: String = format!("pad-{name}")
+            .chars()
+            .filter(|&c| c != '\0')
+            .collect();
+        let thread = thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || worker.run())
+            .map_err(PadError::Thread)?;
+        log::info!("pad {name}: listening on {}", socket.path.display());
+        Ok(PadDevice {
+            shared,
+            thread: Some(thread),
+            socket,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.socket.path
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> PadStats {
+        let attached = self.shared.attached.load(Ordering::Acquire);
+        self.shared.counters.snapshot(attached)
+    }
+}
+
+impl Drop for PadDevice {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.signal();
+        if let Some(t) = self.thread.take() {
+            // A listener holding the last reference could drop us on the
+            // pad thread itself; it exits on its own after the callback.
+            if t.thread().id() != thread::current().id() && t.join().is_err() {
+                log::error!("pad {}: pad thread panicked", self.shared.name);
+            }
+        }
+    }
+}
+
+impl HostDevice for PadDevice {
+    fn kind(&self) -> &'static str {
+        "pad"
+    }
+
+    fn is_attached(&self) -> bool {
+        self.shared.attached.load(Ordering::Acquire)
+    }
+
+    /// Does not replay the current state: read [`HostDevice::is_attached`]
+    /// after setting a listener.
+    fn set_listener(&self, listener: Arc<dyn DeviceListener>) {
+        *lock(&self.shared.listener) = Some(listener);
+    }
+
+    fn check_params(&self, params: &StreamParams) -> Result<(), DeviceError> {
+        if params.channels == 0 {
+            return Err(DeviceError::Unsupported("zero channels".into()));
+        }
+        if self.shared.header == Header::Wav && wav_header(params).is_none() {
+            return Err(DeviceError::Unsupported(format!(
+                "pad {} sends WAV headers, which cannot describe {}",
+                self.shared.name, params.format
+            )));
+        }
+        Ok(())
+    }
+
+    fn open_playback(&self, params: &StreamParams) -> Result<Box<dyn PlaybackSink>, DeviceError> {
+        self.check_params(params)?;
+        let header = match self.shared.header {
+            Header::Raw => None,
+            Header::Wav => wav_header(params),
+        };
+        let ring = Ring::new(ring_bytes(params), params.frame_bytes())?;
+        let mut st = lock(&self.shared.state);
+        if st.playback.is_some() {
+            return Err(DeviceError::Unsupported(format!(
+                "pad {} already has a playback stream open",
+                self.shared.name
+            )));
+        }
+        let header_pending = st.connected && header.is_some();
+        st.playback = Some(Playback {
+            ring,
+            header,
+            header_pending,
+        });
+        drop(st);
+        if header_pending {
+            self.shared.wake.signal();
+        }
+        Ok(Box::new(PadSink {
+            shared: Arc::clone(&self.shared),
+        }))
+    }
+
+    fn open_capture(&self, params: &StreamParams) -> Result<Box<dyn CaptureSource>, DeviceError> {
+        self.check_params(params)?;
+        let mut ring = Ring::new(ring_bytes(params), params.frame_bytes())?;
+        let mut st = lock(&self.shared.state);
+        if st.capture.is_some() {
+            return Err(DeviceError::Unsupported(format!(
+                "pad {} already has a capture stream open",
+                self.shared.name
+            )));
+        }
+        // Mid-connection, the first frame starts at the client's next frame
+        // boundary.
+        ring.reset_at(st.client_in);
+        st.capture = Some(ring);
+        drop(st);
+        Ok(Box::new(PadSource {
+            shared: Arc::clone(&self.shared),
+            format: params.format,
+        }))
+    }
+}
+
+/// The playback side; dropping it closes the stream.
+struct PadSink {
+    shared: Arc<Shared>,
+}
+
+impl PlaybackSink for PadSink {
+    fn clock(&self) -> Clock {
+        Clock::Daemon
+    }
+
+    fn write(&mut self, frames: &[u8]) -> Result<(), DeviceError> {
+        let shared = &*self.shared;
+        let mut st = lock(&shared.state);
+        let connected = st.connected;
+        let Some(pb) = st.playback.as_mut() else {
+            return Err(DeviceError::Gone);
+        };
+        let len = frames.len() as u64;
+        if !connected {
+            pb.ring.discard(len);
+            drop(st);
+            bump(&shared.counters.playback_discarded_bytes, len);
+            return Err(DeviceError::Gone);
+        }
+        let was_idle = !pb.has_output();
+        let dropped = pb.ring.push(frames);
+        let wake = was_idle && pb.has_output();
+        drop(st);
+        if dropped > 0 {
+            bump(&shared.counters.playback_overflows, 1);
+            bump(&shared.counters.playback_dropped_bytes, dropped);
+        }
+        if wake {
+            shared.wake.signal();
+        }
+        Ok(())
+    }
+
+    fn latency_bytes(&self) -> u32 {
+        let st = lock(&self.shared.state);
+        let n = st.playback.as_ref().map_or(0, |pb| pb.ring.len());
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+impl Drop for PadSink {
+    fn drop(&mut self) {
+        let old = lock(&self.shared.state).playback.take();
+        drop(old);
+    }
+}
+
+/// The capture side; dropping it closes the stream.
+struct PadSource {
+    shared: Arc<Shared>,
+    format: Format,
+}
+
+impl CaptureSource for PadSource {
+    fn clock(&self) -> Clock {
+        Clock::Daemon
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<(), DeviceError> {
+        let shared = &*self.shared;
+        let mut st = lock(&shared.state);
+        let connected = st.connected;
+        let n = match st.capture.as_mut() {
+            Some(ring) if connected => ring.pop(buf),
+            _ => 0,
+        };
+        drop(st);
+        let rest = buf.get_mut(n..).unwrap_or_default();
+        if !rest.is_empty() {
+            self.format.fill_silence(rest);
+            bump(&shared.counters.capture_silence_bytes, rest.len() as u64);
+            if connected {
+                bump(&shared.counters.capture_underruns, 1);
+            }
+        }
+        if connected {
+            Ok(())
+        } else {
+            Err(DeviceError::Gone)
+        }
+    }
+
+    fn latency_bytes(&self) -> u32 {
+        let st = lock(&self.shared.state);
+        let n = st.capture.as_ref().map_or(0, Ring::len);
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+impl Drop for PadSource {
+    fn drop(&mut self) {
+        let old = lock(&self.shared.state).capture.take();
+        drop(old);
+    }
+}
+
+/// The connected client, as the pad thread sees it.
+struct Client {
+    stream: UnixStream,
+    /// Still reading capture input (false after the client's EOF).
+    reading: bool,
+}
+
+/// The pad thread: accepts clients and moves bytes between them and the
+/// rings. Owns every socket; its buffers are allocated once.
+struct PadThread {
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    client: Option<Client>,
+    busy_line: Vec<u8>,
+    /// Playback bytes taken from the ring, `out[out_start..out_end]` unsent.
+    out: Vec<u8>,
+    out_start: usize,
+    out_end: usize,
+    input: Vec<u8>,
+}
+
+impl PadThread {
+    fn new(shared: Arc<Shared>, listener: UnixListener) -> PadThread {
+        let busy_line = format!("vsound: pad {} is busy\n", shared.name).into_bytes();
+        PadThread {
+            shared,
+            listener,
+            client: None,
+            busy_line,
+            out: vec![0; IO_CHUNK],
+            out_start: 0,
+            out_end: 0,
+            input: vec![0; IO_CHUNK],
+        }
+    }
+
+    fn run(mut self) {
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let client = self.client.as_ref().map(|c| {
+                let mut events = 0;
+                if c.reading {
+                    events |= libc::POLLIN;
+                }
+                if self.wants_to_send() {
+                    events |= libc::POLLOUT;
+                }
+                (c.stream.as_raw_fd(), events)
+            });
+            let (client_fd, client_events) = client.unwrap_or((-1, 0));
+            let mut fds = [
+                pollfd(self.shared.wake.raw(), libc::POLLIN),
+                pollfd(client_fd, client_events),
+                pollfd(self.listener.as_raw_fd(), libc::POLLIN),
+            ];
+            if let Err(e) = poll(&mut fds) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::warn!("pad {}: poll: {e}", self.shared.name);
+                    thread::sleep(ACCEPT_BACKOFF);
+                }
+                continue;
+            }
+            let [wake, client, listener] = fds.map(|f| f.revents);
+            if wake != 0 {
+                self.shared.wake.drain();
+            }
+            // The client first, so one that closes and one that connects in
+            // the same round are a reconnect, not a busy refusal.
+            if client != 0 {
+                self.client_ready(client);
+            }
+            if listener != 0 {
+                self.accept();
+            }
+        }
+        if self.client.is_some() {
+            self.disconnect("the pad is shutting down");
+        }
+    }
+
+    fn wants_to_send(&self) -> bool {
+        self.out_start < self.out_end
+            || lock(&self.shared.state)
+                .playback
+                .as_ref()
+                .is_some_and(Playback::has_output)
+    }
+
+    fn client_ready(&mut self, revents: libc::c_short) {
+        if revents & libc::POLLIN != 0 && !self.receive() {
+            return;
+        }
+        if revents & libc::POLLHUP != 0 {
+            self.disconnect("the client closed the connection");
+            return;
+        }
+        if revents & libc::POLLERR != 0 {
+            self.disconnect("error on the connection");
+            return;
+        }
+        if revents & libc::POLLOUT != 0 {
+            self.send();
+        }
+    }
+
+    /// Reads capture input; false if the client is gone.
+    fn receive(&mut self) -> bool {
+        for _ in 0..BURST {
+            let Some(c) = self.client.as_mut() else {
+                return false;
+            };
+            match (&c.stream).read(&mut self.input) {
+                Ok(0) => {
+                    // Half-close: the client still reads playback.
+                    c.reading = false;
+                    return true;
+                }
+                Ok(n) => self.deliver(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.disconnect(&format!("read error: {e}"));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Queues `input[..n]` for the capture source, if one is open.
+    fn deliver(&mut self, n: usize) {
+        let data = self.input.get(..n).unwrap_or_default();
+        let len = data.len() as u64;
+        let mut st = lock(&self.shared.state);
+        st.client_in = st.client_in.saturating_add(len);
+        let dropped = st.capture.as_mut().map_or(0, |ring| ring.push(data));
+        drop(st);
+        let counters = &self.shared.counters;
+        bump(&counters.capture_bytes, len);
+        if dropped > 0 {
+            bump(&counters.capture_overflows, 1);
+            bump(&counters.capture_dropped_bytes, dropped);
+        }
+    }
+
+    /// Sends playback until the socket is full or nothing is queued.
+    fn send(&mut self) {
+        for _ in 0..BURST {
+            if self.out_start == self.out_end && !self.refill() {
+                return;
+            }
+            let Some(c) = self.client.as_ref() else {
+                return;
+            };
+            let chunk = self
+                .out
+                .get(self.out_start..self.out_end)
+                .unwrap_or_default();
+            match send_nonblocking(c.stream.as_fd(), chunk) {
+                Ok(n) => {
+                    self.out_start += n;
+                    bump(&self.shared.counters.playback_bytes, n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.disconnect(&format!("write error: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves the pending header and whole frames from the ring to `out`.
+    fn refill(&mut self) -> bool {
+        let mut st = lock(&self.shared.state);
+        let connected = st.connected;
+        let Some(pb) = st.playback.as_mut().filter(|_| connected) else {
+            return false;
+        };
+        let mut len = 0;
+        if let (true, Some(h)) = (pb.header_pending, pb.header.as_ref()) {
+            if let Some(dst) = self.out.get_mut(..h.len()) {
+                dst.copy_from_slice(h);
+                len = h.len();
+            }
+        }
+        pb.header_pending = false;
+        len += pb.ring.pop(self.out.get_mut(len..).unwrap_or_default());
+        drop(st);
+        self.out_start = 0;
+        self.out_end = len;
+        len > 0
+    }
+
+    fn accept(&mut self) {
+        for _ in 0..BURST {
+            match self.listener.accept() {
+                Ok((stream, _)) if self.client.is_some() => self.refuse(&stream),
+                Ok((stream, _)) => self.connect(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    log::warn!("pad {}: accept: {e}", self.shared.name);
+                    thread::sleep(ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn refuse(&self, stream: &UnixStream) {
+        // Best effort: a fresh socket's buffer takes one short line.
+        let _ = send_nonblocking(stream.as_fd(), &self.busy_line);
+        bump(&self.shared.counters.refused, 1);
+        log::info!("pad {}: busy, refused a second client", self.shared.name);
+    }
+
+    fn connect(&mut self, stream: UnixStream) {
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("pad {}: cannot use client socket: {e}", self.shared.name);
+            return;
+        }
+        let wav = self.shared.header == Header::Wav;
+        let mut st = lock(&self.shared.state);
+        st.connected = true;
+        st.client_in = 0;
+        if let Some(pb) = st.playback.as_mut() {
+            pb.ring.clear();
+            pb.header_pending = wav && pb.header.is_some();
+        }
+        if let Some(ring) = st.capture.as_mut() {
+            ring.reset_at(0);
+        }
+        self.shared.attached.store(true, Ordering::Release);
+        drop(st);
+        self.out_start = 0;
+        self.out_end = 0;
+        self.client = Some(Client {
+            stream,
+            reading: true,
+        });
+        bump(&self.shared.counters.clients, 1);
+        log::info!("pad {}: client attached", self.shared.name);
+        self.shared.notify(true);
+    }
+
+    fn disconnect(&mut self, why: &str) {
+        self.client = None;
+        let mut st = lock(&self.shared.state);
+        st.connected = false;
+        if let Some(pb) = st.playback.as_mut() {
+            pb.ring.clear();
+            pb.header_pending = false;
+        }
+        if let Some(ring) = st.capture.as_mut() {
+            ring.clear();
+        }
+        self.shared.attached.store(false, Ordering::Release);
+        drop(st);
+        self.out_start = 0;
+        self.out_end = 0;
+        log::info!("pad {}: client detached: {why}", self.shared.name);
+        self.shared.notify(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::io::{Read, Write};
+    use std::net::Shutdown;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Instant;
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn Error>>;
+
+    /// Long enough for a loaded 2-core CI machine; conditions are polled.
+    const TIMEOUT: Duration = Duration::from_secs(20);
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> TestResult {
+        let deadline = Instant::now() + TIMEOUT;
+        while !cond() {
+            if Instant::now() > deadline {
+                return Err(format!("timed out waiting for {what}").into());
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    fn options(path: &Path, extra: &str) -> Result<PadOptions, Box<dyn Error>> {
+        let text = format!("path = {:?}\n{extra}", path.display().to_string());
+        Ok(PadOptions::deserialize(toml::from_str::<toml::Table>(
+            &text,
+        )?)?)
+    }
+
+    fn params(format: Format, rate: u32, channels: u8) -> StreamParams {
+        let frame = format.sample_bytes() * u32::from(channels);
+        StreamParams {
+            format,
+            rate,
+            channels,
+            period_bytes: frame * rate / 100,
+            buffer_bytes: frame * rate / 25,
+        }
+    }
+
+    /// A byte pattern whose period (251) is no multiple of any frame size,
+    /// so a lost, repeated or shifted byte shows.
+    fn pattern(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i + seed) % 251) as u8).collect()
+    }
+
+    #[derive(Default)]
+    struct Recorder {
+        attached: AtomicUsize,
+        detached: AtomicUsize,
+    }
+
+    impl DeviceListener for Recorder {
+        fn attached(&self) {
+            self.attached.fetch_add(1, Ordering::SeqCst);
+        }
+        fn detached(&self) {
+            self.detached.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Recorder {
+        fn counts(&self) -> (usize, usize) {
+            (
+                self.attached.load(Ordering::SeqCst),
+                self.detached.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        pad: PadDevice,
+        events: Arc<Recorder>,
+    }
+
+    fn pad_with(extra: &str) -> Result<Fixture, Box<dyn Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pad.sock");
+        let pad = PadDevice::from_options("pad0", options(&path, extra)?)?;
+        let events = Arc::new(Recorder::default());
+        pad.set_listener(events.clone());
+        Ok(Fixture {
+            _dir: dir,
+            path,
+            pad,
+            events,
+        })
+    }
+
+    impl Fixture {
+        /// Connects a client and waits until the pad has attached it.
+        fn connect(&self) -> Result<UnixStream, Box<dyn Error>> {
+            let attached_before = self.pad.stats().clients;
+            let client = UnixStream::connect(&self.path)?;
+            client.set_read_timeout(Some(TIMEOUT))?;
+            client.set_write_timeout(Some(TIMEOUT))?;
+            wait_for("the client to attach", || {
+                self.pad.stats().clients > attached_before && self.pad.is_attached()
+            })?;
+            Ok(client)
+        }
+    }
+
+    /// Reads exactly `len` bytes on another thread.
+    fn read_on_thread(
+        client: &UnixStream,
+        len: usize,
+    ) -> Result<JoinHandle<io::Result<Vec<u8>>>, Box<dyn Error>> {
+        let mut client = client.try_clone()?;
+        Ok(thread::spawn(move || {
+            let mut got = vec![0; len];
+            client.read_exact(&mut got)?;
+            Ok(got)
+        }))
+    }
+
+    fn joined<T>(handle: JoinHandle<io::Result<T>>) -> Result<T, Box<dyn Error>> {
+        Ok(handle.join().map_err(|_| "reader thread panicked")??)
+    }
+
+    /// Writes `data` through `sink` one period at a time, letting the pad
+    /// drain each period so nothing overflows however slow the machine.
+    fn play_paced(sink: &mut dyn PlaybackSink, data: &[u8], period: usize) -> TestResult {
+        for chunk in data.chunks(period) {
+            sink.write(chunk)?;
+            wait_for("the ring to drain", || sink.latency_bytes() == 0)?;
+        }
+        Ok(())
+    }
+
+    fn playback_is_bit_exact(p: StreamParams) -> TestResult {
+        let fx = pad_with("")?;
+        let client = fx.connect()?;
+        let mut sink = fx.pad.open_playback(&p)?;
+        let data = pattern(p.bytes_per_second() as usize / 2, 0);
+        let reader = read_on_thread(&client, data.len())?;
+        play_paced(sink.as_mut(), &data, p.period_bytes as usize)?;
+        assert!(joined(reader)? == data, "playback bytes differ");
+        // The thread counts after `send` returns, maybe after the client read.
+        let sent = data.len() as u64;
+        wait_for("the byte count", || fx.pad.stats().playback_bytes == sent)?;
+        assert_eq!(fx.pad.stats().playback_overflows, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn playback_s16_stereo_48k_is_bit_exact() -> TestResult {
+        playback_is_bit_exact(params(Format::S16, 48000, 2))
+    }
+
+    #[test]
+    fn playback_float_8_channels_is_bit_exact() -> TestResult {
+        playback_is_bit_exact(params(Format::Float, 48000, 8))
+    }
+
+    /// The `fmt ` fields: tag, channels, rate, byte rate, block align, bits.
+    type WavFmt = (u16, u16, u32, u32, u16, u16);
+
+    fn parse_wav(h: &[u8]) -> Result<WavFmt, Box<dyn Error>> {
+        let u16_at = |i: usize| -> Result<u16, Box<dyn Error>> {
+            Ok(u16::from_le_bytes(
+                h.get(i..i + 2).ok_or("short")?.try_into()?,
+            ))
+        };
+        let u32_at = |i: usize| -> Result<u32, Box<dyn Error>> {
+            Ok(u32::from_le_bytes(
+                h.get(i..i + 4).ok_or("short")?.try_into()?,
+            ))
+        };
+        assert_eq!(h.len(), 44);
+        assert_eq!(h.get(0..4), Some(&b"RIFF"[..]));
+        assert_eq!(u32_at(4)?, 0xFFFF_FFFF, "RIFF size: streaming");
+        assert_eq!(h.get(8..16), Some(&b"WAVEfmt "[..]));
+        assert_eq!(u32_at(16)?, 16, "fmt chunk size");
+        assert_eq!(h.get(36..40), Some(&b"data"[..]));
+        assert_eq!(u32_at(40)?, 0xFFFF_FFFF, "data size: streaming");
+        // tag, channels, rate, byte rate, block align, bits
+        Ok((
+            u16_at(20)?,
+            u16_at(22)?,
+            u32_at(24)?,
+            u32_at(28)?,
+            u16_at(32)?,
+            u16_at(34)?,
+        ))
+    }
+
+    #[test]
+    fn wav_header_describes_the_stream_and_precedes_the_frames() -> TestResult {
+        let fx = pad_with("header = \"wav\"")?;
+        // Sink opened while a client is connected.
+        let mut client = fx.connect()?;
+        let p = params(Format::S16, 48000, 2);
+        let mut sink = fx.pad.open_playback(&p)?;
+        let data = pattern(1920, 3);
+        sink.write(&data)?;
+        let mut got = vec![0; 44 + data.len()];
+        client.read_exact(&mut got)?;
+        let (header, frames) = got.split_at(44);
+        assert_eq!(parse_wav(header)?, (1, 2, 48000, 192_000, 4, 16));
+        assert_eq!(frames, &data[..]);
+        drop(sink);
+
+        // Float, 8 channels, and a client connecting while the sink is open.
+        let p = params(Format::Float, 44100, 8);
+        let mut sink = fx.pad.open_playback(&p)?;
+        drop(client);
+        wait_for("the detach", || !fx.pad.is_attached())?;
+        let mut client = fx.connect()?;
+        sink.write(&data)?;
+        let mut got = vec![0; 44 + data.len()];
+        client.read_exact(&mut got)?;
+        let (header, frames) = got.split_at(44);
+        assert_eq!(parse_wav(header)?, (3, 8, 44100, 44100 * 32, 32, 32));
+        assert_eq!(frames, &data[..]);
+
+        // Formats a 44-byte header cannot describe truthfully are refused.
+        let s24 = params(Format::S24, 48000, 2);
+        assert!(matches!(
+            fx.pad.check_params(&s24),
+            Err(DeviceError::Unsupported(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn capture_is_bit_exact_then_silence() -> TestResult {
+        let fx = pad_with("")?;
+        let mut client = fx.connect()?;
+        let p = params(Format::U16, 48000, 2);
+        let mut source = fx.pad.open_capture(&p)?;
+        let data = pattern(4 * p.period_bytes as usize, 5);
+        client.write_all(&data)?;
+        wait_for("the capture bytes", || {
+            source.latency_bytes() as usize == data.len()
+        })?;
+        let mut got = vec![0; data.len()];
+        source.read(&mut got)?;
+        assert!(got == data, "capture bytes differ");
+        assert_eq!(fx.pad.stats().capture_underruns, 0);
+
+        // The client stops writing: silence in the stream's format.
+        let mut got = vec![7; 8];
+        source.read(&mut got)?;
+        assert_eq!(got, [0, 0x80, 0, 0x80, 0, 0x80, 0, 0x80]);
+        assert_eq!(fx.pad.stats().capture_underruns, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn capture_never_hands_out_half_a_frame() -> TestResult {
+        let fx = pad_with("")?;
+        let mut client = fx.connect()?;
+        let p = params(Format::S32, 48000, 2);
+        let mut source = fx.pad.open_capture(&p)?;
+        let frame = pattern(8, 1);
+        let (first, second) = frame.split_at(5);
+        client.write_all(first)?;
+        wait_for("the partial frame", || fx.pad.stats().capture_bytes == 5)?;
+        let mut got = [9u8; 8];
+        source.read(&mut got)?;
+        assert_eq!(got, [0; 8], "a partial frame is not handed out");
+        client.write_all(second)?;
+        wait_for("the whole frame", || fx.pad.stats().capture_bytes == 8)?;
+        source.read(&mut got)?;
+        assert_eq!(got[..], frame[..]);
+        Ok(())
+    }
+
+    #[test]
+    fn capture_opened_mid_frame_starts_at_the_next_frame() -> TestResult {
+        let fx = pad_with("")?;
+        let mut client = fx.connect()?;
+        // 6 bytes (1.5 frames of S16 stereo) while no source is open.
+        client.write_all(&[1, 2, 3, 4, 5, 6])?;
+        wait_for("the early bytes", || fx.pad.stats().capture_bytes == 6)?;
+        let mut source = fx.pad.open_capture(&params(Format::S16, 48000, 2))?;
+        client.write_all(&[7, 8, 10, 11, 12, 13])?;
+        wait_for("the late bytes", || fx.pad.stats().capture_bytes == 12)?;
+        let mut got = [0xAAu8; 8];
+        source.read(&mut got)?;
+        assert_eq!(got, [10, 11, 12, 13, 0, 0, 0, 0]);
+        Ok(())
+    }
+
+    #[test]
+    fn one_pad_is_full_duplex_and_one_stream_per_direction() -> TestResult {
+        let fx = pad_with("")?;
+        let client = fx.connect()?;
+        let p = params(Format::S16, 48000, 2);
+        let mut sink = fx.pad.open_playback(&p)?;
+        let mut source = fx.pad.open_capture(&p)?;
+        assert!(matches!(
+            fx.pad.open_playback(&p),
+            Err(DeviceError::Unsupported(_))
+        ));
+        assert!(matches!(
+            fx.pad.open_capture(&p),
+            Err(DeviceError::Unsupported(_))
+        ));
+
+        let out = pattern(8 * p.period_bytes as usize, 11);
+        let input = pattern(4 * p.period_bytes as usize, 13);
+        let reader = read_on_thread(&client, out.len())?;
+        let mut writer = client.try_clone()?;
+        let to_write = input.clone();
+        let writer = thread::spawn(move || writer.write_all(&to_write));
+        play_paced(sink.as_mut(), &out, p.period_bytes as usize)?;
+        assert!(joined(reader)? == out, "playback bytes differ");
+        joined(writer)?;
+        wait_for("the capture bytes", || {
+            source.latency_bytes() as usize == input.len()
+        })?;
+        let mut got = vec![0; input.len()];
+        source.read(&mut got)?;
+        assert!(got == input, "capture bytes differ");
+
+        // Closing a stream frees its direction for the next open.
+        drop(sink);
+        drop(fx.pad.open_playback(&p)?);
+        Ok(())
+    }
+
+    #[test]
+    fn a_second_client_is_told_the_pad_is_busy() -> TestResult {
+        let fx = pad_with("")?;
+        let _first = fx.connect()?;
+        let mut second = UnixStream::connect(&fx.path)?;
+        second.set_read_timeout(Some(TIMEOUT))?;
+        let mut line = String::new();
+        second.read_to_string(&mut line)?;
+        assert_eq!(line, "vsound: pad pad0 is busy\n");
+        assert!(fx.pad.is_attached());
+        let stats = fx.pad.stats();
+        assert_eq!((stats.clients, stats.refused), (1, 1));
+        assert_eq!(fx.events.counts(), (1, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn disconnect_detaches_and_streams_stay_valid() -> TestResult {
+        let fx = pad_with("")?;
+        let client = fx.connect()?;
+        let p = params(Format::U8, 8000, 1);
+        let mut sink = fx.pad.open_playback(&p)?;
+        let mut source = fx.pad.open_capture(&p)?;
+        assert_eq!(fx.events.counts(), (1, 0));
+        drop(client);
+        wait_for("the detach", || fx.events.counts() == (1, 1))?;
+        assert!(!fx.pad.is_attached());
+        assert!(matches!(sink.write(&[1, 2, 3]), Err(DeviceError::Gone)));
+        assert_eq!(sink.latency_bytes(), 0);
+        let mut got = [0u8; 4];
+        assert!(matches!(source.read(&mut got), Err(DeviceError::Gone)));
+        assert_eq!(got, [0x80; 4]);
+        let stats = fx.pad.stats();
+        assert_eq!(stats.playback_discarded_bytes, 3);
+        assert_eq!(stats.capture_underruns, 0, "no client, no underrun");
+        Ok(())
+    }
+
+    #[test]
+    fn a_client_that_closes_its_write_side_still_gets_playback() -> TestResult {
+        let fx = pad_with("")?;
+        let mut client = fx.connect()?;
+        client.shutdown(Shutdown::Write)?;
+        let mut sink = fx.pad.open_playback(&params(Format::S16, 48000, 2))?;
+        wait_for("the half-close", || {
+            // Still attached, so writes keep succeeding.
+            sink.write(&[0; 4]).is_ok() && fx.pad.stats().playback_bytes >= 4
+        })?;
+        assert!(fx.pad.is_attached());
+        assert_eq!(fx.events.counts(), (1, 0));
+        let mut got = [1u8; 4];
+        client.read_exact(&mut got)?;
+        assert_eq!(got, [0; 4]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_reconnecting_client_gets_fresh_audio() -> TestResult {
+        let fx = pad_with("")?;
+        let p = params(Format::S16, 48000, 2);
+        let mut sink = fx.pad.open_playback(&p)?;
+        let mut source = fx.pad.open_capture(&p)?;
+        assert!(matches!(sink.write(&[9; 64]), Err(DeviceError::Gone)));
+
+        let first = fx.connect()?;
+        drop(first);
+        wait_for("the detach", || fx.events.counts() == (1, 1))?;
+        assert!(matches!(sink.write(&[9; 64]), Err(DeviceError::Gone)));
+
+        let mut second = fx.connect()?;
+        assert_eq!(fx.events.counts(), (2, 1));
+        let data = pattern(p.period_bytes as usize, 17);
+        sink.write(&data)?;
+        let mut got = vec![0; data.len()];
+        second.read_exact(&mut got)?;
+        assert!(got == data, "reconnected playback differs");
+        second.write_all(&data)?;
+        wait_for("capture", || source.latency_bytes() as usize == data.len())?;
+        source.read(&mut got)?;
+        assert!(got == data, "reconnected capture differs");
+        Ok(())
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_loses_the_oldest_frames() -> TestResult {
+        let fx = pad_with("")?;
+        let mut client = fx.connect()?;
+        // One frame = a 32-bit counter, as S16 stereo.
+        let p = params(Format::S16, 48000, 2);
+        let mut sink = fx.pad.open_playback(&p)?;
+        let frames_per_write = p.period_bytes / 4;
+        let writes = 2000; // 20 s of audio: far beyond ring + socket buffer.
+        let mut buf = Vec::with_capacity(p.period_bytes as usize);
+        let mut counter = 0u32;
+        for _ in 0..writes {
+            buf.clear();
+            for _ in 0..frames_per_write {
+                buf.extend_from_slice(&counter.to_le_bytes());
+                counter += 1;
+            }
+            let started = Instant::now();
+            sink.write(&buf)?;
+            assert!(started.elapsed() < TIMEOUT, "write blocked");
+        }
+        let last = counter - 1;
+        let stats = fx.pad.stats();
+        assert!(stats.playback_overflows > 0, "{stats:?}");
+        assert!(
+            stats.playback_dropped_bytes % 4 == 0,
+            "whole frames dropped"
+        );
+        let ring_frames = u64::from(sink.latency_bytes()) / 4;
+        assert!(ring_frames > 0);
+
+        // Now read everything: counters only go up, the newest frames come
+        // through unbroken, and the very last one is the last written.
+        let mut received = Vec::new();
+        let mut frame = [0u8; 4];
+        loop {
+            client.read_exact(&mut frame)?;
+            let n = u32::from_le_bytes(frame);
+            if let Some(&prev) = received.last() {
+                assert!(n > prev, "frame {n} after {prev}");
+            }
+            received.push(n);
+            if n == last {
+                break;
+            }
+        }
+        assert!(received.len() < counter as usize, "something was dropped");
+        let tail = received.iter().rev().take(ring_frames as usize);
+        assert!(
+            tail.zip((0..=last).rev()).all(|(&got, want)| got == want),
+            "the newest {ring_frames} frames arrive unbroken"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_other_files_are_not() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pad.sock");
+        drop(UnixListener::bind(&path)?); // leaves the file behind
+        let pad = PadDevice::from_options("pad0", options(&path, "mode = \"0640\"")?)?;
+        let client = UnixStream::connect(&path)?;
+        wait_for("the attach", || pad.is_attached())?;
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o640);
+
+        // A live pad is not clobbered by a second one.
+        let err = PadDevice::from_options("pad1", options(&path, "")?).err();
+        assert!(matches!(err, Some(PadError::InUse { .. })), "{err:?}");
+        drop(client);
+        drop(pad);
+
+        let file = dir.path().join("file");
+        fs::write(&file, b"keep me")?;
+        let err = PadDevice::from_options("pad0", options(&file, "")?).err();
+        assert!(matches!(err, Some(PadError::NotASocket { .. })), "{err:?}");
+        assert_eq!(fs::read(&file)?, b"keep me");
+        Ok(())
+    }
+
+    #[test]
+    fn dropping_the_pad_removes_the_socket_and_detaches() -> TestResult {
+        let fx = pad_with("")?;
+        let _client = fx.connect()?;
+        let mut sink = fx.pad.open_playback(&params(Format::S16, 48000, 2))?;
+        let Fixture {
+            _dir,
+            path,
+            pad,
+            events,
+        } = fx;
+        assert!(path.exists());
+        drop(pad);
+        assert!(!path.exists(), "socket file removed");
+        assert_eq!(events.counts(), (1, 1));
+        assert!(matches!(sink.write(&[0; 4]), Err(DeviceError::Gone)));
+        Ok(())
+    }
+
+    #[test]
+    fn the_registry_builds_pads_and_validates_without_side_effects() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pad.sock");
+        let mut opts = toml::Table::new();
+        opts.insert("path".into(), path.display().to_string().into());
+        crate::registry::validate("pad", &opts)?;
+        assert!(!path.exists(), "validation creates nothing");
+        let pad = crate::registry::build("pad0", "pad", opts)?;
+        assert_eq!(pad.kind(), "pad");
+        assert!(path.exists());
+        drop(pad);
+        assert!(!path.exists());
+
+        let mut bad = toml::Table::new();
+        bad.insert("path".into(), dir.path().display().to_string().into());
+        let err = crate::registry::build("pad0", "pad", bad)
+            .err()
+            .ok_or("built")?;
+        assert!(err.contains("not a socket"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn options_are_checked() -> TestResult {
+        let ok: &[(&str, u32, Header)] = &[
+            ("path = \"/p\"", 0o600, Header::Raw),
+            ("path = \"/p\"\nmode = \"0660\"", 0o660, Header::Raw),
+            ("path = \"/p\"\nmode = \"660\"", 0o660, Header::Raw),
+            ("path = \"/p\"\nmode = \"0o666\"", 0o666, Header::Raw),
+            ("path = \"/p\"\nmode = 0o640", 0o640, Header::Raw),
+            ("path = \"/p\"\nheader = \"wav\"", 0o600, Header::Wav),
+            ("path = \"/p\"\nheader = \"raw\"", 0o600, Header::Raw),
+        ];
+        for &(text, mode, header) in ok {
+            let o = PadOptions::deserialize(toml::from_str::<toml::Table>(text)?)?;
+            assert_eq!(
+                (o.mode(), o.header(), o.path()),
+                (mode, header, Path::new("/p"))
+            );
+        }
+        let long = format!("path = \"/{}\"", "x".repeat(MAX_SOCKET_PATH));
+        let bad: &[(&str, &str)] = &[
+            ("", "path"),
+            ("path = \"\"", "empty"),
+            (&long, "at most"),
+            ("path = \"/p\"\nmode = \"0888\"", "not octal"),
+            ("path = \"/p\"\nmode = \"rw\"", "not octal"),
+            ("path = \"/p\"\nmode = \"04755\"", "0o777"),
+            ("path = \"/p\"\nmode = 660", "0o777"),
+            ("path = \"/p\"\nmode = -1", "negative"),
+            ("path = \"/p\"\nmode = true", "octal"),
+            ("path = \"/p\"\nheader = \"aiff\"", "aiff"),
+            ("path = \"/p\"\nbogus = 1", "bogus"),
+        ];
+        for &(text, needle) in bad {
+            let table = toml::from_str::<toml::Table>(text)?;
+            let err = crate::registry::validate("pad", &table).err().ok_or(text)?;
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_ring_keeps_whole_frames_and_drops_the_oldest() -> TestResult {
+        let mut ring = Ring::new(12, 4)?;
+        let mut out = [0u8; 16];
+        assert_eq!(ring.push(&[1, 2, 3]), 0);
+        assert_eq!((ring.len(), ring.frames_len()), (3, 0));
+        assert_eq!(ring.pop(&mut out), 0, "no partial frame");
+        // 13 bytes in a 12-byte ring: the oldest whole frame goes.
+        assert_eq!(ring.push(&[4, 5, 6, 7, 8, 9, 10, 11, 12, 13]), 4);
+        assert_eq!(ring.push(&[14]), 0);
+        assert_eq!(ring.push(&[15, 16, 17]), 4);
+        assert_eq!(ring.pop(&mut out[..7]), 4, "only whole frames fit");
+        assert_eq!(out[..4], [9, 10, 11, 12]);
+        assert_eq!(ring.pop(&mut out), 4);
+        assert_eq!(out[..4], [13, 14, 15, 16]);
+        assert_eq!(ring.len(), 1);
+        // Clearing mid-frame skips the rest of that frame.
+        ring.clear();
+        assert_eq!(ring.push(&[18, 19, 20, 21, 22, 23, 24]), 0);
+        assert_eq!(ring.pop(&mut out), 4);
+        assert_eq!(out[..4], [21, 22, 23, 24]);
+        // A push larger than the ring keeps its newest whole frames.
+        let big: Vec<u8> = (0..28).collect();
+        assert_eq!(ring.push(&big), 16);
+        assert_eq!(ring.pop(&mut out), 12);
+        assert_eq!(out[..12], big[16..28]);
+        Ok(())
+    }
+
+    #[test]
+    fn ring_capacity_is_bounded() -> TestResult {
+        let mut p = params(Format::S16, 48000, 2);
+        p.buffer_bytes = u32::MAX;
+        let ring = Ring::new(ring_bytes(&p), p.frame_bytes())?;
+        assert!(ring.capacity() <= MAX_RING_BYTES + 4);
+        let p = params(Format::S24_3, 48000, 5); // 15-byte frames
+        let ring = Ring::new(ring_bytes(&p), p.frame_bytes())?;
+        assert_eq!(ring.capacity() % 15, 0);
+        assert!(ring.capacity() >= MIN_RING_BYTES);
+        Ok(())
+    }
+}
