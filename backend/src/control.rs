@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use vm_memory::ByteValued;
-use vsound_devices::{DeviceError as HostError, Format, StreamParams};
+use vsound_devices::{DeviceError as HostError, Format, StreamDirection, StreamParams};
 
 use crate::chain::{self, ChainLayout};
 use crate::config::OnRemove;
@@ -300,7 +300,11 @@ fn validate_params(s: &StreamRuntime, p: &PcmSetParams) -> Result<Negotiated, St
     if period % params.frame_bytes() != 0 {
         return Err(Status::BadMsg);
     }
-    match s.device.check_params(&params) {
+    let dir = match s.direction() {
+        Direction::Output => StreamDirection::Playback,
+        Direction::Input => StreamDirection::Capture,
+    };
+    match s.device.check_params(dir, &params) {
         Ok(()) => {}
         Err(HostError::Unsupported(why)) => {
             log::debug!("stream {}: device refuses parameters: {why}", s.id);

@@ -22,6 +22,8 @@ pub struct IoMessage {
     /// PCM bytes: the readable bytes after the header (tx) or the writable
     /// bytes before the status (rx).
     payload: u32,
+    /// Its PCM did not reach the host device (answered IO_ERR).
+    failed: bool,
 }
 
 /// Why a message was refused at once.
@@ -68,8 +70,18 @@ impl IoMessage {
                 chain,
                 layout,
                 payload,
+                failed: false,
             },
         ))
+    }
+
+    /// Notes that the PCM did not reach the host device.
+    pub fn mark_failed(&mut self) {
+        self.failed = true;
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
     /// PCM bytes this message carries (tx) or asks for (rx).

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
-use vsound_devices::{CaptureSource, HostDevice, PlaybackSink, StreamParams};
+use vsound_devices::{CaptureSource, DeviceError, HostDevice, PlaybackSink, StreamParams};
 
 use crate::config::StreamConfig;
 use crate::constants::{pcm_features, Direction, EventType, QueueIndex, Status};
@@ -33,6 +33,24 @@ const BUSY_WAIT: Duration = Duration::from_millis(200);
 
 /// Scratch size for copying PCM between guest memory and a host device.
 const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// How often a running stream retries opening a device that came back.
+const REOPEN_INTERVAL_NS: u64 = 100_000_000;
+
+/// What a worker keeps between ticks, outside the stream lock.
+struct WorkerLocal {
+    /// Copy buffer between guest memory and the host device, allocated once.
+    scratch: Vec<u8>,
+    /// No reopen attempt before this time.
+    next_open_ns: u64,
+}
+
+/// The outcome of moving one message's PCM.
+struct Moved {
+    status: Status,
+    /// The device reported it is gone.
+    gone: bool,
+}
 
 /// Parameters the guest negotiated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,7 +241,10 @@ impl StreamRuntime {
     pub fn run(self: Arc<Self>) {
         let shared = self.shared.clone();
         tighten_timer_slack();
-        let mut scratch = vec![0u8; SCRATCH_BYTES];
+        let mut local = WorkerLocal {
+            scratch: vec![0u8; SCRATCH_BYTES],
+            next_open_ns: 0,
+        };
         loop {
             let due = {
                 let inner = self.lock();
@@ -244,14 +265,14 @@ impl StreamRuntime {
                     continue;
                 }
             }
-            self.tick(&shared, &mut scratch);
+            self.tick(&shared, &mut local);
         }
     }
 
     /// One due time: finish the current message, start the next.
-    fn tick(&self, shared: &Shared, scratch: &mut [u8]) {
+    fn tick(&self, shared: &Shared, local: &mut WorkerLocal) {
         let dir = self.direction();
-        let (finished, next, mut endpoint, negotiated) = {
+        let (finished, mut next, mut endpoint, negotiated) = {
             let mut inner = self.lock();
             if inner.state != PcmState::Started || now_ns() < inner.due {
                 return;
@@ -273,24 +294,82 @@ impl StreamRuntime {
         };
 
         // Outside the lock: host I/O and guest-memory copies.
+        if matches!(endpoint, Endpoint::None) {
+            endpoint = self.try_reopen(&negotiated.params, local);
+        }
+        let mut gone = false;
         if let Some(msg) = finished {
             let status = match (&mut endpoint, dir) {
-                (_, Direction::Output) => Status::Ok,
                 (Endpoint::Capture(src), Direction::Input) => {
-                    fill_from_source(&msg, Some(src.as_mut()), scratch, &negotiated.params)
+                    let r = fill_from_source(
+                        &msg,
+                        Some(src.as_mut()),
+                        &mut local.scratch,
+                        &negotiated.params,
+                    );
+                    gone |= r.gone;
+                    r.status
                 }
-                (_, Direction::Input) => fill_from_source(&msg, None, scratch, &negotiated.params),
+                (_, Direction::Input) => {
+                    fill_from_source(&msg, None, &mut local.scratch, &negotiated.params).status
+                }
+                (_, Direction::Output) if msg.failed() => Status::IoErr,
+                (_, Direction::Output) => Status::Ok,
             };
             let latency = endpoint.latency_bytes();
             let bytes = msg.payload();
             msg.complete(queue.as_ref(), dir, status, latency, bytes);
         }
-        if let Some(msg) = &next {
-            if let Endpoint::Playback(sink) = &mut endpoint {
-                play_into_sink(msg, sink.as_mut(), scratch);
+        if let Some(msg) = &mut next {
+            match &mut endpoint {
+                Endpoint::Playback(sink) => {
+                    let r = play_into_sink(msg, sink.as_mut(), &mut local.scratch);
+                    gone |= r.gone;
+                    if r.status != Status::Ok {
+                        msg.mark_failed();
+                    }
+                }
+                // No device: the frames go nowhere; the guest is told.
+                _ if dir == Direction::Output => msg.mark_failed(),
+                _ => {}
             }
         }
+        if gone {
+            log::info!(
+                "stream {}: device {} went away; running on the daemon's clock until it returns",
+                self.id,
+                self.device_name
+            );
+            // Close is final: the endpoint is dropped here, once.
+            endpoint = Endpoint::None;
+            local.next_open_ns = now_ns().saturating_add(REOPEN_INTERVAL_NS);
+        }
         self.finish_tick(Some(queue.as_ref()), next, endpoint, &negotiated, shared);
+    }
+
+    /// Reopens the host endpoint of a running stream whose device is back
+    /// (hot-add): at most every [`REOPEN_INTERVAL_NS`], only when the device
+    /// says it is attached.
+    fn try_reopen(&self, params: &StreamParams, local: &mut WorkerLocal) -> Endpoint {
+        let now = now_ns();
+        if now < local.next_open_ns || !self.device.is_attached() {
+            return Endpoint::None;
+        }
+        local.next_open_ns = now.saturating_add(REOPEN_INTERVAL_NS);
+        let opened = match self.direction() {
+            Direction::Output => self.device.open_playback(params).map(Endpoint::Playback),
+            Direction::Input => self.device.open_capture(params).map(Endpoint::Capture),
+        };
+        match opened {
+            Ok(ep) => {
+                log::info!("stream {}: back on device {}", self.id, self.device_name);
+                ep
+            }
+            Err(e) => {
+                log::debug!("stream {}: reopening {}: {e}", self.id, self.device_name);
+                Endpoint::None
+            }
+        }
     }
 
     fn finish_tick(
@@ -362,55 +441,93 @@ impl StreamRuntime {
 }
 
 /// Hands a tx message's PCM to the sink, in scratch-sized pieces.
-fn play_into_sink(msg: &IoMessage, sink: &mut dyn PlaybackSink, scratch: &mut [u8]) {
+fn play_into_sink(msg: &IoMessage, sink: &mut dyn PlaybackSink, scratch: &mut [u8]) -> Moved {
     let total = msg.payload();
     let mut off = 0u32;
     while off < total {
-        let n = (total - off).min(scratch.len() as u32);
+        let n = (total - off).min(u32::try_from(scratch.len()).unwrap_or(u32::MAX));
         let Some(buf) = scratch.get_mut(..n as usize) else {
-            return;
+            break;
         };
         if msg.read_pcm(off, buf).is_err() {
             log::warn!("tx message unreadable; skipped");
-            return;
+            return Moved {
+                status: Status::IoErr,
+                gone: false,
+            };
         }
-        if let Err(e) = sink.write(buf) {
-            log::warn!("playback sink: {e}");
-            return;
+        match sink.write(buf) {
+            Ok(()) => {}
+            Err(DeviceError::Gone) => {
+                return Moved {
+                    status: Status::IoErr,
+                    gone: true,
+                }
+            }
+            Err(e) => {
+                log::warn!("playback sink: {e}");
+                return Moved {
+                    status: Status::IoErr,
+                    gone: false,
+                };
+            }
         }
         off += n;
     }
+    Moved {
+        status: Status::Ok,
+        gone: false,
+    }
 }
 
-/// Fills an rx message from the source (silence without one), in
-/// scratch-sized pieces.
+/// Fills an rx message from the source (silence without one, and then the
+/// status is IO_ERR: nothing was recorded), in scratch-sized pieces.
 fn fill_from_source(
     msg: &IoMessage,
     mut src: Option<&mut dyn CaptureSource>,
     scratch: &mut [u8],
     params: &StreamParams,
-) -> Status {
+) -> Moved {
     let total = msg.payload();
     let mut off = 0u32;
-    let mut status = Status::Ok;
+    let mut moved = Moved {
+        status: if src.is_some() {
+            Status::Ok
+        } else {
+            Status::IoErr
+        },
+        gone: false,
+    };
     while off < total {
-        let n = (total - off).min(scratch.len() as u32);
+        let n = (total - off).min(u32::try_from(scratch.len()).unwrap_or(u32::MAX));
         let Some(buf) = scratch.get_mut(..n as usize) else {
-            return Status::IoErr;
+            return Moved {
+                status: Status::IoErr,
+                gone: moved.gone,
+            };
         };
         match src.as_deref_mut().map(|s| s.read(buf)) {
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                log::warn!("capture source: {e}");
+                if matches!(e, DeviceError::Gone) {
+                    moved.gone = true;
+                    // The rest of this message is silence, not the device.
+                    src = None;
+                } else {
+                    log::warn!("capture source: {e}");
+                }
                 params.format.fill_silence(buf);
-                status = Status::IoErr;
+                moved.status = Status::IoErr;
             }
             None => params.format.fill_silence(buf),
         }
         if msg.write_pcm(off, buf).is_err() {
-            return Status::IoErr;
+            return Moved {
+                status: Status::IoErr,
+                gone: moved.gone,
+            };
         }
         off += n;
     }
-    status
+    moved
 }

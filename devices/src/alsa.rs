@@ -43,7 +43,7 @@ use serde::Deserialize;
 
 use crate::{
     CaptureSource, Clock, DeviceError, DeviceListener, Format, HostDevice, PlaybackSink,
-    StreamParams,
+    StreamDirection, StreamParams,
 };
 
 /// The first delay before probing a detached PCM again, unless `retry_ms`
@@ -200,19 +200,17 @@ impl HostDevice for AlsaDevice {
         *lock(&self.shared.listener) = Some(listener);
     }
 
-    /// Opens the PCM, tries the parameters, and closes it. The playback side
-    /// is tried first, the capture side if the PCM has no playback. A PCM
-    /// held by someone else (perhaps a stream of this daemon) cannot be
-    /// checked now: that passes, and the open at `PREPARE` will tell.
-    fn check_params(&self, params: &StreamParams) -> Result<(), DeviceError> {
+    /// Opens the PCM in the stream's direction, tries the parameters, and
+    /// closes it. A PCM held by someone else (perhaps a stream of this
+    /// daemon) cannot be checked now: that passes, and the open at `PREPARE`
+    /// will tell.
+    fn check_params(&self, dir: StreamDirection, params: &StreamParams) -> Result<(), DeviceError> {
+        let alsa_dir = match dir {
+            StreamDirection::Playback => Direction::Playback,
+            StreamDirection::Capture => Direction::Capture,
+        };
         self.watching(|_| {
-            let opened = PCM::open(&self.pcm, Direction::Playback, true).or_else(|e| {
-                if e.errno() == libc::EBUSY {
-                    Err(e)
-                } else {
-                    PCM::open(&self.pcm, Direction::Capture, true)
-                }
-            });
+            let opened = PCM::open(&self.pcm, alsa_dir, true);
             let pcm = match opened {
                 Ok(pcm) => pcm,
                 Err(e) if e.errno() == libc::EBUSY => return Ok(()),

@@ -25,6 +25,15 @@ pub mod registry;
 
 pub use format::{Format, StreamParams};
 
+/// Which way a stream's frames go, seen from the host device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamDirection {
+    /// Guest output: frames go to the device.
+    Playback,
+    /// Guest input: frames come from the device.
+    Capture,
+}
+
 /// Who keeps time for a stream bound to a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Clock {
@@ -73,9 +82,11 @@ pub trait HostDevice: Send + Sync {
     /// it). Devices that never change (null) ignore it.
     fn set_listener(&self, _listener: std::sync::Arc<dyn DeviceListener>) {}
 
-    /// Checks that the device could take these parameters, without opening
-    /// anything (used at `PCM_SET_PARAMS`).
-    fn check_params(&self, params: &StreamParams) -> Result<(), DeviceError>;
+    /// Checks that the device could take these parameters in this
+    /// direction (used at `PCM_SET_PARAMS`, so the guest can fall back on
+    /// `NOT_SUPP`). It may open the device briefly (ALSA) but must not
+    /// block. An absent device answers `Gone`; PREPARE decides then.
+    fn check_params(&self, dir: StreamDirection, params: &StreamParams) -> Result<(), DeviceError>;
 
     /// Opens a playback sink for a stream's negotiated parameters.
     fn open_playback(&self, params: &StreamParams) -> Result<Box<dyn PlaybackSink>, DeviceError>;

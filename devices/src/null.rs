@@ -3,7 +3,10 @@
 
 use serde::Deserialize;
 
-use crate::{CaptureSource, Clock, DeviceError, Format, HostDevice, PlaybackSink, StreamParams};
+use crate::{
+    CaptureSource, Clock, DeviceError, Format, HostDevice, PlaybackSink, StreamDirection,
+    StreamParams,
+};
 
 /// Options of a `kind = "null"` device (it has none).
 #[derive(Debug, Default, Deserialize)]
@@ -30,7 +33,11 @@ impl HostDevice for NullDevice {
         true
     }
 
-    fn check_params(&self, _params: &StreamParams) -> Result<(), DeviceError> {
+    fn check_params(
+        &self,
+        _dir: StreamDirection,
+        _params: &StreamParams,
+    ) -> Result<(), DeviceError> {
         Ok(())
     }
 

@@ -48,7 +48,7 @@ use serde::Deserialize;
 
 use crate::{
     CaptureSource, Clock, DeviceError, DeviceListener, Format, HostDevice, PlaybackSink,
-    StreamParams,
+    StreamDirection, StreamParams,
 };
 
 /// Smallest ring per direction: a third of a second of 48 kHz S16 stereo,
@@ -792,11 +792,15 @@ impl HostDevice for PadDevice {
         *lock(&self.shared.listener) = Some(listener);
     }
 
-    fn check_params(&self, params: &StreamParams) -> Result<(), DeviceError> {
+    fn check_params(&self, dir: StreamDirection, params: &StreamParams) -> Result<(), DeviceError> {
         if params.channels == 0 {
             return Err(DeviceError::Unsupported("zero channels".into()));
         }
-        if self.shared.header == Header::Wav && wav_header(params).is_none() {
+        // Only playback carries a header; capture is always raw.
+        if dir == StreamDirection::Playback
+            && self.shared.header == Header::Wav
+            && wav_header(params).is_none()
+        {
             return Err(DeviceError::Unsupported(format!(
                 "pad {} sends WAV headers, which cannot describe {}",
                 self.shared.name, params.format
@@ -806,7 +810,7 @@ impl HostDevice for PadDevice {
     }
 
     fn open_playback(&self, params: &StreamParams) -> Result<Box<dyn PlaybackSink>, DeviceError> {
-        self.check_params(params)?;
+        self.check_params(StreamDirection::Playback, params)?;
         let header = match self.shared.header {
             Header::Raw => None,
             Header::Wav => wav_header(params),
@@ -835,7 +839,7 @@ impl HostDevice for PadDevice {
     }
 
     fn open_capture(&self, params: &StreamParams) -> Result<Box<dyn CaptureSource>, DeviceError> {
-        self.check_params(params)?;
+        self.check_params(StreamDirection::Capture, params)?;
         let mut ring = Ring::new(ring_bytes(params), params.frame_bytes())?;
         let mut st = lock(&self.shared.state);
         if st.capture.is_some() {
@@ -1452,7 +1456,7 @@ mod tests {
         // Formats a 44-byte header cannot describe truthfully are refused.
         let s24 = params(Format::S24, 48000, 2);
         assert!(matches!(
-            fx.pad.check_params(&s24),
+            fx.pad.check_params(StreamDirection::Playback, &s24),
             Err(DeviceError::Unsupported(_))
         ));
         Ok(())

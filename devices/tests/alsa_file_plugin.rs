@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use vsound_devices::alsa::{AlsaDevice, AlsaOptions};
 use vsound_devices::{
-    registry, Clock, DeviceError, DeviceListener, Format, HostDevice, StreamParams,
+    registry, Clock, DeviceError, DeviceListener, Format, HostDevice, StreamDirection, StreamParams,
 };
 
 /// The scratch folder, with `asound.conf` in it and alsa-lib pointed at it.
@@ -103,7 +103,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 fn play_into_file(pcm: &str, file: &str, p: StreamParams, periods: usize) {
     let dev = device(pcm);
     assert!(dev.is_attached());
-    dev.check_params(&p).unwrap();
+    dev.check_params(StreamDirection::Playback, &p).unwrap();
     let data = pattern(p.period_bytes as usize * periods, p.rate);
     let frame = p.frame_bytes() as usize;
     {
@@ -157,7 +157,7 @@ fn capture_reads_the_input_file_bit_exact() {
     fs::write(dir().join("in.raw"), &input).unwrap();
     let dev = device("vs_in");
     assert!(dev.is_attached());
-    dev.check_params(&p).unwrap();
+    dev.check_params(StreamDirection::Capture, &p).unwrap();
     let mut src = dev.open_capture(&p).unwrap();
     assert_eq!(src.clock(), Clock::Device);
 
@@ -198,7 +198,10 @@ fn a_missing_pcm_gives_a_detached_device_not_an_error() {
         assert!(!dev.is_attached(), "{pcm}");
         let p = params(Format::S16, 48000, 2, 480);
         assert!(
-            matches!(dev.check_params(&p), Err(DeviceError::Gone)),
+            matches!(
+                dev.check_params(StreamDirection::Playback, &p),
+                Err(DeviceError::Gone)
+            ),
             "{pcm}"
         );
         assert!(
@@ -217,12 +220,18 @@ fn parameters_the_pcm_refuses_are_unsupported() {
     // The linear plugin converts between linear integer formats only.
     let dev = device("vs_linear");
     assert!(dev.is_attached());
-    dev.check_params(&params(Format::S16, 48000, 2, 480))
-        .unwrap();
-    dev.check_params(&params(Format::S32, 44100, 1, 441))
-        .unwrap();
+    dev.check_params(
+        StreamDirection::Playback,
+        &params(Format::S16, 48000, 2, 480),
+    )
+    .unwrap();
+    dev.check_params(
+        StreamDirection::Playback,
+        &params(Format::S32, 44100, 1, 441),
+    )
+    .unwrap();
     for format in [Format::Float, Format::MuLaw, Format::DsdU8] {
-        match dev.check_params(&params(format, 48000, 2, 480)) {
+        match dev.check_params(StreamDirection::Playback, &params(format, 48000, 2, 480)) {
             Err(DeviceError::Unsupported(msg)) => {
                 assert!(msg.contains(format.name()), "{msg}")
             }
@@ -237,7 +246,7 @@ fn parameters_the_pcm_refuses_are_unsupported() {
     let mut p = params(Format::S16, 48000, 2, 480);
     p.period_bytes = 3;
     assert!(matches!(
-        dev.check_params(&p),
+        dev.check_params(StreamDirection::Playback, &p),
         Err(DeviceError::Unsupported(_))
     ));
 }
@@ -265,7 +274,10 @@ fn a_pcm_that_comes_and_goes_is_attached_and_detached() {
     let counter = Arc::new(Counter::default());
     dev.set_listener(counter.clone());
     let p = params(Format::S16, 48000, 1, 480);
-    assert!(matches!(dev.check_params(&p), Err(DeviceError::Gone)));
+    assert!(matches!(
+        dev.check_params(StreamDirection::Capture, &p),
+        Err(DeviceError::Gone)
+    ));
 
     let input = pattern(p.period_bytes as usize, 3);
     let hot = dir().join("hot");
@@ -278,8 +290,7 @@ fn a_pcm_that_comes_and_goes_is_attached_and_detached() {
     });
     assert!(dev.is_attached());
     assert_eq!(counter.detached.load(Ordering::SeqCst), 0);
-    // A PCM without playback is checked on its capture side.
-    dev.check_params(&p).unwrap();
+    dev.check_params(StreamDirection::Capture, &p).unwrap();
     let mut src = dev.open_capture(&p).unwrap();
     let mut buf = vec![0u8; input.len()];
     wait_for("captured frames", || {
