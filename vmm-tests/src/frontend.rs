@@ -222,6 +222,10 @@ impl SndConfig {
 /// A connected virtio-snd device: vhost-user session, guest memory and queues.
 pub struct VhostUserSnd {
     frontend: Option<Frontend>,
+    /// A handle on the socket to close it for sure on disconnect (the
+    /// watchdog holds another clone, so dropping the frontend alone would
+    /// leave the connection open).
+    sock: UnixStream,
     watchdog: Watchdog,
     request_timeout: Option<Duration>,
     memory: Arc<GuestMemory>,
@@ -260,8 +264,10 @@ impl VhostUserSnd {
         let watchdog =
             Watchdog::new(sock.try_clone().map_err(Error::Watchdog)?).map_err(Error::Watchdog)?;
         let memory = Arc::new(GuestMemory::new(opts.memory_size)?);
+        let own = sock.try_clone().map_err(Error::Watchdog)?;
         let mut dev = VhostUserSnd {
             frontend: Some(Frontend::from_stream(sock, NUM_QUEUES as u64)),
+            sock: own,
             watchdog,
             request_timeout: opts.request_timeout,
             memory,
@@ -512,6 +518,7 @@ impl VhostUserSnd {
         }
         drop(armed);
         drop(fe);
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
         result.map_err(|e| self.explain(e))
     }
 }
