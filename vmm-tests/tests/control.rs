@@ -4,6 +4,8 @@
 //! Default config: stream 0 output, stream 1 input, group 0, null device,
 //! formats S16/S24/S32/FLOAT, rates 44.1/48/96 kHz, 1–2 channels.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use vmm_tests::snd::constants::{chmap, code, pcm_feature, size};

@@ -4,6 +4,8 @@
 //!
 //! Default config: stream 0 output, stream 1 input, null device.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use vmm_tests::frontend::Queue;
