@@ -34,6 +34,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     socket_fd: Option<i32>,
 
+    /// Serve the management API on this Unix socket (overrides
+    /// `[daemon] api_socket`).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+
     /// Serve this many VMM connections, then exit (default: forever).
     #[arg(long, value_name = "N", hide = true)]
     max_connections: Option<usize>,
@@ -48,6 +53,31 @@ enum Command {
     },
     /// Print the embedded default configuration.
     PrintDefaultConfig,
+    /// Talk to a running daemon's management API.
+    Ctl {
+        /// The daemon's management socket.
+        #[arg(long, value_name = "PATH")]
+        api_socket: PathBuf,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlAction {
+    /// Devices (attached or not, since when, removals) and streams (state,
+    /// parameters, device, frames moved, xruns, latency).
+    Status,
+    /// Detach a host device: its streams go on per their `on_remove` policy.
+    Detach {
+        /// The device name (`[devices.NAME]`).
+        device: String,
+    },
+    /// Attach a device detached with `detach`.
+    Attach {
+        /// The device name (`[devices.NAME]`).
+        device: String,
+    },
 }
 
 /// Runs the command line; only `main` turns the result into an exit code.
@@ -74,6 +104,34 @@ pub fn run() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Ctl { api_socket, action }) => {
+            let req = match &action {
+                CtlAction::Status => serde_json::json!({ "cmd": "status" }),
+                CtlAction::Detach { device } => {
+                    serde_json::json!({ "cmd": "detach", "device": device })
+                }
+                CtlAction::Attach { device } => {
+                    serde_json::json!({ "cmd": "attach", "device": device })
+                }
+            };
+            match crate::api::ctl(&api_socket, &req) {
+                Ok(reply) => {
+                    let ok = reply.get("ok").and_then(serde_json::Value::as_bool) == Some(true);
+                    let shown = serde_json::to_string_pretty(&reply).unwrap_or_default();
+                    if ok {
+                        println!("{shown}");
+                        ExitCode::SUCCESS
+                    } else {
+                        eprintln!("{shown}");
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("vsound ctl: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None => run_daemon(cli.run),
     }
 }
@@ -95,10 +153,8 @@ fn run_daemon(args: RunArgs) -> ExitCode {
         (None, Some(p), _) | (None, None, Some(p)) => SocketSpec::Path(p.clone()),
         (None, None, None) => SocketSpec::Path(PathBuf::from("/tmp/vsound.sock")),
     };
-    if config.api_socket.is_some() {
-        log::warn!("[daemon] api_socket: the management API is not in this build yet; ignored");
-    }
-    match daemon::run(&config, &socket, args.max_connections) {
+    let api = args.api_socket.as_deref().or(config.api_socket.as_deref());
+    match daemon::run(&config, &socket, api, args.max_connections) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let mut msg = e.to_string();

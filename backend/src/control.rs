@@ -20,7 +20,7 @@ use crate::pacer::{now_ns, Schedule};
 use crate::queue::{Chain, Virtqueue};
 use crate::stream::{PcmCommand, PcmState};
 use crate::wire::{ChmapInfo, Hdr, JackInfo, JackRemap, PcmHdr, PcmInfo, PcmSetParams, QueryInfo};
-use crate::worker::{Endpoint, Negotiated, StreamRuntime};
+use crate::worker::{Negotiated, StreamRuntime};
 
 /// The longest request we read (the largest we understand is 24 bytes).
 const MAX_REQUEST: usize = 64;
@@ -174,7 +174,13 @@ fn dispatch(dev: &SoundDevice, req: &[u8], writable: u64) -> Response {
             let status = match code {
                 RequestCode::PcmPrepare => prepare(s),
                 RequestCode::PcmRelease => release(dev, s),
-                RequestCode::PcmStart => start(s),
+                RequestCode::PcmStart => {
+                    // Take whatever the driver queued before START, even if
+                    // its kick is still in flight behind this request: the
+                    // first period must not be silence.
+                    dev.poll_io(s.queue_index());
+                    start(s)
+                }
                 _ => stop(s),
             };
             Response::status(status)
@@ -304,7 +310,7 @@ fn validate_params(s: &StreamRuntime, p: &PcmSetParams) -> Result<Negotiated, St
         Direction::Output => StreamDirection::Playback,
         Direction::Input => StreamDirection::Capture,
     };
-    match s.device.check_params(dir, &params) {
+    match s.device.dev.check_params(dir, &params) {
         Ok(()) => {}
         Err(HostError::Unsupported(why)) => {
             log::debug!("stream {}: device refuses parameters: {why}", s.id);
@@ -332,10 +338,10 @@ fn set_params(s: &StreamRuntime, p: &PcmSetParams) -> Status {
     };
     // New parameters invalidate a prepared endpoint; held buffers go back.
     let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
-    inner.endpoint = Endpoint::None;
     inner.negotiated = Some(negotiated);
     inner.state = to;
     drop(inner);
+    s.close_endpoint();
     log_transition(s, from, to, PcmCommand::SetParams);
     log::debug!("stream {}: params {:?}", s.id, negotiated);
     s.complete_all(held, Status::Ok);
@@ -355,44 +361,29 @@ fn prepare(s: &StreamRuntime) -> Status {
     let Some(negotiated) = inner.negotiated else {
         return Status::BadMsg;
     };
-    if matches!(inner.endpoint, Endpoint::None) {
-        let opened = match s.direction() {
-            Direction::Output => s
-                .device
-                .open_playback(&negotiated.params)
-                .map(Endpoint::Playback),
-            Direction::Input => s
-                .device
-                .open_capture(&negotiated.params)
-                .map(Endpoint::Capture),
-        };
-        inner.endpoint = match opened {
-            Ok(ep) => ep,
-            Err(HostError::Unsupported(why)) => {
-                log::warn!("stream {}: {why}", s.id);
-                return Status::NotSupp;
-            }
-            Err(e) => match s.config.on_remove {
-                OnRemove::Error => {
-                    log::warn!("stream {}: device {}: {e}", s.id, s.device_name);
-                    return Status::IoErr;
-                }
-                // Run on the daemon's clock without the device.
-                OnRemove::Silence => {
-                    log::info!(
-                        "stream {}: device {} absent ({e}); running silent",
-                        s.id,
-                        s.device_name
-                    );
-                    Endpoint::None
-                }
-            },
-        };
+    if negotiated.params.buffer_bytes == 0 {
+        return Status::BadMsg;
+    }
+    if let Some(st) = refuse_absent_device(s) {
+        return st;
     }
     inner.state = to;
     drop(inner);
+    // The worker opens the host endpoint: a device that hangs in open
+    // cannot stall the control queue.
+    s.wake();
     log_transition(s, from, to, PcmCommand::Prepare);
     Status::Ok
+}
+
+/// Policy `on_remove = "error"`: PREPARE and START answer IO_ERR while the
+/// device is away (design.md rule 6).
+fn refuse_absent_device(s: &StreamRuntime) -> Option<Status> {
+    if s.config.on_remove == OnRemove::Error && !s.device.is_present() {
+        log::debug!("stream {}: device {} is away", s.id, s.device.name);
+        return Some(Status::IoErr);
+    }
+    None
 }
 
 fn start(s: &StreamRuntime) -> Status {
@@ -408,6 +399,9 @@ fn start(s: &StreamRuntime) -> Status {
     let Some(negotiated) = inner.negotiated else {
         return Status::BadMsg;
     };
+    if let Some(st) = refuse_absent_device(s) {
+        return st;
+    }
     let now = now_ns();
     let mut schedule = Schedule::new(now, negotiated.params.bytes_per_second());
     // A message still current from before a STOP plays out its full length.
@@ -418,7 +412,9 @@ fn start(s: &StreamRuntime) -> Status {
     inner.schedule = Some(schedule);
     inner.in_xrun = false;
     inner.state = to;
+    let queued = inner.pending.len();
     drop(inner);
+    log::debug!("stream {}: {queued} buffers queued at START", s.id);
     s.wake();
     log_transition(s, from, to, PcmCommand::Start);
     Status::Ok
@@ -455,11 +451,10 @@ fn release(_dev: &SoundDevice, s: &StreamRuntime) -> Status {
         }
     };
     let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
-    let endpoint = std::mem::replace(&mut inner.endpoint, Endpoint::None);
     inner.schedule = None;
     inner.state = to;
     drop(inner);
-    drop(endpoint);
+    s.close_endpoint();
     let n = held.len();
     s.complete_all(held, Status::Ok);
     log_transition(s, from, to, PcmCommand::Release);

@@ -3,16 +3,17 @@
 //! fresh [`SoundDevice`]; host devices (and a pad's socket) outlive it.
 
 use std::os::fd::{FromRawFd, RawFd};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::GuestMemoryAtomic;
-use vsound_devices::{registry, HostDevice};
+use vsound_devices::registry;
 
 use crate::config::Config;
 use crate::device::SoundDevice;
+use crate::hotplug::ManagedDevice;
 use crate::queue::Mem;
 use crate::vhu::VsoundBackend;
 
@@ -35,27 +36,58 @@ pub enum DaemonError {
     Create(#[source] crate::device::DeviceError),
     #[error("Cannot create the vhost-user backend")]
     Backend(#[source] std::io::Error),
+    #[error("Cannot serve the management API on {0}")]
+    Api(String, #[source] std::io::Error),
     #[error("vhost-user daemon: {0}")]
     Vhost(vhost_user_backend::Error),
 }
 
-/// The configured host devices, by name, in config order.
-pub type HostDevices = Vec<(String, Arc<dyn HostDevice>)>;
+/// What outlives VMM connections: the host devices, and a handle on the
+/// device of the current connection (for the management API).
+pub struct DaemonState {
+    pub config: Config,
+    pub devices: Vec<Arc<ManagedDevice>>,
+    current: Mutex<Weak<SoundDevice>>,
+}
 
-/// Opens every configured host device.
-pub fn build_devices(config: &Config) -> Result<HostDevices, DaemonError> {
-    config
-        .devices
-        .iter()
-        .map(|d| {
-            registry::build(&d.name, &d.kind, d.options.clone())
-                .map(|dev| (d.name.clone(), dev))
-                .map_err(|message| DaemonError::Device {
-                    name: d.name.clone(),
-                    message,
-                })
-        })
-        .collect()
+impl DaemonState {
+    /// Opens every configured host device.
+    pub fn new(config: &Config) -> Result<Arc<DaemonState>, DaemonError> {
+        let devices = config
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                registry::build(&d.name, &d.kind, d.options.clone())
+                    .map(|dev| ManagedDevice::new(i, d.name.clone(), dev))
+                    .map_err(|message| DaemonError::Device {
+                        name: d.name.clone(),
+                        message,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(DaemonState {
+            config: config.clone(),
+            devices,
+            current: Mutex::new(Weak::new()),
+        }))
+    }
+
+    /// The device of the current VMM connection, if any.
+    pub fn current(&self) -> Option<Arc<SoundDevice>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrade()
+    }
+
+    fn set_current(&self, dev: Weak<SoundDevice>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = dev;
+    }
+
+    pub fn device(&self, name: &str) -> Option<&Arc<ManagedDevice>> {
+        self.devices.iter().find(|d| d.name == name)
+    }
 }
 
 /// Serves VMM connections until `max_connections` is reached (forever when
@@ -63,9 +95,17 @@ pub fn build_devices(config: &Config) -> Result<HostDevices, DaemonError> {
 pub fn run(
     config: &Config,
     socket: &SocketSpec,
+    api_socket: Option<&Path>,
     max_connections: Option<usize>,
 ) -> Result<(), DaemonError> {
-    let devices = build_devices(config)?;
+    let state = DaemonState::new(config)?;
+    let _api = match api_socket {
+        Some(p) => Some(
+            crate::api::ApiServer::start(p, state.clone())
+                .map_err(|e| DaemonError::Api(p.display().to_string(), e))?,
+        ),
+        None => None,
+    };
     let mut listener = match socket {
         SocketSpec::Path(p) => {
             Listener::new(p, true).map_err(|e| DaemonError::Listen(p.display().to_string(), e))?
@@ -81,25 +121,22 @@ pub fn run(
             SocketSpec::Fd(fd) => format!("fd {fd}"),
         },
         config.streams.len(),
-        devices.len()
+        state.devices.len()
     );
     let mut served = 0usize;
     loop {
         if max_connections.is_some_and(|m| served >= m) {
             return Ok(());
         }
-        serve_one(config, &devices, &mut listener)?;
+        serve_one(&state, &mut listener)?;
         served += 1;
     }
 }
 
-fn serve_one(
-    config: &Config,
-    devices: &[(String, Arc<dyn HostDevice>)],
-    listener: &mut Listener,
-) -> Result<(), DaemonError> {
+fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonError> {
     let mem = GuestMemoryAtomic::new(Mem::new());
-    let device = Arc::new(SoundDevice::new(config, devices).map_err(DaemonError::Create)?);
+    let device = SoundDevice::new(&state.config, &state.devices).map_err(DaemonError::Create)?;
+    state.set_current(Arc::downgrade(&device));
     let backend =
         Arc::new(VsoundBackend::new(device.clone(), mem.clone()).map_err(DaemonError::Backend)?);
     let mut daemon =

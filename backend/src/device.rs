@@ -1,21 +1,29 @@
 //! The virtio-snd device core: streams, jacks and channel maps built from
-//! the config, the queue handlers, and the stream workers.
+//! the config, the queue handlers, the stream workers, and what the guest
+//! sees when a host device goes and comes back.
 //!
 //! One [`SoundDevice`] serves one VMM connection; a new connection gets a
 //! fresh one. It knows nothing of vhost-user: it is handed [`Virtqueue`]s.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-
-use vsound_devices::HostDevice;
+use std::time::Duration;
 
 use crate::config::Config;
-use crate::constants::{standard_positions, Direction, QueueIndex, CHMAP_MAX_SIZE};
+use crate::constants::{
+    pcm_features, standard_positions, Direction, EventType, QueueIndex, Status, CHMAP_MAX_SIZE,
+};
+use crate::hotplug::ManagedDevice;
 use crate::io::{self, IoMessage};
+use crate::pacer::now_ns;
 use crate::queue::Virtqueue;
 use crate::stream::PcmState;
 use crate::wire::{ChmapInfo, JackInfo, VirtioSndConfig};
-use crate::worker::{Shared, StreamRuntime};
+use crate::worker::{Shared, StreamRuntime, HANG_NS};
+
+/// How often the watchdog looks for host calls that hang.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(10);
 
 /// A jack: one per (host device, direction) that streams use.
 #[derive(Clone, Debug)]
@@ -38,37 +46,45 @@ pub struct Chmap {
 pub enum DeviceError {
     #[error("Cannot create stream {0}")]
     Stream(u32, #[source] std::io::Error),
-    #[error("Cannot start the worker of stream {0}")]
-    Spawn(u32, #[source] std::io::Error),
+    #[error("Cannot start a thread")]
+    Spawn(#[source] std::io::Error),
+    #[error("Stream {0} names device {1}, which does not exist")]
+    NoDevice(u32, usize),
 }
+
+/// A thread to join at shutdown: a stream's worker (stream index, worker
+/// generation) or the watchdog (`None`).
+type Worker = (Option<(usize, u64)>, JoinHandle<()>);
 
 /// The device behind one VMM connection.
 pub struct SoundDevice {
     pub streams: Vec<Arc<StreamRuntime>>,
     pub jacks: Vec<Jack>,
     pub chmaps: Vec<Chmap>,
-    pub host_devices: Vec<(String, Arc<dyn HostDevice>)>,
+    pub host_devices: Vec<Arc<ManagedDevice>>,
     pub shared: Arc<Shared>,
-    workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    workers: Mutex<Vec<Worker>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl SoundDevice {
-    /// Builds the device and starts one worker per stream.
+    /// Builds the device and starts one worker per stream and the hang
+    /// watchdog.
     pub fn new(
         config: &Config,
-        host_devices: &[(String, Arc<dyn HostDevice>)],
-    ) -> Result<SoundDevice, DeviceError> {
+        host_devices: &[Arc<ManagedDevice>],
+    ) -> Result<Arc<SoundDevice>, DeviceError> {
         let shared = Arc::new(Shared::new());
         let mut streams = Vec::new();
         let mut jacks: Vec<Jack> = Vec::new();
         let mut chmaps: Vec<Chmap> = Vec::new();
         for (id, sc) in config.streams.iter().enumerate() {
             let id = u32::try_from(id).unwrap_or(u32::MAX);
-            let (name, dev) = host_devices
+            let dev = host_devices
                 .get(sc.device)
                 .cloned()
-                .unwrap_or_else(|| ("null".into(), Arc::new(vsound_devices::null::NullDevice)));
-            let rt = StreamRuntime::new(id, sc.clone(), dev, name, shared.clone())
+                .ok_or(DeviceError::NoDevice(id, sc.device))?;
+            let rt = StreamRuntime::new(id, sc.clone(), dev, shared.clone())
                 .map_err(|e| DeviceError::Stream(id, e))?;
             streams.push(Arc::new(rt));
             if !jacks
@@ -93,23 +109,76 @@ impl SoundDevice {
                 }),
             }
         }
-        let mut workers = Vec::new();
-        for s in &streams {
-            let s2 = s.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("vsound-s{}", s.id))
-                .spawn(move || s2.run())
-                .map_err(|e| DeviceError::Spawn(s.id, e))?;
-            workers.push(h);
-        }
-        Ok(SoundDevice {
+        let dev = Arc::new(SoundDevice {
             streams,
             jacks,
             chmaps,
             host_devices: host_devices.to_vec(),
             shared,
-            workers: std::sync::Mutex::new(workers),
-        })
+            workers: Mutex::new(Vec::new()),
+            stopping: Arc::new(AtomicBool::new(false)),
+        });
+        for s in &dev.streams {
+            dev.spawn_worker(s, 0)?;
+        }
+        let weak = Arc::downgrade(&dev);
+        let stopping = dev.stopping.clone();
+        let wd = std::thread::Builder::new()
+            .name("vsound-watchdog".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::SeqCst) {
+                    std::thread::sleep(WATCHDOG_PERIOD);
+                    match weak.upgrade() {
+                        Some(d) => d.check_hangs(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(DeviceError::Spawn)?;
+        dev.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((None, wd));
+        for m in host_devices {
+            m.set_current(Some(Arc::downgrade(&dev)));
+        }
+        Ok(dev)
+    }
+
+    fn spawn_worker(&self, s: &Arc<StreamRuntime>, generation: u64) -> Result<(), DeviceError> {
+        let s2 = s.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("vsound-s{}", s.id))
+            .spawn(move || s2.run(generation))
+            .map_err(DeviceError::Spawn)?;
+        let key = (usize::try_from(s.id).unwrap_or(usize::MAX), generation);
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((Some(key), h));
+        Ok(())
+    }
+
+    /// A stream whose host call hangs gets a new worker, and its device is
+    /// treated as removed; the hung thread exits if the call ever returns.
+    fn check_hangs(&self) {
+        let now = now_ns();
+        for s in &self.streams {
+            if s.host_call_age(now).is_some_and(|age| age > HANG_NS) {
+                log::warn!(
+                    "stream {}: a call into device {} hung for over {} ms; treating it as removed",
+                    s.id,
+                    s.device.name,
+                    HANG_NS / 1_000_000
+                );
+                let generation = s.retire_worker();
+                // The hung thread is left behind: it is never joined.
+                if let Err(e) = self.spawn_worker(s, generation) {
+                    log::error!("stream {}: {e}", s.id);
+                }
+                s.device.mark_hung();
+            }
+        }
     }
 
     /// The config space (spec 5.14.4).
@@ -134,11 +203,11 @@ impl SoundDevice {
         self.shared.queue(index)
     }
 
-    /// The jack info of jack `id`.
+    /// The jack info of a jack.
     pub fn jack_info(&self, jack: &Jack) -> JackInfo {
         // HDA pin default configuration (HDA spec 7.3.3.31): port
         // connectivity "jack" (0), location external/rear, device LineOut
-        // (0) or LineIn (8), connection 1/8" (1), colour black/green/pink,
+        // (0) or LineIn (8), connection 1/8" (1), colour green/pink,
         // association 1, sequence 0.
         let (device, color) = match jack.direction {
             Direction::Output => (0x0u32, 0x4u32),
@@ -148,7 +217,7 @@ impl SoundDevice {
         let attached = self
             .host_devices
             .get(jack.device)
-            .is_some_and(|(_, d)| d.is_attached());
+            .is_some_and(|d| d.is_present());
         JackInfo {
             hda_fn_nid: jack.group.into(),
             features: 0.into(),
@@ -166,6 +235,48 @@ impl SoundDevice {
             direction: c.direction.code(),
             channels: c.channels.min(CHMAP_MAX_SIZE as u8),
             positions: standard_positions(c.channels),
+        }
+    }
+
+    fn jack_events(&self, device: usize, kind: EventType) {
+        for (id, j) in self.jacks.iter().enumerate() {
+            if j.device == device {
+                self.shared
+                    .send_event(kind, u32::try_from(id).unwrap_or(u32::MAX));
+            }
+        }
+    }
+
+    /// A host device went away (rules 5 and 6): close its streams'
+    /// endpoints (the buffer being played when it went is answered IO_ERR,
+    /// and so is every buffer until it is back), tell the guest through its
+    /// jacks and, where negotiated, PCM_XRUN.
+    pub fn device_removed(&self, device: usize) {
+        for s in self.streams.iter().filter(|s| s.device.index == device) {
+            s.close_endpoint();
+            let xrun = {
+                let mut inner = s.lock();
+                if let Some(m) = inner.current.as_mut() {
+                    m.mark_failed();
+                }
+                inner.state == PcmState::Started
+                    && inner
+                        .negotiated
+                        .is_some_and(|n| n.features & pcm_features::EVT_XRUNS != 0)
+            };
+            if xrun {
+                self.shared.send_event(EventType::PcmXrun, s.id);
+            }
+        }
+        self.jack_events(device, EventType::JackDisconnected);
+    }
+
+    /// A host device is back (rule 7): JACK_CONNECTED, and running streams
+    /// move back onto it at their next period.
+    pub fn device_returned(&self, device: usize) {
+        self.jack_events(device, EventType::JackConnected);
+        for s in self.streams.iter().filter(|s| s.device.index == device) {
+            s.reopen_soon();
         }
     }
 
@@ -192,18 +303,28 @@ impl SoundDevice {
                 "{} message for stream {stream_id}: not a stream of this queue",
                 dir.name()
             );
-            return msg.complete(q.as_ref(), dir, crate::constants::Status::IoErr, 0, 0);
+            return msg.complete(q.as_ref(), dir, Status::IoErr, 0, 0);
         };
         if msg.payload() == 0 {
-            return msg.complete(q.as_ref(), dir, crate::constants::Status::IoErr, 0, 0);
+            return msg.complete(q.as_ref(), dir, Status::IoErr, 0, 0);
         }
         let mut inner = stream.lock();
         if !inner.state.accepts_io() {
             drop(inner);
             log::debug!("stream {stream_id}: I/O refused in this state");
-            return msg.complete(q.as_ref(), dir, crate::constants::Status::IoErr, 0, 0);
+            return msg.complete(q.as_ref(), dir, Status::IoErr, 0, 0);
         }
         inner.pending.push_back(msg);
+    }
+
+    /// Takes every message available on an I/O queue now.
+    pub fn poll_io(&self, queue: QueueIndex) {
+        let Some(q) = self.queue(queue).cloned() else {
+            return;
+        };
+        while let Some(chain) = q.pop() {
+            self.handle_io(queue, chain);
+        }
     }
 
     /// Forgets every stream's state after a device reset (driver reload):
@@ -218,26 +339,41 @@ impl SoundDevice {
             inner.state = PcmState::Idle;
             inner.negotiated = None;
             inner.schedule = None;
-            inner.endpoint = crate::worker::Endpoint::None;
             drop(inner);
             drop(held);
+            s.close_endpoint();
             s.wake();
         }
     }
 
     /// Stops every worker and closes every endpoint (end of connection).
     pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for m in &self.host_devices {
+            m.set_current(None);
+        }
         for s in &self.streams {
             let mut inner = s.lock_idle();
             inner.quit = true;
-            let _ = StreamRuntime::take_all(&mut inner).count();
-            inner.endpoint = crate::worker::Endpoint::None;
+            let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
             drop(inner);
+            drop(held);
+            s.close_endpoint();
             s.wake();
         }
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
-        for w in workers {
-            let _ = w.join();
+        for (key, w) in workers {
+            let current = match key {
+                None => true,
+                Some((stream, generation)) => self
+                    .streams
+                    .get(stream)
+                    .is_some_and(|s| s.worker_generation() == generation),
+            };
+            // A retired worker may still hang in its device: not joined.
+            if current && w.thread().id() != std::thread::current().id() {
+                let _ = w.join();
+            }
         }
     }
 }

@@ -75,6 +75,11 @@ impl IoMessage {
         ))
     }
 
+    /// The head descriptor index (identifies the message on its queue).
+    pub fn head(&self) -> u16 {
+        self.chain.head_index()
+    }
+
     /// Notes that the PCM did not reach the host device.
     pub fn mark_failed(&mut self) {
         self.failed = true;

@@ -6,8 +6,10 @@
 //! - [`control`], [`io`], [`events`]: the queues' protocols.
 //! - [`pacer`]: the real-time schedule.
 //! - [`device`]: the device core, independent of the transport.
+//! - [`hotplug`]: host devices coming and going; [`api`]: the management API.
 //! - [`vhu`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`].
 
+pub mod api;
 pub mod chain;
 pub mod cli;
 pub mod config;
@@ -16,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod events;
+pub mod hotplug;
 pub mod io;
 pub mod pacer;
 pub mod queue;

@@ -3,54 +3,56 @@
 //!
 //! Threads: the queue thread (vhost-user) answers control requests and
 //! queues I/O messages here; the stream's worker wakes at each due time,
-//! completes the buffer that was being played (or fills the one being
-//! recorded), and takes the next one. The stream lock is held only to move
-//! messages and the host endpoint in and out of [`Inner`], never across host
-//! I/O or guest-memory copies: the worker marks itself `busy` while it holds
-//! them, and whoever needs everything back (RELEASE, reset) waits on
-//! `idle` for that flag to clear.
+//! completes the message that was being played (or fills the one being
+//! recorded), and takes the next one.
+//!
+//! Locks: the stream lock ([`Inner`]) is held only to move messages in and
+//! out, never across a guest-memory copy or a host call. Guest messages
+//! leave the lock only for guest-memory copies (the worker is `busy` then);
+//! they are never held during host I/O, so a host device that hangs can
+//! never keep a guest buffer from being returned. The host endpoint lives
+//! in an attach/detach [`Slot`]: the worker lends it for each host call,
+//! with no lock held, and detach closes it exactly once (see
+//! `vsound_devices::attach`).
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
-use vsound_devices::{CaptureSource, DeviceError, HostDevice, PlaybackSink, StreamParams};
+use vsound_devices::attach::Slot;
+use vsound_devices::{CaptureSource, DeviceError, PlaybackSink, StreamParams};
 
 use crate::config::StreamConfig;
 use crate::constants::{pcm_features, Direction, EventType, QueueIndex, Status};
 use crate::events::EventQueue;
+use crate::hotplug::ManagedDevice;
 use crate::io::IoMessage;
 use crate::pacer::{now_ns, tighten_timer_slack, wait_fd_until, Schedule};
 use crate::queue::Virtqueue;
 use crate::stream::PcmState;
 
-/// How long RELEASE or a reset waits for the worker to hand back a buffer.
-/// The worker never blocks on a host device, so this is never reached in
-/// practice; it bounds the wait if a device breaks that contract.
-const BUSY_WAIT: Duration = Duration::from_millis(200);
+/// How long RELEASE or a reset waits for the worker to finish a
+/// guest-memory copy (it never waits on a host device).
+const BUSY_WAIT: Duration = Duration::from_millis(50);
 
-/// Scratch size for copying PCM between guest memory and a host device.
+/// How long a detach waits for a host call in progress to return before
+/// leaving the close to the worker.
+pub const DETACH_WAIT: Duration = Duration::from_millis(10);
+
+/// A host call longer than this is a hung device (checked by the device's
+/// watchdog); the stream gets a new worker and the device is removed.
+pub const HANG_NS: u64 = 50_000_000;
+
+/// Initial size of the copy buffer (grows, rarely, for larger messages).
 const SCRATCH_BYTES: usize = 64 * 1024;
+/// The largest copy buffer (a guest cannot make us allocate more).
+const MAX_SCRATCH_BYTES: usize = 16 << 20;
 
 /// How often a running stream retries opening a device that came back.
 const REOPEN_INTERVAL_NS: u64 = 100_000_000;
-
-/// What a worker keeps between ticks, outside the stream lock.
-struct WorkerLocal {
-    /// Copy buffer between guest memory and the host device, allocated once.
-    scratch: Vec<u8>,
-    /// No reopen attempt before this time.
-    next_open_ns: u64,
-}
-
-/// The outcome of moving one message's PCM.
-struct Moved {
-    status: Status,
-    /// The device reported it is gone.
-    gone: bool,
-}
 
 /// Parameters the guest negotiated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,19 +63,8 @@ pub struct Negotiated {
 
 /// The host side of a prepared stream.
 pub enum Endpoint {
-    None,
     Playback(Box<dyn PlaybackSink>),
     Capture(Box<dyn CaptureSource>),
-}
-
-impl Endpoint {
-    fn latency_bytes(&self) -> u32 {
-        match self {
-            Endpoint::None => 0,
-            Endpoint::Playback(s) => s.latency_bytes(),
-            Endpoint::Capture(s) => s.latency_bytes(),
-        }
-    }
 }
 
 /// Counters reported by the daemon.
@@ -81,6 +72,7 @@ impl Endpoint {
 pub struct Stats {
     pub bytes: u64,
     pub xruns: u64,
+    pub latency_bytes: u32,
 }
 
 /// What the stream lock protects.
@@ -91,11 +83,10 @@ pub struct Inner {
     pub pending: VecDeque<IoMessage>,
     /// The message being played (tx) or recorded (rx) until `due`.
     pub current: Option<IoMessage>,
-    pub endpoint: Endpoint,
     pub schedule: Option<Schedule>,
     /// When the worker next has work (while started).
     pub due: u64,
-    /// The worker holds messages or the endpoint outside the lock.
+    /// The worker holds messages outside the lock (guest-memory copy).
     pub busy: bool,
     /// In an underrun/overrun episode (one XRUN event per episode).
     pub in_xrun: bool,
@@ -138,34 +129,57 @@ impl Default for Shared {
 pub struct StreamRuntime {
     pub id: u32,
     pub config: StreamConfig,
-    pub device: Arc<dyn HostDevice>,
-    pub device_name: String,
+    pub device: Arc<ManagedDevice>,
     shared: Arc<Shared>,
     inner: Mutex<Inner>,
     idle: Condvar,
     wake: EventFd,
+    /// The open host endpoint (attach/detach protocol).
+    pub endpoint: Slot<Endpoint>,
+    /// The generation of the worker that owns this stream; a worker that
+    /// finds another number has been replaced (it hung) and exits.
+    worker_gen: AtomicU64,
+    /// When the host call in progress started (ns), 0 if none.
+    io_since: AtomicU64,
+    /// Try to (re)open the endpoint at the next chance (device returned).
+    reopen_now: AtomicBool,
+}
+
+/// What a worker keeps between ticks, outside the stream lock.
+struct WorkerLocal {
+    /// Copy buffer between guest memory and the host device.
+    scratch: Vec<u8>,
+    /// No reopen attempt before this time.
+    next_open_ns: u64,
+    generation: u64,
+}
+
+/// The outcome of one host call.
+enum HostIo {
+    Done,
+    /// The device said it is gone, or there is no endpoint.
+    Failed,
+    /// This worker was replaced while it was in the call: exit.
+    Replaced,
 }
 
 impl StreamRuntime {
     pub fn new(
         id: u32,
         config: StreamConfig,
-        device: Arc<dyn HostDevice>,
-        device_name: String,
+        device: Arc<ManagedDevice>,
         shared: Arc<Shared>,
     ) -> std::io::Result<Self> {
         Ok(StreamRuntime {
             id,
             config,
             device,
-            device_name,
             shared,
             inner: Mutex::new(Inner {
                 state: PcmState::Idle,
                 negotiated: None,
                 pending: VecDeque::with_capacity(64),
                 current: None,
-                endpoint: Endpoint::None,
                 schedule: None,
                 due: 0,
                 busy: false,
@@ -175,6 +189,10 @@ impl StreamRuntime {
             }),
             idle: Condvar::new(),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            endpoint: Slot::new(),
+            worker_gen: AtomicU64::new(0),
+            io_since: AtomicU64::new(0),
+            reopen_now: AtomicBool::new(true),
         })
     }
 
@@ -194,8 +212,8 @@ impl StreamRuntime {
         self.shared.queue(self.queue_index())
     }
 
-    /// Returns messages to the guest with `status` (rx ones filled with
-    /// whatever they hold: they are flushed, not recorded).
+    /// Returns messages to the guest with `status` (rx ones as they are:
+    /// they are flushed, not recorded).
     pub fn complete_all(&self, held: impl IntoIterator<Item = IoMessage>, status: Status) {
         let Some(q) = self.queue() else {
             return;
@@ -212,7 +230,8 @@ impl StreamRuntime {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Locks the stream and waits (bounded) until the worker holds nothing.
+    /// Locks the stream and waits (bounded) until the worker holds no
+    /// message.
     pub fn lock_idle(&self) -> MutexGuard<'_, Inner> {
         let guard = self.lock();
         let (guard, timeout) = self
@@ -230,6 +249,12 @@ impl StreamRuntime {
         let _ = self.wake.write(1);
     }
 
+    /// Asks the worker to open the endpoint at once (device returned).
+    pub fn reopen_soon(&self) {
+        self.reopen_now.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
     /// Takes every message the stream holds (for RELEASE or a reset).
     pub fn take_all(inner: &mut Inner) -> impl Iterator<Item = IoMessage> {
         let current = inner.current.take();
@@ -237,23 +262,78 @@ impl StreamRuntime {
         current.into_iter().chain(pending)
     }
 
+    /// Closes the endpoint (RELEASE, new parameters, removal, reset).
+    pub fn close_endpoint(&self) {
+        self.endpoint.detach(DETACH_WAIT);
+    }
+
+    /// How long the host call in progress has been running, if one is.
+    pub fn host_call_age(&self, now: u64) -> Option<u64> {
+        match self.io_since.load(Ordering::SeqCst) {
+            0 => None,
+            t => Some(now.saturating_sub(t)),
+        }
+    }
+
+    /// Retires the current worker (it hung in a host call) and returns the
+    /// generation the replacement must run with.
+    pub fn retire_worker(&self) -> u64 {
+        self.io_since.store(0, Ordering::SeqCst);
+        self.worker_gen.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The generation of the stream's current worker.
+    pub fn worker_generation(&self) -> u64 {
+        self.worker_gen.load(Ordering::SeqCst)
+    }
+
+    fn replaced(&self, local: &WorkerLocal) -> bool {
+        self.worker_gen.load(Ordering::SeqCst) != local.generation
+    }
+
     /// The worker thread's body.
-    pub fn run(self: Arc<Self>) {
+    pub fn run(self: Arc<Self>, generation: u64) {
         let shared = self.shared.clone();
         tighten_timer_slack();
         let mut local = WorkerLocal {
             scratch: vec![0u8; SCRATCH_BYTES],
             next_open_ns: 0,
+            generation,
         };
         loop {
-            let due = {
+            if self.replaced(&local) {
+                return;
+            }
+            let (due, state, negotiated) = {
                 let inner = self.lock();
                 if inner.quit {
                     return;
                 }
-                (inner.state == PcmState::Started).then_some(inner.due)
+                let due = (inner.state == PcmState::Started).then_some(inner.due);
+                (due, inner.state, inner.negotiated)
             };
-            match wait_fd_until(self.wake.as_raw_fd(), due) {
+            // A prepared or running stream without an endpoint opens one
+            // here, on the worker, so a device that hangs in open cannot
+            // stall the control queue.
+            if matches!(
+                state,
+                PcmState::Prepared | PcmState::Started | PcmState::Stopped
+            ) && !self.endpoint.is_attached()
+            {
+                if let Some(n) = negotiated {
+                    if let HostIo::Replaced = self.try_open(&n.params, &mut local) {
+                        return;
+                    }
+                }
+            }
+            let reopen_due = (!self.endpoint.is_attached() && state == PcmState::Prepared)
+                .then_some(local.next_open_ns);
+            let wait_until = match (due, reopen_due) {
+                (Some(d), _) => Some(d),
+                (None, Some(r)) if self.device.is_present() => Some(r),
+                _ => None,
+            };
+            match wait_fd_until(self.wake.as_raw_fd(), wait_until) {
                 Ok(true) => {
                     let _ = self.wake.read();
                     continue;
@@ -265,138 +345,234 @@ impl StreamRuntime {
                     continue;
                 }
             }
-            self.tick(&shared, &mut local);
+            if self.tick(&shared, &mut local) {
+                return;
+            }
         }
     }
 
-    /// One due time: finish the current message, start the next.
-    fn tick(&self, shared: &Shared, local: &mut WorkerLocal) {
-        let dir = self.direction();
-        let (finished, mut next, mut endpoint, negotiated) = {
-            let mut inner = self.lock();
-            if inner.state != PcmState::Started || now_ns() < inner.due {
-                return;
-            }
-            let Some(negotiated) = inner.negotiated else {
-                return;
-            };
-            inner.busy = true;
-            let finished = inner.current.take();
-            let next = inner.pending.pop_front();
-            let endpoint = std::mem::replace(&mut inner.endpoint, Endpoint::None);
-            (finished, next, endpoint, negotiated)
-        };
-
-        let Some(queue) = shared.queue(self.queue_index()) else {
-            // Unreachable: a message only exists once its queue was seen.
-            self.finish_tick(None, next, endpoint, &negotiated, shared);
-            return;
-        };
-
-        // Outside the lock: host I/O and guest-memory copies.
-        if matches!(endpoint, Endpoint::None) {
-            endpoint = self.try_reopen(&negotiated.params, local);
-        }
-        let mut gone = false;
-        if let Some(msg) = finished {
-            let status = match (&mut endpoint, dir) {
-                (Endpoint::Capture(src), Direction::Input) => {
-                    let r = fill_from_source(
-                        &msg,
-                        Some(src.as_mut()),
-                        &mut local.scratch,
-                        &negotiated.params,
-                    );
-                    gone |= r.gone;
-                    r.status
-                }
-                (_, Direction::Input) => {
-                    fill_from_source(&msg, None, &mut local.scratch, &negotiated.params).status
-                }
-                (_, Direction::Output) if msg.failed() => Status::IoErr,
-                (_, Direction::Output) => Status::Ok,
-            };
-            let latency = endpoint.latency_bytes();
-            let bytes = msg.payload();
-            msg.complete(queue.as_ref(), dir, status, latency, bytes);
-        }
-        if let Some(msg) = &mut next {
-            match &mut endpoint {
-                Endpoint::Playback(sink) => {
-                    let r = play_into_sink(msg, sink.as_mut(), &mut local.scratch);
-                    gone |= r.gone;
-                    if r.status != Status::Ok {
-                        msg.mark_failed();
-                    }
-                }
-                // No device: the frames go nowhere; the guest is told.
-                _ if dir == Direction::Output => msg.mark_failed(),
-                _ => {}
-            }
-        }
-        if gone {
-            log::info!(
-                "stream {}: device {} went away; running on the daemon's clock until it returns",
-                self.id,
-                self.device_name
-            );
-            // Close is final: the endpoint is dropped here, once.
-            endpoint = Endpoint::None;
-            local.next_open_ns = now_ns().saturating_add(REOPEN_INTERVAL_NS);
-        }
-        self.finish_tick(Some(queue.as_ref()), next, endpoint, &negotiated, shared);
-    }
-
-    /// Reopens the host endpoint of a running stream whose device is back
-    /// (hot-add): at most every [`REOPEN_INTERVAL_NS`], only when the device
-    /// says it is attached.
-    fn try_reopen(&self, params: &StreamParams, local: &mut WorkerLocal) -> Endpoint {
+    /// Opens the endpoint if the device is present (at most every
+    /// [`REOPEN_INTERVAL_NS`] unless the device just returned).
+    fn try_open(&self, params: &StreamParams, local: &mut WorkerLocal) -> HostIo {
         let now = now_ns();
-        if now < local.next_open_ns || !self.device.is_attached() {
-            return Endpoint::None;
+        let asked = self.reopen_now.swap(false, Ordering::SeqCst);
+        if (!asked && now < local.next_open_ns) || !self.device.is_present() {
+            return HostIo::Failed;
         }
         local.next_open_ns = now.saturating_add(REOPEN_INTERVAL_NS);
+        self.io_since.store(now.max(1), Ordering::SeqCst);
         let opened = match self.direction() {
-            Direction::Output => self.device.open_playback(params).map(Endpoint::Playback),
-            Direction::Input => self.device.open_capture(params).map(Endpoint::Capture),
+            Direction::Output => self
+                .device
+                .dev
+                .open_playback(params)
+                .map(Endpoint::Playback),
+            Direction::Input => self.device.dev.open_capture(params).map(Endpoint::Capture),
         };
+        self.io_since.store(0, Ordering::SeqCst);
+        if self.replaced(local) {
+            return HostIo::Replaced;
+        }
         match opened {
             Ok(ep) => {
-                log::info!("stream {}: back on device {}", self.id, self.device_name);
-                ep
+                log::info!("stream {}: on device {}", self.id, self.device.name);
+                self.endpoint.attach(ep);
+                HostIo::Done
             }
             Err(e) => {
-                log::debug!("stream {}: reopening {}: {e}", self.id, self.device_name);
-                Endpoint::None
+                log::debug!("stream {}: opening {}: {e}", self.id, self.device.name);
+                HostIo::Failed
             }
         }
     }
 
-    fn finish_tick(
+    /// One host call on the lent endpoint, timed for the hang watchdog.
+    fn host_call(
         &self,
-        queue: Option<&dyn Virtqueue>,
-        next: Option<IoMessage>,
-        endpoint: Endpoint,
-        negotiated: &Negotiated,
-        shared: &Shared,
-    ) {
+        local: &mut WorkerLocal,
+        params: &StreamParams,
+        f: impl FnOnce(&mut Endpoint) -> Result<u32, DeviceError>,
+    ) -> HostIo {
+        if !self.endpoint.is_attached() {
+            if let HostIo::Replaced = self.try_open(params, local) {
+                return HostIo::Replaced;
+            }
+        }
+        let Some(mut lent) = self.endpoint.lend() else {
+            return HostIo::Failed;
+        };
+        self.io_since.store(now_ns().max(1), Ordering::SeqCst);
+        let result = f(&mut lent.item);
+        self.io_since.store(0, Ordering::SeqCst);
+        if self.replaced(local) {
+            // Stale: the slot closes it.
+            self.endpoint.give_back(lent);
+            return HostIo::Replaced;
+        }
+        match result {
+            Ok(latency) => {
+                self.endpoint.give_back(lent);
+                self.lock().stats.latency_bytes = latency;
+                HostIo::Done
+            }
+            Err(DeviceError::Gone) => {
+                log::info!(
+                    "stream {}: device {} went away; running on the daemon's clock",
+                    self.id,
+                    self.device.name
+                );
+                // Close is final: unpublish, then the give-back closes it.
+                self.endpoint.detach(Duration::ZERO);
+                self.endpoint.give_back(lent);
+                local.next_open_ns = now_ns().saturating_add(REOPEN_INTERVAL_NS);
+                HostIo::Failed
+            }
+            Err(e) => {
+                log::warn!("stream {}: device {}: {e}", self.id, self.device.name);
+                self.endpoint.give_back(lent);
+                HostIo::Failed
+            }
+        }
+    }
+
+    fn ensure_scratch(local: &mut WorkerLocal, len: usize) -> usize {
+        let len = len.min(MAX_SCRATCH_BYTES);
+        if local.scratch.len() < len {
+            // Only when a message is larger than any before.
+            local.scratch.resize(len, 0);
+        }
+        len
+    }
+
+    /// One due time. Returns true if this worker was replaced and must exit.
+    fn tick(&self, shared: &Shared, local: &mut WorkerLocal) -> bool {
+        let dir = self.direction();
+        let (negotiated, rx_len) = {
+            let inner = self.lock();
+            if inner.state != PcmState::Started || now_ns() < inner.due {
+                return false;
+            }
+            let Some(n) = inner.negotiated else {
+                return false;
+            };
+            (
+                n,
+                inner.current.as_ref().map_or(0, |m| m.payload() as usize),
+            )
+        };
+        let params = negotiated.params;
+
+        // rx: record the finished message's frames first, holding no message.
+        let mut rx_ok = false;
+        let mut rx_len = Self::ensure_scratch(local, rx_len);
+        if dir == Direction::Input && rx_len > 0 {
+            let mut scratch = std::mem::take(&mut local.scratch);
+            let io = match scratch.get_mut(..rx_len) {
+                Some(buf) => self.host_call(local, &params, |ep| match ep {
+                    Endpoint::Capture(src) => src.read(buf).map(|()| src.latency_bytes()),
+                    Endpoint::Playback(_) => Err(DeviceError::Gone),
+                }),
+                None => HostIo::Failed,
+            };
+            local.scratch = scratch;
+            match io {
+                HostIo::Done => rx_ok = true,
+                HostIo::Failed => {}
+                HostIo::Replaced => return true,
+            }
+            if !rx_ok {
+                if let Some(buf) = local.scratch.get_mut(..rx_len) {
+                    params.format.fill_silence(buf);
+                }
+            }
+        } else {
+            rx_len = 0;
+        }
+
+        // Take the messages: guest-memory copies only, no host call.
+        let (finished, mut next, latency) = {
+            let mut inner = self.lock();
+            if inner.state != PcmState::Started {
+                return false;
+            }
+            inner.busy = true;
+            (
+                inner.current.take(),
+                inner.pending.pop_front(),
+                inner.stats.latency_bytes,
+            )
+        };
+        let Some(queue) = shared.queue(self.queue_index()).cloned() else {
+            self.finish_tick(next, &negotiated, shared);
+            return false;
+        };
+        if let Some(msg) = finished {
+            let (status, bytes) = match dir {
+                Direction::Output if msg.failed() => (Status::IoErr, 0),
+                Direction::Output => (Status::Ok, 0),
+                Direction::Input => {
+                    let n = (msg.payload() as usize).min(rx_len);
+                    let copied = local
+                        .scratch
+                        .get(..n)
+                        .is_some_and(|b| msg.write_pcm(0, b).is_ok());
+                    let complete = n == msg.payload() as usize;
+                    let ok = copied && complete && rx_ok;
+                    (if ok { Status::Ok } else { Status::IoErr }, msg.payload())
+                }
+            };
+            msg.complete(queue.as_ref(), dir, status, latency, bytes);
+        }
+        let mut tx_len = 0usize;
+        if dir == Direction::Output {
+            if let Some(m) = next.as_mut() {
+                let n = Self::ensure_scratch(local, m.payload() as usize);
+                let read = match local.scratch.get_mut(..n) {
+                    Some(buf) => m.read_pcm(0, buf).is_ok(),
+                    None => false,
+                };
+                if read {
+                    tx_len = n;
+                } else {
+                    m.mark_failed();
+                }
+            }
+        }
+        let head = next.as_ref().map(IoMessage::head);
+        self.finish_tick(next, &negotiated, shared);
+
+        // tx: hand the frames to the device, the message back in `current`.
+        if tx_len > 0 {
+            let scratch = std::mem::take(&mut local.scratch);
+            let io = match scratch.get(..tx_len) {
+                Some(buf) => self.host_call(local, &params, |ep| match ep {
+                    Endpoint::Playback(sink) => sink.write(buf).map(|()| sink.latency_bytes()),
+                    Endpoint::Capture(_) => Err(DeviceError::Gone),
+                }),
+                None => HostIo::Failed,
+            };
+            local.scratch = scratch;
+            match io {
+                HostIo::Done => {}
+                HostIo::Replaced => return true,
+                HostIo::Failed => {
+                    // The frames reached no device: the guest is told.
+                    let mut inner = self.lock();
+                    if let Some(m) = inner.current.as_mut().filter(|m| Some(m.head()) == head) {
+                        m.mark_failed();
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn finish_tick(&self, next: Option<IoMessage>, negotiated: &Negotiated, shared: &Shared) {
         let mut xrun = false;
-        let stale;
+        let mut orphan = None;
         {
             let mut inner = self.lock();
             inner.busy = false;
-            let live = matches!(
-                inner.state,
-                PcmState::Started | PcmState::Stopped | PcmState::Prepared
-            );
-            // Put the endpoint back unless the stream was released or reset
-            // meanwhile (then it is closed here, exactly once).
-            stale = if live && matches!(inner.endpoint, Endpoint::None) {
-                inner.endpoint = endpoint;
-                None
-            } else {
-                Some(endpoint)
-            };
             let period = u64::from(negotiated.params.period_bytes);
             let advance = match &next {
                 Some(m) => {
@@ -417,117 +593,21 @@ impl StreamRuntime {
                 PcmState::Started | PcmState::Stopped | PcmState::Prepared => {
                     inner.current = next;
                     if let Some(s) = inner.schedule.as_mut() {
-                        let due = s.advance(advance.max(1));
-                        inner.due = due;
+                        inner.due = s.advance(advance.max(1));
                     }
                 }
-                _ => {
-                    // Released or reset while we were busy: nothing may be
-                    // held any more. (RELEASE waits for `busy`, so this only
-                    // happens on teardown paths that gave up waiting.)
-                    if let (Some(m), Some(q)) = (next, queue) {
-                        m.complete(q, self.direction(), Status::IoErr, 0, 0);
-                    }
-                }
+                // Released or reset while we copied (RELEASE waits for
+                // `busy`, so only a teardown that gave up waiting gets here).
+                _ => orphan = next,
             }
         }
-        drop(stale);
         self.idle.notify_all();
+        if let Some(m) = orphan {
+            self.complete_all([m], Status::IoErr);
+        }
         if xrun {
             log::debug!("stream {}: xrun", self.id);
             shared.send_event(EventType::PcmXrun, self.id);
         }
     }
-}
-
-/// Hands a tx message's PCM to the sink, in scratch-sized pieces.
-fn play_into_sink(msg: &IoMessage, sink: &mut dyn PlaybackSink, scratch: &mut [u8]) -> Moved {
-    let total = msg.payload();
-    let mut off = 0u32;
-    while off < total {
-        let n = (total - off).min(u32::try_from(scratch.len()).unwrap_or(u32::MAX));
-        let Some(buf) = scratch.get_mut(..n as usize) else {
-            break;
-        };
-        if msg.read_pcm(off, buf).is_err() {
-            log::warn!("tx message unreadable; skipped");
-            return Moved {
-                status: Status::IoErr,
-                gone: false,
-            };
-        }
-        match sink.write(buf) {
-            Ok(()) => {}
-            Err(DeviceError::Gone) => {
-                return Moved {
-                    status: Status::IoErr,
-                    gone: true,
-                }
-            }
-            Err(e) => {
-                log::warn!("playback sink: {e}");
-                return Moved {
-                    status: Status::IoErr,
-                    gone: false,
-                };
-            }
-        }
-        off += n;
-    }
-    Moved {
-        status: Status::Ok,
-        gone: false,
-    }
-}
-
-/// Fills an rx message from the source (silence without one, and then the
-/// status is IO_ERR: nothing was recorded), in scratch-sized pieces.
-fn fill_from_source(
-    msg: &IoMessage,
-    mut src: Option<&mut dyn CaptureSource>,
-    scratch: &mut [u8],
-    params: &StreamParams,
-) -> Moved {
-    let total = msg.payload();
-    let mut off = 0u32;
-    let mut moved = Moved {
-        status: if src.is_some() {
-            Status::Ok
-        } else {
-            Status::IoErr
-        },
-        gone: false,
-    };
-    while off < total {
-        let n = (total - off).min(u32::try_from(scratch.len()).unwrap_or(u32::MAX));
-        let Some(buf) = scratch.get_mut(..n as usize) else {
-            return Moved {
-                status: Status::IoErr,
-                gone: moved.gone,
-            };
-        };
-        match src.as_deref_mut().map(|s| s.read(buf)) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                if matches!(e, DeviceError::Gone) {
-                    moved.gone = true;
-                    // The rest of this message is silence, not the device.
-                    src = None;
-                } else {
-                    log::warn!("capture source: {e}");
-                }
-                params.format.fill_silence(buf);
-                moved.status = Status::IoErr;
-            }
-            None => params.format.fill_silence(buf),
-        }
-        if msg.write_pcm(off, buf).is_err() {
-            return Moved {
-                status: Status::IoErr,
-                gone: moved.gone,
-            };
-        }
-        off += n;
-    }
-    moved
 }

@@ -17,8 +17,10 @@ use vmm_tests::{ConnectOptions, Daemon};
 /// 48 kHz stereo S16: 10 ms periods.
 const PERIOD: u32 = 1920;
 const PERIOD_T: Duration = Duration::from_millis(10);
-/// Allowed distance of a completion from its ideal time.
+/// Allowed distance of the N-th completion from N periods after START.
 const SLACK: Duration = Duration::from_millis(2);
+/// Allowed lateness of any one completion.
+const JITTER: Duration = Duration::from_millis(5);
 
 fn setup() -> (Daemon, SndDriver) {
     let daemon = Daemon::spawn().unwrap_or_else(|e| panic!("{e}"));
@@ -66,17 +68,30 @@ fn start(snd: &mut SndDriver, stream: u32) -> (Instant, Instant) {
     (sent, Instant::now())
 }
 
-/// Checks that the k-th completion (1-based) came k periods after START.
+/// Checks that the k-th completion (1-based) came k periods after START:
+/// never early, at most [`JITTER`] late (scheduling noise on a loaded
+/// 2-core machine), and the last one within [`SLACK`] of N periods (no
+/// drift). Benchmarks measure the distribution; this proves the schedule.
 fn check_pacing(done: &[IoCompletion], start: (Instant, Instant)) {
     for (i, c) in done.iter().enumerate() {
         let k = i as u32 + 1;
         let earliest = start.0 + PERIOD_T * k - SLACK;
-        let latest = start.1 + PERIOD_T * k + SLACK;
+        let latest = start.1 + PERIOD_T * k + JITTER;
         assert!(
             c.completed_at >= earliest && c.completed_at <= latest,
-            "completion {k} at {:?} after START, want {:?} ± {SLACK:?}",
+            "completion {k} at {:?} after START, want {:?} (-{SLACK:?}, +{JITTER:?})",
             c.completed_at.duration_since(start.0),
             PERIOD_T * k
+        );
+    }
+    if let Some(last) = done.last() {
+        let n = done.len() as u32;
+        assert!(
+            last.completed_at >= start.0 + PERIOD_T * n - SLACK
+                && last.completed_at <= start.1 + PERIOD_T * n + SLACK,
+            "{n} periods took {:?}, want {:?} ± {SLACK:?}",
+            last.completed_at.duration_since(start.0),
+            PERIOD_T * n
         );
     }
 }

@@ -1,0 +1,353 @@
+//! The attach/detach protocol: how the I/O path uses a host endpoint that
+//! may be torn down under it (design.md "Safe hot-removal", after the
+//! pserialize + psref fix for NetBSD's pad(4)/audio(4) panic).
+//!
+//! A [`Slot`] holds at most one published item (a stream's open sink or
+//! source). Three parties use it:
+//!
+//! - **The I/O path** [`Slot::lend`]s the item for one host I/O and
+//!   [`Slot::give_back`]s it. Lending never blocks beyond a short critical
+//!   section that only moves a value (no allocation, no host call, no wait),
+//!   and the item is used with no lock held. Since the item is *moved* out,
+//!   nobody else can close it while it is in use: no use after free.
+//! - **Detach** ([`Slot::detach`]) (a) unpublishes, so that new `lend`s find
+//!   nothing; (b) waits, bounded, for a lent item to come back; (c) closes
+//!   (drops) it, outside the lock. If the wait times out (a host call that
+//!   hangs), the borrower closes the item when it finally gives it back:
+//!   either way exactly once, since there is only one owner at a time.
+//! - **Attach** ([`Slot::attach`]) publishes a new item under a new
+//!   generation; an old item given back later is recognised as stale and
+//!   closed, never republished.
+//!
+//! Close is final: dropping is the only way an item ends, and it happens
+//! outside the lock, whatever error came before.
+//!
+//! Built on `std::sync` normally and on `loom::sync` under `--cfg loom`, so
+//! the loom model in this file checks every interleaving of I/O, detach and
+//! attach.
+
+use std::time::Duration;
+
+#[cfg(loom)]
+use loom::sync::{Condvar, Mutex, MutexGuard};
+#[cfg(not(loom))]
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+struct State<T> {
+    /// The published item, when it is not lent out.
+    item: Option<T>,
+    /// The item is lent out (an I/O is running on it).
+    lent: bool,
+    /// A detach is not in force.
+    published: bool,
+    /// Bumped by every attach and detach; a lent item of an older
+    /// generation is stale.
+    generation: u64,
+}
+
+/// A detachable, lendable item.
+pub struct Slot<T> {
+    state: Mutex<State<T>>,
+    returned: Condvar,
+}
+
+/// An item lent to the I/O path. Give it back with [`Slot::give_back`];
+/// dropping it instead closes it (which is also safe).
+pub struct Lent<T> {
+    pub item: T,
+    generation: u64,
+}
+
+/// What [`Slot::detach`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detached {
+    /// Nothing was published.
+    Empty,
+    /// The item was closed by the detach.
+    Closed,
+    /// The item was still lent when the wait ran out; its borrower closes it.
+    LeftToBorrower,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot::new()
+    }
+}
+
+impl<T> Slot<T> {
+    pub fn new() -> Slot<T> {
+        Slot {
+            state: Mutex::new(State {
+                item: None,
+                lent: false,
+                published: false,
+                generation: 0,
+            }),
+            returned: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes `item` (attach). A previously published item is closed;
+    /// one that is lent out becomes stale and is closed when given back.
+    pub fn attach(&self, item: T) {
+        let old = {
+            let mut st = self.lock();
+            st.generation = st.generation.wrapping_add(1);
+            st.published = true;
+            st.lent = false;
+            st.item.replace(item)
+        };
+        // Close outside the lock.
+        drop(old);
+    }
+
+    /// Takes the published item for one I/O, or `None` if there is none
+    /// (detached, or lent to someone else). Never waits.
+    pub fn lend(&self) -> Option<Lent<T>> {
+        let mut st = self.lock();
+        if !st.published || st.lent {
+            return None;
+        }
+        let item = st.item.take()?;
+        st.lent = true;
+        Some(Lent {
+            item,
+            generation: st.generation,
+        })
+    }
+
+    /// Returns a lent item. If the slot was detached or re-attached since,
+    /// the item is stale and is closed here, outside the lock.
+    pub fn give_back(&self, lent: Lent<T>) {
+        let stale = {
+            let mut st = self.lock();
+            if st.generation == lent.generation {
+                st.lent = false;
+                if st.published && st.item.is_none() {
+                    st.item = Some(lent.item);
+                    None
+                } else {
+                    Some(lent.item)
+                }
+            } else {
+                Some(lent.item)
+            }
+        };
+        self.returned.notify_all();
+        drop(stale);
+    }
+
+    /// Unpublishes the item, waits up to `timeout` for a lent one to come
+    /// back, and closes it.
+    pub fn detach(&self, timeout: Duration) -> Detached {
+        let mut st = self.lock();
+        st.published = false;
+        let generation = st.generation;
+        let deadline = std::time::Instant::now() + timeout;
+        while st.lent && st.generation == generation {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let (guard, _) = self
+                .returned
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner());
+            st = guard;
+        }
+        let item = st.item.take();
+        let outcome = match (&item, st.lent && st.generation == generation) {
+            (Some(_), _) => Detached::Closed,
+            (None, true) => Detached::LeftToBorrower,
+            (None, false) => Detached::Empty,
+        };
+        // The lent item, if any, is now stale: its give_back closes it.
+        st.generation = st.generation.wrapping_add(1);
+        st.lent = false;
+        drop(st);
+        drop(item);
+        outcome
+    }
+
+    /// Whether an item is published (attached), lent out or not.
+    pub fn is_attached(&self) -> bool {
+        self.lock().published
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    struct Item(Arc<AtomicUsize>);
+    impl Drop for Item {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn detach_closes_an_idle_item_once_and_lend_finds_nothing_after() {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let slot = Slot::new();
+        slot.attach(Item(closed.clone()));
+        let l = slot.lend().unwrap();
+        slot.give_back(l);
+        assert_eq!(slot.detach(Duration::from_millis(10)), Detached::Closed);
+        assert_eq!(closed.load(Ordering::SeqCst), 1);
+        assert!(slot.lend().is_none());
+        assert_eq!(slot.detach(Duration::from_millis(10)), Detached::Empty);
+        assert_eq!(closed.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_borrower_that_hangs_past_the_wait_closes_the_item_itself() {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let slot = Slot::new();
+        slot.attach(Item(closed.clone()));
+        let l = slot.lend().unwrap();
+        assert_eq!(
+            slot.detach(Duration::from_millis(10)),
+            Detached::LeftToBorrower
+        );
+        assert_eq!(closed.load(Ordering::SeqCst), 0);
+        // A new device attaches before the old borrower returns.
+        let closed2 = Arc::new(AtomicUsize::new(0));
+        slot.attach(Item(closed2.clone()));
+        slot.give_back(l);
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            1,
+            "stale item closed on return"
+        );
+        assert_eq!(closed2.load(Ordering::SeqCst), 0);
+        assert!(slot.lend().is_some(), "the new item is published");
+    }
+
+    #[test]
+    fn attach_replaces_and_closes_the_previous_item() {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let slot = Slot::new();
+        slot.attach(Item(closed.clone()));
+        slot.attach(Item(closed.clone()));
+        assert_eq!(closed.load(Ordering::SeqCst), 1);
+        drop(slot);
+        assert_eq!(closed.load(Ordering::SeqCst), 2);
+    }
+}
+
+/// The loom model: `RUSTFLAGS="--cfg loom" cargo test -p vsound-devices
+/// --lib attach --release`. Checks every interleaving of an I/O thread, a
+/// detacher and an attacher for: no use of a closed item, every item closed
+/// exactly once, no deadlock.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use loom::sync::Arc;
+    use loom::thread;
+
+    use super::*;
+
+    /// An endpoint that records being used after close and double closes.
+    struct Endpoint {
+        closed: Arc<AtomicBool>,
+        closes: Arc<AtomicUsize>,
+    }
+
+    impl Endpoint {
+        fn new(closes: &Arc<AtomicUsize>) -> Endpoint {
+            Endpoint {
+                closed: Arc::new(AtomicBool::new(false)),
+                closes: closes.clone(),
+            }
+        }
+        fn io(&self) {
+            assert!(
+                !self.closed.load(Ordering::SeqCst),
+                "I/O on a closed endpoint"
+            );
+        }
+    }
+
+    impl Drop for Endpoint {
+        fn drop(&mut self) {
+            assert!(!self.closed.swap(true, Ordering::SeqCst), "closed twice");
+            self.closes.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn io_once(slot: &Slot<Endpoint>) {
+        if let Some(l) = slot.lend() {
+            l.item.io();
+            slot.give_back(l);
+        }
+    }
+
+    #[test]
+    fn io_detach_and_attach_interleave_safely() {
+        loom::model(|| {
+            let closes = Arc::new(AtomicUsize::new(0));
+            let slot = Arc::new(Slot::new());
+            slot.attach(Endpoint::new(&closes));
+
+            let io = {
+                let slot = slot.clone();
+                thread::spawn(move || {
+                    io_once(&slot);
+                    io_once(&slot);
+                })
+            };
+            let detacher = {
+                let slot = slot.clone();
+                thread::spawn(move || {
+                    slot.detach(Duration::from_millis(1));
+                })
+            };
+            let attacher = {
+                let slot = slot.clone();
+                let closes = closes.clone();
+                thread::spawn(move || slot.attach(Endpoint::new(&closes)))
+            };
+            io.join().unwrap();
+            detacher.join().unwrap();
+            attacher.join().unwrap();
+            // Two endpoints were made; after a final detach both are closed,
+            // exactly once each.
+            slot.detach(Duration::from_millis(1));
+            drop(slot);
+            assert_eq!(closes.load(Ordering::SeqCst), 2);
+        });
+    }
+
+    #[test]
+    fn two_detaches_race_an_io_and_close_once() {
+        loom::model(|| {
+            let closes = Arc::new(AtomicUsize::new(0));
+            let slot = Arc::new(Slot::new());
+            slot.attach(Endpoint::new(&closes));
+            let io = {
+                let slot = slot.clone();
+                thread::spawn(move || io_once(&slot))
+            };
+            let d1 = {
+                let slot = slot.clone();
+                thread::spawn(move || {
+                    slot.detach(Duration::from_millis(1));
+                })
+            };
+            slot.detach(Duration::from_millis(1));
+            io.join().unwrap();
+            d1.join().unwrap();
+            assert_eq!(closes.load(Ordering::SeqCst), 1);
+            assert!(slot.lend().is_none());
+        });
+    }
+}
