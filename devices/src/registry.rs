@@ -21,6 +21,7 @@ pub type Constructor = fn(name: &str, opts: toml::Table) -> Result<Arc<dyn HostD
 pub type Validator = fn(opts: &toml::Table) -> Result<(), String>;
 
 /// One registered plugin.
+#[derive(Clone)]
 pub struct Plugin {
     /// The `kind` value that selects it.
     pub kind: &'static str,
@@ -84,16 +85,35 @@ fn with_sources(e: &dyn std::error::Error) -> String {
 
 /// The kinds this build knows, for error messages.
 pub fn kinds() -> Vec<&'static str> {
-    PLUGINS.iter().map(|p| p.kind).collect()
+    let extra = EXTRA.lock().unwrap_or_else(|e| e.into_inner());
+    PLUGINS.iter().chain(extra.iter()).map(|p| p.kind).collect()
 }
 
-fn find(kind: &str) -> Result<&'static Plugin, String> {
-    PLUGINS.iter().find(|p| p.kind == kind).ok_or_else(|| {
-        format!(
-            "unknown device kind `{kind}`, expected one of: {}",
-            kinds().join(", ")
-        )
-    })
+/// Plugins added at run time (test binaries register test-only plugins
+/// here before starting the daemon).
+static EXTRA: std::sync::Mutex<Vec<Plugin>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds a plugin (for test builds: the shipped daemon has only
+/// [`PLUGINS`]).
+pub fn register(plugin: Plugin) {
+    EXTRA.lock().unwrap_or_else(|e| e.into_inner()).push(plugin);
+}
+
+fn find(kind: &str) -> Result<Plugin, String> {
+    if let Some(p) = PLUGINS.iter().find(|p| p.kind == kind) {
+        return Ok(p.clone());
+    }
+    let extra = EXTRA.lock().unwrap_or_else(|e| e.into_inner());
+    extra
+        .iter()
+        .find(|p| p.kind == kind)
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "unknown device kind `{kind}`, expected one of: {}",
+                kinds().join(", ")
+            )
+        })
 }
 
 /// Checks the options of a device of `kind` without opening anything.

@@ -76,6 +76,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// How to start the daemon.
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
+    /// The daemon binary (default: [`Daemon::binary`]); tests that need
+    /// test-only plugins pass `env!("CARGO_BIN_EXE_vsound-test")`.
+    pub binary: Option<PathBuf>,
     /// `--config FILE`.
     pub config: Option<PathBuf>,
     /// TOML text written to `<tmpdir>/vsound.toml` and passed with `--config`
@@ -94,6 +97,7 @@ pub struct DaemonOptions {
 impl Default for DaemonOptions {
     fn default() -> Self {
         DaemonOptions {
+            binary: None,
             config: None,
             config_toml: None,
             extra_args: Vec::new(),
@@ -152,7 +156,10 @@ impl Daemon {
 
     /// Starts the daemon and waits for its socket.
     pub fn spawn_with(opts: &DaemonOptions) -> Result<Self> {
-        let bin = Self::binary()?;
+        let bin = match &opts.binary {
+            Some(b) => b.clone(),
+            None => Self::binary()?,
+        };
         let dir = tempfile::Builder::new()
             .prefix("vsound-test-")
             .tempdir()
