@@ -176,6 +176,9 @@ pub struct SndDriver {
     rx_pending: HashMap<u16, PendingIo>,
     event_bufs: HashMap<u16, MessageHandle>,
     events: VecDeque<Event>,
+    /// I/O completions of heads that were not in flight: a buffer completed
+    /// twice, or never given.
+    unknown_completions: u64,
 }
 
 impl SndDriver {
@@ -194,6 +197,7 @@ impl SndDriver {
             rx_pending: HashMap::new(),
             event_bufs: HashMap::new(),
             events: VecDeque::new(),
+            unknown_completions: 0,
         }
     }
 
@@ -504,6 +508,12 @@ impl SndDriver {
         self.submit_io(queue, readable, writable_len, split, payload_len, is_rx)
     }
 
+    /// I/O completions of heads that were not in flight (a buffer completed
+    /// twice): always 0 for a correct device.
+    pub fn unknown_completions(&self) -> u64 {
+        self.unknown_completions
+    }
+
     /// Number of I/O messages in flight on `queue`.
     pub fn pending_io(&self, queue: Queue) -> usize {
         match queue {
@@ -522,6 +532,7 @@ impl SndDriver {
         for u in used {
             let Some(p) = self.pending_mut(queue)?.remove(&u.head) else {
                 log::warn!("{queue}: completion of unknown head {}", u.head);
+                self.unknown_completions += 1;
                 continue;
             };
             out.push(self.complete_io(queue, p, u.len, at)?);
