@@ -214,7 +214,10 @@ fn status(state: &DaemonState) -> Value {
             })
         })
         .collect();
-    json!({ "connected": current.is_some(), "devices": devices, "streams": streams })
+    let connected = state
+        .vmm_connected
+        .load(std::sync::atomic::Ordering::SeqCst);
+    json!({ "vmm_connected": connected, "devices": devices, "streams": streams })
 }
 
 /// `vsound ctl`: sends one request and prints the reply. Returns whether

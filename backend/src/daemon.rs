@@ -48,6 +48,8 @@ pub struct DaemonState {
     pub config: Config,
     pub devices: Vec<Arc<ManagedDevice>>,
     current: Mutex<Weak<SoundDevice>>,
+    /// A VMM is connected now.
+    pub vmm_connected: std::sync::atomic::AtomicBool,
 }
 
 impl DaemonState {
@@ -70,6 +72,7 @@ impl DaemonState {
             config: config.clone(),
             devices,
             current: Mutex::new(Weak::new()),
+            vmm_connected: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -142,6 +145,9 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
     let mut daemon =
         VhostUserDaemon::new("vsound".into(), backend, mem).map_err(DaemonError::Vhost)?;
     daemon.start(listener).map_err(DaemonError::Vhost)?;
+    state
+        .vmm_connected
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     log::info!("VMM connected");
     match daemon.wait() {
         Ok(())
@@ -150,6 +156,9 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
         )) => log::info!("VMM disconnected"),
         Err(e) => log::warn!("VMM connection ended: {e}"),
     }
+    state
+        .vmm_connected
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     // Stops the queue thread (exit event), then the stream workers.
     drop(daemon);
     device.shutdown();
