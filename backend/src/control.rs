@@ -371,7 +371,7 @@ fn prepare(s: &StreamRuntime) -> Status {
     drop(inner);
     // The worker opens the host endpoint: a device that hangs in open
     // cannot stall the control queue.
-    s.wake();
+    s.reopen_soon();
     log_transition(s, from, to, PcmCommand::Prepare);
     Status::Ok
 }

@@ -359,7 +359,6 @@ impl StreamRuntime {
         if (!asked && now < local.next_open_ns) || !self.device.is_present() {
             return HostIo::Failed;
         }
-        local.next_open_ns = now.saturating_add(REOPEN_INTERVAL_NS);
         self.io_since.store(now.max(1), Ordering::SeqCst);
         let opened = match self.direction() {
             Direction::Output => self
@@ -380,6 +379,8 @@ impl StreamRuntime {
                 HostIo::Done
             }
             Err(e) => {
+                // Throttle retries only after a failure.
+                local.next_open_ns = now.saturating_add(REOPEN_INTERVAL_NS);
                 log::debug!("stream {}: opening {}: {e}", self.id, self.device.name);
                 HostIo::Failed
             }

@@ -109,6 +109,8 @@ fn prepare(snd: &mut SndDriver, stream: u32, features: u32) -> Status {
 /// write capture frames.
 struct Client {
     sock: UnixStream,
+    /// Bytes read so far (for debugging a failure).
+    #[allow(dead_code)]
     received: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<Vec<u8>>>,

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod counting_alloc;
+
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Mutex;
 
