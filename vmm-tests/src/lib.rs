@@ -20,6 +20,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod audio;
 pub mod daemon;
 pub mod frontend;
 pub mod memory;
