@@ -27,6 +27,9 @@ const MAX_REQUEST: usize = 64;
 /// The largest stream buffer we accept (far above Linux's 160 ms at 8
 /// channels × 4 bytes × 384 kHz).
 pub const MAX_BUFFER_BYTES: u32 = 16 << 20;
+/// The largest `size` an info query may ask per item (ours are at most 32
+/// bytes; a newer driver's larger structs are zero-padded up to this).
+const MAX_INFO_ITEM: usize = 1024;
 /// Features a stream can negotiate.
 pub const STREAM_FEATURES: u32 = pcm_features::EVT_XRUNS;
 
@@ -221,7 +224,8 @@ fn query(
     let in_range = start.checked_add(count).is_some_and(|end| end <= total);
     let need = count.checked_mul(size).and_then(|n| n.checked_add(4));
     let fits = need.is_some_and(|n| (n as u64) <= writable);
-    if !in_range || size < item_size || !fits {
+    // A guest-chosen item size is capped: it drives the response size.
+    if !in_range || size < item_size || size > MAX_INFO_ITEM || !fits {
         log::debug!("info query refused: start {start} count {count} size {size} of {total}, {writable} writable");
         return Response::status(Status::BadMsg);
     }
