@@ -152,6 +152,23 @@ pub fn write_at(
     })
 }
 
+/// Reads back bytes of the writable part (tests check what was written).
+#[cfg(test)]
+pub(crate) fn read_at_writable(
+    chain: &Chain,
+    layout: &ChainLayout,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), ChainError> {
+    check_range(offset, buf.len(), layout.writable)?;
+    let mem = chain.memory();
+    let len = buf.len();
+    for_each_piece(chain, true, offset, len, |addr, range| {
+        let dst = buf.get_mut(range).ok_or(ChainError::Memory)?;
+        mem.read_slice(dst, addr).map_err(|_| ChainError::Memory)
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
