@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
@@ -141,6 +141,10 @@ impl VhostUserBackend for VsoundBackend {
     fn features(&self) -> u64 {
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
+            // Large periods (e.g. 120 KiB of 6-channel FLOAT at 96 kHz)
+            // take one descriptor per page: without indirect tables four
+            // of them do not fit in QEMU's 64-entry queues.
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 

@@ -23,11 +23,14 @@
 #       4. sources /case.env if present (lines NAME=VALUE, exported), then runs
 #          `sh /case.sh` from /, with a time limit of vsound.case_timeout_s (default 60).
 #          Without /case.sh it only checks that card 0 appeared;
-#       5. prints exactly one line `VSOUND-RESULT: PASS` or `VSOUND-RESULT: FAIL <reason>`
+#       5. with vsound.check_dmesg=1 on the command line, fails a case that passed if the
+#          kernel logged a timeout or "failed to flush" (vsound_check_dmesg);
+#       6. prints exactly one line `VSOUND-RESULT: PASS` or `VSOUND-RESULT: FAIL <reason>`
 #          on the console (with the kernel's console messages silenced first, so that no
-#          kernel line can cut it). On FAIL, the dmesg tail comes before it between
+#          kernel line can cut it). On FAIL, or always with vsound.dump_dmesg=1, the tail
+#          of dmesg (vsound.dmesg_lines, default 60) comes before it between
 #          `VSOUND-DMESG-BEGIN` and `VSOUND-DMESG-END`;
-#       6. powers off (poweroff -f).
+#       7. powers off (poweroff -f).
 #
 # Case scripts: a case script is a busybox sh script, put into the guest as /case.sh by a
 # second cpio archive appended to this one (run-guest.sh --case does it; data files go to
@@ -38,7 +41,12 @@
 #   * it may `. /usr/lib/vsound/lib.sh` for: vsound_fail REASON (write reason, exit 1),
 #     vsound_info MSG (prints "VSOUND-INFO: MSG", which run-guest.sh echoes),
 #     vsound_uptime_ms, vsound_arg NAME DEFAULT (reads vsound.NAME= from the kernel
-#     command line), vsound_wait_card SECS [CARD];
+#     command line), vsound_wait_card SECS [CARD], vsound_check_dmesg [WHEN] (fails on a
+#     kernel "timeout" or "failed to flush"), vsound_module_params MOD, vsound_reload_snd
+#     [SECS] (rmmod + insmod virtio_snd with /init's parameters), vsound_play DEV FILE
+#     EXPECT_MS (aplay in real time), vsound_play_fails DEV FILE TEXT,
+#     vsound_capture_pattern DEV SECS PATTERN [FMT RATE CH FRAME] (arecord and find a
+#     pattern), vsound_jack NAME, vsound_wait_jack NAME on|off MS (see lib.sh itself);
 #   * it must not print lines starting with "VSOUND-RESULT:" itself.
 #
 # Rebuilt only when an input changed: this script, the kernel package, the Debian versions
@@ -218,6 +226,156 @@ vsound_wait_card() {
     done
     return 1
 }
+# vsound_check_dmesg [WHEN]: fail if the kernel logged a "timeout" or "failed to flush"
+# (virtio_snd's words for a control request the device did not answer in time, and for
+# I/O buffers that RELEASE did not get back); the kernel command line does not count
+vsound_check_dmesg() {
+    local bad
+    bad=$(dmesg | grep -i -E 'timeout|failed to flush' | grep -v -i 'command line')
+    [ -z "$bad" ] && return 0
+    echo "$bad" | sed 's/^/vsound: dmesg: /' >&2
+    vsound_fail "guest kernel logged${1:+ ($1)}: $(echo "$bad" | head -n 1 | sed 's/^\[[ 0-9.]*\] *//')"
+}
+# vsound_module_params MOD: the parameters /init gives module MOD: every
+# "MOD.param=value" of the kernel command line; for virtio_snd also
+# msg_timeout_ms=<vsound.msg_timeout_ms, default 3000> unless given
+vsound_module_params() {
+    local key a a_mod params="" words
+    key=$(echo "$1" | tr - _)
+    read -r words </proc/cmdline
+    for a in $words; do
+        a_mod=${a%%.*}
+        [ "$a_mod" != "$a" ] || continue
+        [ "$(echo "$a_mod" | tr - _)" = "$key" ] && params="$params ${a#*.}"
+    done
+    if [ "$key" = virtio_snd ]; then
+        case "$params" in
+            *msg_timeout_ms=*) ;;
+            *) params="msg_timeout_ms=$(vsound_arg msg_timeout_ms 3000)$params" ;;
+        esac
+    fi
+    # shellcheck disable=SC2086 # a word list, trimmed
+    echo $params
+}
+# vsound_reload_snd [SECS]: rmmod virtio_snd, insmod it again with the parameters /init
+# gave it, and wait up to SECS (default 10) for card 0 to come back
+vsound_reload_snd() {
+    local params n=0
+    rmmod virtio_snd || vsound_fail "rmmod virtio_snd failed"
+    while ls /dev/snd/pcmC0D* >/dev/null 2>&1; do
+        [ "$n" -ge 50 ] && vsound_fail "card 0 still there 5 s after rmmod virtio_snd"
+        sleep 0.1
+        n=$((n + 1))
+    done
+    params=$(vsound_module_params virtio_snd)
+    # shellcheck disable=SC2086 # params is a word list
+    insmod /lib/modules/virtio_snd.ko $params || vsound_fail "insmod virtio_snd $params failed"
+    vsound_wait_card "${1:-10}" || vsound_fail "no sound card ${1:-10} s after insmod virtio_snd $params"
+}
+# vsound_play DEV FILE EXPECT_MS [SLACK_MS]: `aplay -v -D DEV FILE`, which must exit 0
+# after between EXPECT_MS*97/100 and EXPECT_MS*110/100+SLACK_MS (default
+# $VSOUND_PLAY_SLACK_MS or 500) ms: real time. Prints
+#   VSOUND-INFO: play DEV FILE: exit RC after N ms (expected EXPECT_MS ms)
+#   VSOUND-INFO: hw-params DEV FILE period_size=FRAMES buffer_size=FRAMES
+# Safe to run several at once in the background (one log per DEV and FILE).
+vsound_play() {
+    local dev="$1" file="$2" ms="$3" slack="${4:-${VSOUND_PLAY_SLACK_MS:-500}}" out t0 rc el
+    out=/tmp/aplay.$(echo "$dev-$file" | tr -c 'A-Za-z0-9\n' _).log
+    t0=$(vsound_uptime_ms)
+    aplay -v -D "$dev" "$file" >"$out" 2>&1
+    rc=$?
+    el=$(($(vsound_uptime_ms) - t0))
+    vsound_info "play $dev $file: exit $rc after $el ms (expected $ms ms)"
+    vsound_info "hw-params $dev $file" \
+        "period_size=$(sed -n 's/^ *period_size *: *\([0-9]*\).*/\1/p' "$out" | head -n 1)" \
+        "buffer_size=$(sed -n 's/^ *buffer_size *: *\([0-9]*\).*/\1/p' "$out" | head -n 1)"
+    if [ "$rc" -ne 0 ]; then
+        grep -v -E '^ +[a-z_ ]+: ' "$out" | sed 's/^/  aplay: /' >&2
+        vsound_fail "aplay -D $dev $file exited with status $rc after $el ms:" \
+            "$(grep -E '^aplay: ' "$out" | head -n 1)"
+    fi
+    [ "$el" -ge $((ms * 97 / 100)) ] ||
+        vsound_fail "playback of $file on $dev too fast: $el ms for $ms ms of audio"
+    [ "$el" -le $((ms * 110 / 100 + slack)) ] ||
+        vsound_fail "playback of $file on $dev too slow: $el ms for $ms ms of audio"
+}
+# vsound_play_fails DEV FILE REGEX: `aplay -D DEV FILE` must exit non-zero with a message
+# matching the extended regular expression REGEX (e.g. "Input/output error")
+vsound_play_fails() {
+    local out=/tmp/aplay-fail.log t0 rc el
+    t0=$(vsound_uptime_ms)
+    aplay -D "$1" "$2" >"$out" 2>&1
+    rc=$?
+    el=$(($(vsound_uptime_ms) - t0))
+    vsound_info "play (must fail) $1 $2: exit $rc after $el ms: $(grep -v '^Playing' "$out" | head -n 1)"
+    [ "$rc" -ne 0 ] || vsound_fail "aplay -D $1 $2 succeeded ($el ms) but must fail with $3"
+    grep -q -E "$3" "$out" || vsound_fail "aplay -D $1 $2 failed without '$3': $(head -n 3 "$out" | tr '\n' ' ')"
+}
+# vsound_capture_pattern DEV SECS PATTERN [FORMAT RATE CHANNELS FRAME_BYTES]: record SECS s
+# (`arecord -t raw`, default S16_LE 48000 2 4) and find PATTERN (a raw file whose first
+# frame is not silence) in it: the capture must be zero bytes (silence) up to a frame
+# boundary, then PATTERN byte for byte, then (VSOUND_CAPTURE_TRAILING=silence, default)
+# zero bytes to the end. Prints "VSOUND-INFO: capture running on DEV" as soon as the PCM
+# runs (a host feeding the pattern waits for it), then the offset and md5sums.
+vsound_capture_pattern() {
+    local dev="$1" secs="$2" pat="$3" fmt="${4:-S16_LE}" rate="${5:-48000}" ch="${6:-2}"
+    local frame="${7:-4}" cap=/tmp/capture.raw card pcm st pid n=0 rc size first off plen
+    local want got
+    card=${dev#*:}
+    card=${card%%,*}
+    pcm=${dev##*,}
+    st=/proc/asound/card$card/pcm${pcm}c/sub0/status
+    arecord -q -D "$dev" -f "$fmt" -r "$rate" -c "$ch" -t raw -d "$secs" "$cap" 2>/tmp/arecord.err &
+    pid=$!
+    while ! grep -q 'state: RUNNING' "$st" 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || break
+        [ "$n" -ge 1000 ] && vsound_fail "capture on $dev not RUNNING after 10 s"
+        sleep 0.01
+        n=$((n + 1))
+    done
+    vsound_info "capture running on $dev"
+    wait "$pid"
+    rc=$?
+    size=$(stat -c %s "$cap" 2>/dev/null || echo 0)
+    vsound_info "capture $dev: arecord exit $rc, $size bytes"
+    [ "$rc" -eq 0 ] || vsound_fail "arecord -D $dev exited with status $rc: $(head -n 1 /tmp/arecord.err)"
+    first=$(cmp "$cap" /dev/zero 2>&1 | sed -n 's/.*differ: char \([0-9]*\).*/\1/p')
+    [ -n "$first" ] || vsound_fail "capture on $dev is all silence ($size bytes)"
+    off=$(((first - 1) / frame * frame))
+    plen=$(stat -c %s "$pat")
+    vsound_info "capture $dev: pattern starts at byte $off ($((off / frame)) frames of silence)"
+    [ $((off + plen)) -le "$size" ] ||
+        vsound_fail "capture on $dev holds $size bytes: the pattern from byte $off ($plen bytes) is cut"
+    tail -c +$((off + 1)) "$cap" | head -c "$plen" >/tmp/capture.aligned
+    want=$(md5sum <"$pat" | cut -d' ' -f1)
+    got=$(md5sum </tmp/capture.aligned | cut -d' ' -f1)
+    vsound_info "capture $dev: md5 $got of $plen bytes at $off; first bytes" \
+        "$(head -c 16 /tmp/capture.aligned | od -A n -t x1 | tr -s ' \n' ' ')"
+    if [ "$got" != "$want" ]; then
+        vsound_fail "captured bytes differ from $pat ($(cmp /tmp/capture.aligned "$pat" 2>&1 | head -n 1)," \
+            "counting from capture byte $off)"
+    fi
+    if [ "${VSOUND_CAPTURE_TRAILING:-silence}" = silence ]; then
+        n=$(tail -c +$((off + plen + 1)) "$cap" | cmp - /dev/zero 2>&1 | sed -n 's/.*differ: char \([0-9]*\).*/\1/p')
+        [ -z "$n" ] || vsound_fail "capture on $dev is not silent after the pattern: byte $((off + plen + n - 1)) is not zero"
+    fi
+    rm -f /tmp/capture.aligned
+}
+# vsound_jack NAME: "on" or "off", the value of card 0's jack control NAME
+vsound_jack() {
+    amixer -c 0 cget iface=CARD,name="$1" 2>/dev/null | sed -n 's/^ *: values=//p'
+}
+# vsound_wait_jack NAME VALUE MS: wait up to MS ms until jack control NAME reads VALUE
+vsound_wait_jack() {
+    local n=0 t0
+    t0=$(vsound_uptime_ms)
+    while [ "$(vsound_jack "$1")" != "$2" ]; do
+        [ "$n" -ge $(($3 / 20)) ] && return 1
+        sleep 0.02
+        n=$((n + 1))
+    done
+    vsound_info "jack '$1' is $2 after $(($(vsound_uptime_ms) - t0)) ms"
+}
 EOF
 
 # --- /init -----------------------------------------------------------------------------------
@@ -232,7 +390,7 @@ mount -t tmpfs tmpfs /tmp
 . /usr/lib/vsound/lib.sh
 
 finish() { # finish PASS | finish FAIL REASON
-    if [ "$1" != PASS ]; then
+    if [ "$1" != PASS ] || [ "$(vsound_arg dump_dmesg 0)" = 1 ]; then
         echo "VSOUND-DMESG-BEGIN"
         dmesg | tail -n "$(vsound_arg dmesg_lines 60)"
         echo "VSOUND-DMESG-END"
@@ -249,23 +407,9 @@ finish() { # finish PASS | finish FAIL REASON
 echo "vsound-guest: init at $(cut -d' ' -f1 /proc/uptime) s, $(uname -r)"
 
 # --- modules ---
-msg_timeout=$(vsound_arg msg_timeout_ms 3000)
-read -r cmdline </proc/cmdline
 while read -r mod; do
     [ -n "$mod" ] || continue
-    key=$(echo "$mod" | tr - _)
-    params=""
-    for a in $cmdline; do
-        a_mod=${a%%.*}
-        [ "$a_mod" != "$a" ] || continue
-        [ "$(echo "$a_mod" | tr - _)" = "$key" ] && params="$params ${a#*.}"
-    done
-    if [ "$key" = virtio_snd ]; then
-        case "$params" in
-            *msg_timeout_ms=*) ;;
-            *) params="msg_timeout_ms=$msg_timeout$params" ;;
-        esac
-    fi
+    params=$(vsound_module_params "$mod")
     # shellcheck disable=SC2086 # params is a word list
     insmod "/lib/modules/$mod.ko" $params || finish FAIL "insmod $mod $params failed"
 done </lib/modules/load-order
@@ -297,6 +441,9 @@ rm -f "$VSOUND_REASON_FILE"
 rc=$?
 elapsed=$(($(vsound_uptime_ms) - start))
 echo "vsound-guest: case exited with status $rc after $elapsed ms"
+if [ "$rc" -eq 0 ] && [ "$(vsound_arg check_dmesg 0)" = 1 ]; then
+    (vsound_check_dmesg "checked after the case") || finish FAIL "$(head -n 1 "$VSOUND_REASON_FILE")"
+fi
 if [ "$rc" -eq 0 ]; then
     finish PASS
 elif [ "$elapsed" -ge $((case_timeout * 1000)) ]; then

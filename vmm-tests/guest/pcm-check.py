@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""pcm-check.py: compare PCM a host device received with what the guest played.
+
+Usage:
+  pcm-check.py exact EXPECT GOT --frame N [--lead-silence BYTES] [--max-tail BYTES]
+      GOT must be BYTES zero bytes (default 0), then EXPECT byte for byte, then at most
+      --max-tail zero bytes (default 0): the guest kernel fills the rest of the last
+      period with silence when aplay drains.
+  pcm-check.py prefix EXPECT GOT --frame N [--min-bytes N]
+      GOT must be the first len(GOT) bytes of EXPECT, whole frames, at least --min-bytes.
+  pcm-check.py substring EXPECT GOT --frame N [--max-tail BYTES] [--min-bytes N] [--to-end]
+                 [--offset-ms MS --tolerance-ms MS --rate BYTES_PER_SEC]
+      GOT must be a contiguous, frame-aligned piece of EXPECT (found by its first bytes),
+      followed by at most --max-tail zero bytes; with --to-end the piece must reach
+      EXPECT's end; with --offset-ms, it must start within --tolerance-ms of that
+      position in EXPECT.
+  pcm-check.py locate EXPECT HEXBYTES
+      print where the bytes HEXBYTES (e.g. "0a 1b 2c ...") first occur in EXPECT.
+
+--rate (bytes per second) turns byte offsets into milliseconds in the messages. Prints one
+line "pcm-check: ok: ..." or "pcm-check: FAIL: ..." (with the first differing byte);
+exit status 0 or 1.
+"""
+import argparse
+import sys
+
+
+def ms(args, nbytes):
+    if args.rate:
+        return " (%.1f ms)" % (nbytes * 1000.0 / args.rate)
+    return ""
+
+
+def first_diff(a, b):
+    n = min(len(a), len(b))
+    # binary search is not needed: compare in blocks
+    step = 4096
+    for i in range(0, n, step):
+        if a[i:i + step] != b[i:i + step]:
+            for j in range(i, min(i + step, n)):
+                if a[j] != b[j]:
+                    return j
+    return n if len(a) != len(b) else -1
+
+
+def nonzero_at(data):
+    for i, x in enumerate(data):
+        if x:
+            return i
+    return -1
+
+
+def fail(msg):
+    print("pcm-check: FAIL: " + msg)
+    sys.exit(1)
+
+
+def check_tail(args, tail, where):
+    if len(tail) > args.max_tail:
+        fail("%d bytes after %s, more than the allowed %d bytes of silence%s"
+             % (len(tail), where, args.max_tail, ms(args, len(tail))))
+    nz = nonzero_at(tail)
+    if nz >= 0:
+        fail("byte %d of the %d bytes after %s is not silence (0x%02x)"
+             % (nz, len(tail), where, tail[nz]))
+
+
+def cmd_exact(args, expect, got):
+    lead = args.lead_silence
+    if len(got) < lead + len(expect):
+        d = first_diff(got[lead:], expect)
+        fail("got %d bytes%s, expected %d of silence + %d of PCM%s; first difference at PCM byte %d"
+             % (len(got), ms(args, len(got)), lead, len(expect), ms(args, len(expect)), d))
+    nz = nonzero_at(got[:lead])
+    if nz >= 0:
+        real = nonzero_at(got)
+        fail("the %d bytes of leading silence are not silent: byte %d is 0x%02x "
+             "(the first non-zero byte of the stream is at %d; the PCM itself is found at %d)"
+             % (lead, nz, got[nz], real, got.find(expect[:256])))
+    body = got[lead:lead + len(expect)]
+    if body != expect:
+        d = first_diff(body, expect)
+        at = got.find(expect[:256])
+        fail("PCM differs from byte %d (frame %d%s) on: got %s, expected %s; "
+             "the file's first bytes are found at received offset %d (expected %d)"
+             % (d, d // args.frame, ms(args, d), body[d:d + 8].hex(" "), expect[d:d + 8].hex(" "),
+                at, lead))
+    check_tail(args, got[lead + len(expect):], "the PCM")
+    print("pcm-check: ok: %d bytes = %d bytes of silence + the file's %d bytes%s exactly + %d bytes of silence"
+          % (len(got), lead, len(expect), ms(args, len(expect)), len(got) - lead - len(expect)))
+
+
+def cmd_prefix(args, expect, got):
+    if len(got) < args.min_bytes:
+        fail("only %d bytes%s, expected at least %d" % (len(got), ms(args, len(got)), args.min_bytes))
+    if len(got) % args.frame:
+        fail("%d bytes is not whole %d-byte frames" % (len(got), args.frame))
+    if len(got) > len(expect):
+        fail("%d bytes, more than the file's %d" % (len(got), len(expect)))
+    if expect[:len(got)] != got:
+        d = first_diff(got, expect[:len(got)])
+        fail("not a prefix of the file: differs at byte %d (frame %d%s)" % (d, d // args.frame, ms(args, d)))
+    print("pcm-check: ok: %d bytes%s are exactly the file's first %d bytes"
+          % (len(got), ms(args, len(got)), len(got)))
+
+
+def cmd_substring(args, expect, got):
+    if len(got) < max(args.min_bytes, 256):
+        fail("only %d bytes%s, expected at least %d" % (len(got), ms(args, len(got)), max(args.min_bytes, 256)))
+    key = got[:256]
+    at = expect.find(key)
+    while at >= 0 and at % args.frame:
+        at = expect.find(key, at + 1)
+    if at < 0:
+        fail("the first 256 received bytes (%s ...) are nowhere in the file (frame-aligned)"
+             % key[:16].hex(" "))
+    n = min(len(got), len(expect) - at)
+    d = first_diff(got[:n], expect[at:at + n])
+    if d >= 0:
+        n = d  # the common part ends here: only silence may follow
+    if args.to_end and at + n != len(expect):
+        fail("from file offset %d%s the received bytes differ at received byte %d%s, before the "
+             "file's end (%d bytes)" % (at, ms(args, at), n, ms(args, n), len(expect)))
+    where = "the end of the file" if at + n == len(expect) else \
+        "file offset %d%s, where the received bytes stop matching" % (at + n, ms(args, at + n))
+    check_tail(args, got[n:], where)
+    if args.offset_ms is not None:
+        off_ms = at * 1000.0 / args.rate
+        if abs(off_ms - args.offset_ms) > args.tolerance_ms:
+            fail("the received piece starts at %.1f ms of the file, expected %.0f +- %.0f ms"
+                 % (off_ms, args.offset_ms, args.tolerance_ms))
+    print("pcm-check: ok: %d bytes%s are exactly the file's bytes %d..%d%s, then %d bytes of silence"
+          % (len(got), ms(args, len(got)), at, at + n, ms(args, at), len(got) - n))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("mode", choices=["exact", "prefix", "substring", "locate"])
+    p.add_argument("expect")
+    p.add_argument("got")
+    p.add_argument("--frame", type=int, default=1)
+    p.add_argument("--rate", type=float, default=0, help="bytes per second")
+    p.add_argument("--lead-silence", type=int, default=0)
+    p.add_argument("--max-tail", type=int, default=0)
+    p.add_argument("--min-bytes", type=int, default=0)
+    p.add_argument("--to-end", action="store_true")
+    p.add_argument("--offset-ms", type=float)
+    p.add_argument("--tolerance-ms", type=float, default=500)
+    args = p.parse_args()
+    expect = open(args.expect, "rb").read()
+    if args.mode == "locate":
+        key = bytes.fromhex(args.got)
+        print("pcm-check: %s first occurs at offset %d of %s" % (args.got, expect.find(key), args.expect))
+        return
+    try:
+        got = open(args.got, "rb").read()
+    except FileNotFoundError:
+        fail("%s: nothing received (no such file)" % args.got)
+    {"exact": cmd_exact, "prefix": cmd_prefix, "substring": cmd_substring}[args.mode](args, expect, got)
+
+
+if __name__ == "__main__":
+    main()
