@@ -277,7 +277,10 @@ mod loom_model {
             }
         }
         fn io(&self) {
-            assert!(!self.closed.load(Ordering::SeqCst), "I/O on a closed endpoint");
+            assert!(
+                !self.closed.load(Ordering::SeqCst),
+                "I/O on a closed endpoint"
+            );
         }
     }
 
@@ -293,13 +296,20 @@ mod loom_model {
     fn io_once(slot: &Slot<Endpoint>, retired: &AtomicBool) {
         let replaced_before = retired.load(Ordering::SeqCst);
         if let Some(l) = slot.lend() {
-            assert!(!(replaced_before && l.item.id == 0), "a replaced endpoint was lent");
+            assert!(
+                !(replaced_before && l.item.id == 0),
+                "a replaced endpoint was lent"
+            );
             l.item.io();
             slot.give_back(l);
         }
     }
 
-    fn spawn_io(slot: &Arc<Slot<Endpoint>>, retired: &Arc<AtomicBool>, n: usize) -> thread::JoinHandle<()> {
+    fn spawn_io(
+        slot: &Arc<Slot<Endpoint>>,
+        retired: &Arc<AtomicBool>,
+        n: usize,
+    ) -> thread::JoinHandle<()> {
         let (slot, retired) = (slot.clone(), retired.clone());
         thread::spawn(move || {
             for _ in 0..n {

@@ -7,6 +7,7 @@
 //!   memory table and the four queues.
 //! - [`snd`]: a typed virtio-snd driver ([`SndDriver`]), written from the spec.
 //! - [`daemon`]: spawning the `vsound` binary for a test ([`Daemon`]).
+//! - [`bench`](mod@bench): the `vsound-bench` load generator and its scenarios.
 //!
 //! A test typically does:
 //!
@@ -21,6 +22,7 @@
 //! ```
 
 pub mod audio;
+pub mod bench;
 pub mod daemon;
 pub mod frontend;
 pub mod memory;

@@ -1,0 +1,216 @@
+//! `vsound-bench`: load generator and benchmark for a vhost-user
+//! virtio-sound daemon. See BENCHMARKS.md at the repository root.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgGroup, Parser, ValueEnum};
+use vmm_tests::bench::{self, plot, Options, Scenario, TargetSpec};
+
+/// Plays a guest against a vhost-user virtio-sound daemon and measures it.
+#[derive(Debug, Parser)]
+#[command(group(ArgGroup::new("target").required(true).args(["spawn", "socket"])))]
+struct Args {
+    /// Scenario to run.
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: ScenarioArg,
+
+    /// Spawn the vsound binary (one daemon per run, with a generated config).
+    #[arg(long)]
+    spawn: bool,
+
+    /// The vsound binary to spawn (default: `vsound` beside this binary, or $VSOUND_BIN).
+    #[arg(long, value_name = "PATH", requires = "spawn")]
+    vsound: Option<PathBuf>,
+
+    /// RUST_LOG of the spawned daemon (debug logging would be measured too).
+    #[arg(long, value_name = "FILTER", default_value = "warn")]
+    rust_log: String,
+
+    /// Connect to a daemon already listening on this socket instead.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// That daemon's pid (for the CPU and memory figures).
+    #[arg(long, value_name = "PID", requires = "socket")]
+    pid: Option<u32>,
+
+    /// Short runs that only check that every scenario works.
+    #[arg(long)]
+    smoke: bool,
+
+    /// Print the results as JSON on stdout (the table then goes to stderr).
+    #[arg(long)]
+    json: bool,
+
+    /// pacing: output streams.
+    #[arg(long, value_name = "N")]
+    outputs: Option<u32>,
+
+    /// pacing: input streams.
+    #[arg(long, value_name = "M")]
+    inputs: Option<u32>,
+
+    /// pacing: seconds to run (default 10, smoke 1).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+
+    /// pacing: write the error distribution as an SVG here.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+
+    /// pacing: write every completion (stream, k, time, error) as CSV here.
+    #[arg(long, value_name = "FILE")]
+    samples: Option<PathBuf>,
+
+    /// cpu: stream counts (default 1,8,64,256).
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    cpu_streams: Option<Vec<u32>>,
+
+    /// cpu: measured seconds per count (default 10).
+    #[arg(long, value_name = "SECS")]
+    cpu_duration: Option<f64>,
+
+    /// control: iterations (default 2000).
+    #[arg(long, value_name = "N")]
+    iterations: Option<usize>,
+
+    /// teardown: removed-stream counts (default 1,8,64).
+    #[arg(long, value_name = "K,...", value_delimiter = ',')]
+    removed: Option<Vec<u32>>,
+
+    /// memory: streams in the loaded phase (default 256).
+    #[arg(long, value_name = "N")]
+    memory_streams: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ScenarioArg {
+    Pacing,
+    Cpu,
+    Control,
+    Teardown,
+    Memory,
+    All,
+}
+
+impl From<ScenarioArg> for Scenario {
+    fn from(s: ScenarioArg) -> Scenario {
+        match s {
+            ScenarioArg::Pacing => Scenario::Pacing,
+            ScenarioArg::Cpu => Scenario::Cpu,
+            ScenarioArg::Control => Scenario::Control,
+            ScenarioArg::Teardown => Scenario::Teardown,
+            ScenarioArg::Memory => Scenario::Memory,
+            ScenarioArg::All => Scenario::All,
+        }
+    }
+}
+
+fn seconds(s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s).map_err(|e| format!("bad duration {s}: {e}"))
+}
+
+impl TryFrom<&Args> for Options {
+    type Error = String;
+
+    fn try_from(a: &Args) -> Result<Options, String> {
+        let target = match &a.socket {
+            Some(path) => TargetSpec::Socket {
+                path: path.clone(),
+                pid: a.pid,
+            },
+            None => TargetSpec::Spawn {
+                rust_log: a.rust_log.clone(),
+            },
+        };
+        let mut o = Options::new(target, a.smoke);
+        if let Some(n) = a.outputs {
+            o.pacing.outputs = n;
+        }
+        if let Some(m) = a.inputs {
+            o.pacing.inputs = m;
+        }
+        if o.pacing.outputs + o.pacing.inputs == 0 {
+            return Err("pacing needs at least one stream".into());
+        }
+        if let Some(s) = a.duration {
+            o.pacing.duration = seconds(s)?;
+        }
+        if let Some(v) = &a.cpu_streams {
+            o.cpu.streams = v.clone();
+        }
+        if let Some(s) = a.cpu_duration {
+            o.cpu.duration = seconds(s)?;
+        }
+        if let Some(n) = a.iterations {
+            o.control.iterations = n.max(1);
+        }
+        if let Some(v) = &a.removed {
+            o.teardown.removed = v.clone();
+        }
+        if let Some(n) = a.memory_streams {
+            o.memory.streams = n;
+        }
+        Ok(o)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(bin) = &args.vsound {
+        // Read by `Daemon::binary`; set before any thread starts.
+        std::env::set_var(vmm_tests::daemon::BIN_ENV, bin);
+    }
+    let opts = match Options::try_from(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("vsound-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match bench::run(&opts, args.scenario.into()) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut msg = format!("vsound-bench: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let (Some(path), Some(p)) = (&args.plot, &report.pacing) {
+        let title = format!(
+            "vsound pacing error: {} out + {} in, {:.0} s, p99 {:.1} µs",
+            p.outputs, p.inputs, p.seconds, p.all.p99
+        );
+        if let Err(e) = plot::pacing_errors(path, &p.errors_us, &p.timer_floor_us, &title) {
+            eprintln!("vsound-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("vsound-bench: wrote {}", path.display());
+    }
+    if let (Some(path), Some(p)) = (&args.samples, &report.pacing) {
+        if let Err(e) = std::fs::write(path, &p.csv) {
+            eprintln!("vsound-bench: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if args.json {
+        eprint!("{report}");
+        match serde_json::to_string_pretty(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("vsound-bench: JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{report}");
+    }
+    ExitCode::SUCCESS
+}
