@@ -152,6 +152,8 @@ struct WorkerLocal {
     /// No reopen attempt before this time.
     next_open_ns: u64,
     generation: u64,
+    /// The endpoint's own xrun count, as last seen.
+    device_xruns: u64,
 }
 
 /// The outcome of one host call.
@@ -299,6 +301,7 @@ impl StreamRuntime {
             scratch: vec![0u8; SCRATCH_BYTES],
             next_open_ns: 0,
             generation,
+            device_xruns: 0,
         };
         loop {
             if self.replaced(&local) {
@@ -394,6 +397,10 @@ impl StreamRuntime {
         params: &StreamParams,
         f: impl FnOnce(&mut Endpoint) -> Result<u32, DeviceError>,
     ) -> HostIo {
+        let device_xruns = |ep: &Endpoint| match ep {
+            Endpoint::Playback(s) => s.xruns(),
+            Endpoint::Capture(s) => s.xruns(),
+        };
         if !self.endpoint.is_attached() {
             if let HostIo::Replaced = self.try_open(params, local) {
                 return HostIo::Replaced;
@@ -412,7 +419,17 @@ impl StreamRuntime {
         }
         match result {
             Ok(latency) => {
+                let xruns = device_xruns(&lent.item);
                 self.endpoint.give_back(lent);
+                // The device's own underruns/overruns (ALSA recovered them):
+                // the guest hears of new ones, once per call.
+                if xruns > local.device_xruns {
+                    local.device_xruns = xruns;
+                    self.device_xrun(params);
+                } else if xruns < local.device_xruns {
+                    // A new endpoint counts from zero.
+                    local.device_xruns = xruns;
+                }
                 self.lock().stats.latency_bytes = latency;
                 HostIo::Done
             }
@@ -433,6 +450,21 @@ impl StreamRuntime {
                 self.endpoint.give_back(lent);
                 HostIo::Failed
             }
+        }
+    }
+
+    /// A host device under- or overran: counted, and PCM_XRUN if negotiated.
+    fn device_xrun(&self, _params: &StreamParams) {
+        let notify = {
+            let mut inner = self.lock();
+            inner.stats.xruns += 1;
+            inner
+                .negotiated
+                .is_some_and(|n| n.features & pcm_features::EVT_XRUNS != 0)
+        };
+        log::debug!("stream {}: device {} xrun", self.id, self.device.name);
+        if notify {
+            self.shared.send_event(EventType::PcmXrun, self.id);
         }
     }
 

@@ -727,6 +727,10 @@ impl PlaybackSink for AlsaSink {
         Clock::Device
     }
 
+    fn xruns(&self) -> u64 {
+        self.stream.xruns
+    }
+
     /// After each (re)start of the PCM, one period of silence goes ahead of
     /// the guest's frames. The daemon hands a period over when it is due,
     /// just as the PCM finishes the one before: without a cushion, any
@@ -824,6 +828,10 @@ impl AlsaSource {
 impl CaptureSource for AlsaSource {
     fn clock(&self) -> Clock {
         Clock::Device
+    }
+
+    fn xruns(&self) -> u64 {
+        self.stream.xruns
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<(), DeviceError> {

@@ -106,6 +106,11 @@ pub trait PlaybackSink: Send {
     fn write(&mut self, frames: &[u8]) -> Result<(), DeviceError>;
     /// Bytes queued in the host path ahead of what the guest just wrote.
     fn latency_bytes(&self) -> u32;
+    /// Underruns the device itself had (and recovered from) so far; the
+    /// daemon reports new ones to the guest as PCM_XRUN.
+    fn xruns(&self) -> u64 {
+        0
+    }
 }
 
 /// Where a capture stream's frames come from. Dropping it closes it.
@@ -117,4 +122,9 @@ pub trait CaptureSource: Send {
     fn read(&mut self, buf: &mut [u8]) -> Result<(), DeviceError>;
     /// Bytes captured and waiting in the host path.
     fn latency_bytes(&self) -> u32;
+    /// Overruns the device itself had (and recovered from) so far; the
+    /// daemon reports new ones to the guest as PCM_XRUN.
+    fn xruns(&self) -> u64 {
+        0
+    }
 }

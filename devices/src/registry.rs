@@ -103,17 +103,19 @@ fn find(kind: &str) -> Result<Plugin, String> {
     if let Some(p) = PLUGINS.iter().find(|p| p.kind == kind) {
         return Ok(p.clone());
     }
-    let extra = EXTRA.lock().unwrap_or_else(|e| e.into_inner());
-    extra
+    let found = EXTRA
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
         .iter()
         .find(|p| p.kind == kind)
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "unknown device kind `{kind}`, expected one of: {}",
-                kinds().join(", ")
-            )
-        })
+        .cloned();
+    // The lock is released before `kinds()` takes it again.
+    found.ok_or_else(|| {
+        format!(
+            "unknown device kind `{kind}`, expected one of: {}",
+            kinds().join(", ")
+        )
+    })
 }
 
 /// Checks the options of a device of `kind` without opening anything.
