@@ -69,3 +69,36 @@ fn probe_reads_config_and_pcm_info() {
         .check_alive()
         .expect("daemon still running after disconnect");
 }
+
+/// `--socket-fd N`: the daemon serves an inherited, already-listening
+/// socket (socket activation), and keeps serving it after a disconnect.
+#[test]
+fn an_inherited_listening_socket_is_served() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixListener;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inherited.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let fd = listener.as_raw_fd();
+    // SAFETY: F_SETFD on an fd we own; clearing FD_CLOEXEC lets the child
+    // inherit it.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    assert_eq!(r, 0);
+    let mut child = std::process::Command::new(Daemon::binary().unwrap())
+        .args(["--socket-fd", &fd.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(listener);
+    for _ in 0..2 {
+        let mut snd = vmm_tests::SndDriver::connect(&path, &ConnectOptions::default()).unwrap();
+        assert_eq!(snd.config().streams, 2);
+        assert_eq!(snd.pcm_info(0, 2).unwrap().len(), 2);
+        snd.disconnect().unwrap();
+    }
+    assert!(child.try_wait().unwrap().is_none(), "daemon still running");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
