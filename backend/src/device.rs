@@ -314,6 +314,18 @@ impl SoundDevice {
             log::debug!("stream {stream_id}: I/O refused in this state");
             return msg.complete(q.as_ref(), dir, Status::IoErr, 0, 0);
         }
+        // A message larger than the negotiated buffer is not PCM of this
+        // stream (and would make the worker's copy buffer grow at the
+        // guest's will).
+        let limit = inner.negotiated.map_or(0, |n| n.params.buffer_bytes);
+        if msg.payload() > limit {
+            drop(inner);
+            log::debug!(
+                "stream {stream_id}: {}-byte message over the {limit}-byte buffer",
+                msg.payload()
+            );
+            return msg.complete(q.as_ref(), dir, Status::IoErr, 0, 0);
+        }
         inner.pending.push_back(msg);
     }
 
