@@ -292,8 +292,14 @@ fn io_for_an_unknown_stream_the_wrong_queue_or_an_unprepared_stream_is_io_err_at
     // Larger than the negotiated buffer (4 periods): refused too.
     prepare(&mut snd, 0, 0);
     snd.tx(0, &vec![0; 4 * PERIOD as usize + 4], &[]).unwrap();
-    let done = snd.wait_io_count(Queue::Tx, 1, Duration::from_secs(1)).unwrap();
-    assert_eq!(done[0].status, Status::IoErr, "message over the buffer size");
+    let done = snd
+        .wait_io_count(Queue::Tx, 1, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(
+        done[0].status,
+        Status::IoErr,
+        "message over the buffer size"
+    );
     snd.rx(0, 64, &[]).unwrap(); // an output stream on rxq
     let done = snd
         .wait_io_count(Queue::Rx, 1, Duration::from_secs(1))
