@@ -22,8 +22,11 @@ use crate::stream::PcmState;
 use crate::wire::{ChmapInfo, JackInfo, VirtioSndConfig};
 use crate::worker::{Shared, StreamRuntime, HANG_NS};
 
-/// How often the watchdog looks for host calls that hang.
+/// How often the watchdog looks for host calls that hang while a stream
+/// runs, and while none does (an idle daemon should not wake 100 times a
+/// second).
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(10);
+const WATCHDOG_IDLE_PERIOD: Duration = Duration::from_millis(100);
 
 /// A jack: one per (host device, direction) that streams use.
 #[derive(Clone, Debug)]
@@ -126,12 +129,14 @@ impl SoundDevice {
         let wd = std::thread::Builder::new()
             .name("vsound-watchdog".into())
             .spawn(move || {
+                let mut period = WATCHDOG_IDLE_PERIOD;
                 while !stopping.load(Ordering::SeqCst) {
-                    std::thread::sleep(WATCHDOG_PERIOD);
-                    match weak.upgrade() {
-                        Some(d) => d.check_hangs(),
+                    std::thread::sleep(period);
+                    period = match weak.upgrade() {
+                        Some(d) if d.check_hangs() => WATCHDOG_PERIOD,
+                        Some(_) => WATCHDOG_IDLE_PERIOD,
                         None => return,
-                    }
+                    };
                 }
             })
             .map_err(DeviceError::Spawn)?;
@@ -161,9 +166,13 @@ impl SoundDevice {
 
     /// A stream whose host call hangs gets a new worker, and its device is
     /// treated as removed; the hung thread exits if the call ever returns.
-    fn check_hangs(&self) {
+    /// Returns whether a stream is running or in a host call (then the
+    /// watchdog looks again soon).
+    fn check_hangs(&self) -> bool {
         let now = now_ns();
+        let mut busy = false;
         for s in &self.streams {
+            busy |= s.host_call_age(now).is_some() || s.lock().state == PcmState::Started;
             if s.host_call_age(now).is_some_and(|age| age > HANG_NS) {
                 log::warn!(
                     "stream {}: a call into device {} hung for over {} ms; treating it as removed",
@@ -179,6 +188,7 @@ impl SoundDevice {
                 s.device.mark_hung();
             }
         }
+        busy
     }
 
     /// The config space (spec 5.14.4).
