@@ -200,12 +200,9 @@ impl Config {
         let raw: RawConfig = toml::from_str(src).map_err(|e| {
             let (line, column, key) = locate(src, e.span());
             let message = e.message().trim().to_owned();
-            // serde names the key itself for unknown or missing fields.
-            let key = if message.contains('`') {
-                key.unwrap_or_else(|| "-".into())
-            } else {
-                key.unwrap_or_else(|| "-".into())
-            };
+            // The key on the offending line; serde's message names the key
+            // itself for unknown or missing fields.
+            let key = key.unwrap_or_else(|| "-".into());
             ConfigError {
                 file: file.to_owned(),
                 line,
