@@ -362,10 +362,8 @@ fn prepare(s: &StreamRuntime) -> Status {
             return Status::BadMsg;
         }
     };
-    let Some(negotiated) = inner.negotiated else {
-        return Status::BadMsg;
-    };
-    if negotiated.params.buffer_bytes == 0 {
+    // Every state PREPARE is legal in has parameters; kept as a guard.
+    if inner.negotiated.is_none() {
         return Status::BadMsg;
     }
     if let Some(st) = refuse_absent_device(s) {

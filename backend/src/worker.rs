@@ -425,7 +425,7 @@ impl StreamRuntime {
                 // the guest hears of new ones, once per call.
                 if xruns > local.device_xruns {
                     local.device_xruns = xruns;
-                    self.device_xrun(params);
+                    self.device_xrun();
                 } else if xruns < local.device_xruns {
                     // A new endpoint counts from zero.
                     local.device_xruns = xruns;
@@ -454,7 +454,7 @@ impl StreamRuntime {
     }
 
     /// A host device under- or overran: counted, and PCM_XRUN if negotiated.
-    fn device_xrun(&self, _params: &StreamParams) {
+    fn device_xrun(&self) {
         let notify = {
             let mut inner = self.lock();
             inner.stats.xruns += 1;
@@ -480,7 +480,7 @@ impl StreamRuntime {
     /// One due time. Returns true if this worker was replaced and must exit.
     fn tick(&self, shared: &Shared, local: &mut WorkerLocal) -> bool {
         let dir = self.direction();
-        let (negotiated, rx_len) = {
+        let (negotiated, current_len) = {
             let inner = self.lock();
             if inner.state != PcmState::Started || now_ns() < inner.due {
                 return false;
@@ -497,8 +497,9 @@ impl StreamRuntime {
 
         // rx: record the finished message's frames first, holding no message.
         let mut rx_ok = false;
-        let mut rx_len = Self::ensure_scratch(local, rx_len);
-        if dir == Direction::Input && rx_len > 0 {
+        let mut rx_len = 0;
+        if dir == Direction::Input && current_len > 0 {
+            rx_len = Self::ensure_scratch(local, current_len);
             let mut scratch = std::mem::take(&mut local.scratch);
             let io = match scratch.get_mut(..rx_len) {
                 Some(buf) => self.host_call(local, &params, |ep| match ep {
@@ -518,8 +519,6 @@ impl StreamRuntime {
                     params.format.fill_silence(buf);
                 }
             }
-        } else {
-            rx_len = 0;
         }
 
         // Take the messages: guest-memory copies only, no host call.
