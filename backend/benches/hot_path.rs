@@ -71,9 +71,14 @@ fn fixture() -> Fixture {
     rx_ring.publish(&mem, 0);
     let tx = LocalQueue::new(&tx_ring, &mem);
     let rx = LocalQueue::new(&rx_ring, &mem);
-    let tx_contiguous = tx.pop().expect("tx chain 0");
-    let tx_split = tx.pop().expect("tx chain 2");
-    let rx_split = rx.pop().expect("rx chain 0");
+    let (tx_contiguous, tx_split, rx_split) = {
+        let (tp, rp) = (tx.gate().enter().unwrap(), rx.gate().enter().unwrap());
+        (
+            tx.pop(&tp).expect("tx chain 0"),
+            tx.pop(&tp).expect("tx chain 2"),
+            rx.pop(&rp).expect("rx chain 0"),
+        )
+    };
     Fixture {
         tx,
         rx,
@@ -126,14 +131,20 @@ fn benches(c: &mut Criterion) {
     g.bench_function("tx", |b| {
         b.iter_batched(
             || parse(&f.tx_contiguous, Direction::Output),
-            |m| m.complete(&f.tx, Direction::Output, Status::Ok, 0, 0),
+            |m| {
+                let pass = f.tx.gate().enter().unwrap();
+                m.complete(&f.tx, &pass, Direction::Output, Status::Ok, 0, 0)
+            },
             BatchSize::SmallInput,
         )
     });
     g.bench_function("rx", |b| {
         b.iter_batched(
             || parse(&f.rx_split, Direction::Input),
-            |m| m.complete(&f.rx, Direction::Input, Status::Ok, 0, PERIOD),
+            |m| {
+                let pass = f.rx.gate().enter().unwrap();
+                m.complete(&f.rx, &pass, Direction::Input, Status::Ok, 0, PERIOD)
+            },
             BatchSize::SmallInput,
         )
     });
@@ -147,7 +158,8 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let m = parse(black_box(&f.tx_split), Direction::Output);
             let ok = m.read_pcm(0, &mut scratch).is_ok();
-            m.complete(&f.tx, Direction::Output, Status::Ok, 0, 0);
+            let pass = f.tx.gate().enter().unwrap();
+            m.complete(&f.tx, &pass, Direction::Output, Status::Ok, 0, 0);
             ok
         })
     });

@@ -17,7 +17,7 @@ use crate::constants::{pcm_features, rate_code, rate_from_code, Direction, Reque
 use crate::device::SoundDevice;
 use crate::io::IoMessage;
 use crate::pacer::{now_ns, Schedule};
-use crate::queue::{Chain, Virtqueue};
+use crate::queue::{Chain, RingPass, Virtqueue};
 use crate::stream::{PcmCommand, PcmState};
 use crate::wire::{ChmapInfo, Hdr, JackInfo, JackRemap, PcmHdr, PcmInfo, PcmSetParams, QueryInfo};
 use crate::worker::{Negotiated, StreamRuntime};
@@ -53,18 +53,18 @@ fn read_req<T: ByteValued>(req: &[u8]) -> Option<T> {
 }
 
 /// Handles one control chain and returns it to the guest.
-pub fn handle_control(dev: &SoundDevice, queue: &dyn Virtqueue, chain: Chain) {
+pub fn handle_control(dev: &SoundDevice, queue: &dyn Virtqueue, pass: &RingPass<'_>, chain: Chain) {
     let head = chain.head_index();
     let layout = match ChainLayout::of(&chain) {
         Ok(l) => l,
         Err(e) => {
             log::warn!("control request refused: {e}");
-            return queue.complete(head, 0);
+            return queue.complete(pass, head, 0);
         }
     };
     if layout.writable < 4 {
         log::warn!("control request without room for a status");
-        return queue.complete(head, 0);
+        return queue.complete(pass, head, 0);
     }
     let mut req = [0u8; MAX_REQUEST];
     let req_len = usize::try_from(layout.readable)
@@ -93,7 +93,7 @@ pub fn handle_control(dev: &SoundDevice, queue: &dyn Virtqueue, chain: Chain) {
             }
         }
     }
-    queue.complete(head, used);
+    queue.complete(pass, head, used);
 }
 
 fn dispatch(dev: &SoundDevice, req: &[u8], writable: u64) -> Response {
@@ -477,14 +477,22 @@ mod tests {
     use crate::queue::Chain;
 
     /// Records completions; never has chains to pop.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(u16, u32)>>);
+    struct Recorder(Mutex<Vec<(u16, u32)>>, crate::queue::RingGate);
+
+    impl Default for Recorder {
+        fn default() -> Self {
+            Recorder(Mutex::default(), crate::queue::RingGate::new(true))
+        }
+    }
 
     impl Virtqueue for Recorder {
-        fn pop(&self) -> Option<Chain> {
+        fn gate(&self) -> &crate::queue::RingGate {
+            &self.1
+        }
+        fn pop(&self, _pass: &RingPass<'_>) -> Option<Chain> {
             None
         }
-        fn complete(&self, head: u16, len: u32) {
+        fn complete(&self, _pass: &RingPass<'_>, head: u16, len: u32) {
             self.0.lock().unwrap().push((head, len));
         }
     }
@@ -539,7 +547,9 @@ mod tests {
             let chain = make_chain(&req, &rs, resp, &ws);
             let layout = ChainLayout::of(&chain).unwrap();
             let before = rec.0.lock().unwrap().len();
-            handle_control(&dev, rec.as_ref(), chain.clone());
+            let pass = rec.gate().enter().unwrap();
+            handle_control(&dev, rec.as_ref(), &pass, chain.clone());
+            drop(pass);
             let done = rec.0.lock().unwrap();
             assert_eq!(
                 done.len(),

@@ -5,6 +5,15 @@
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// A frontend that has sent nothing this long after connecting is dropped
+/// (it would keep every other VMM out).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Backoff between attempts to serve the next connection when the last
+/// attempt failed (threads or fds exhausted for a moment).
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -15,7 +24,7 @@ use crate::config::Config;
 use crate::device::SoundDevice;
 use crate::hotplug::ManagedDevice;
 use crate::queue::Mem;
-use crate::vhu::VsoundBackend;
+use crate::vhost_user::{Connection, VsoundBackend};
 
 /// Where the daemon listens.
 #[derive(Clone, Debug)]
@@ -127,11 +136,20 @@ pub fn run(
         state.devices.len()
     );
     let mut served = 0usize;
+    let mut backoff = RETRY_MIN;
     loop {
         if max_connections.is_some_and(|m| served >= m) {
             return Ok(());
         }
-        serve_one(&state, &mut listener)?;
+        match serve_one(&state, &mut listener) {
+            Ok(()) => backoff = RETRY_MIN,
+            // Out of threads or fds for a moment: never a reason to exit.
+            Err(e) => {
+                log::error!("cannot serve a VMM connection: {e}; retrying in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
         served += 1;
     }
 }
@@ -140,21 +158,47 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
     let mem = GuestMemoryAtomic::new(Mem::new());
     let device = SoundDevice::new(&state.config, &state.devices).map_err(DaemonError::Create)?;
     state.set_current(Arc::downgrade(&device));
-    let backend =
-        Arc::new(VsoundBackend::new(device.clone(), mem.clone()).map_err(DaemonError::Backend)?);
-    let mut daemon =
-        VhostUserDaemon::new("vsound".into(), backend, mem).map_err(DaemonError::Vhost)?;
+    let conn = Connection::new(device.clone());
+    let backend = Arc::new(VsoundBackend::new(conn.clone()).map_err(DaemonError::Backend)?);
+    let mut daemon = conn
+        .build(|| VhostUserDaemon::new("vsound".into(), backend, mem))
+        .map_err(DaemonError::Vhost)?;
     daemon.start(listener).map_err(DaemonError::Vhost)?;
+    if let Some(h) = daemon.shutdown_handle() {
+        conn.set_shutdown(h);
+    }
     state
         .vmm_connected
         .store(true, std::sync::atomic::Ordering::SeqCst);
     log::info!("VMM connected");
-    match daemon.wait() {
+    let ended = std::thread::scope(|scope| {
+        // A frontend that never speaks would keep every other VMM out.
+        let timer = std::thread::Builder::new()
+            .name("vsound-handshake".into())
+            .spawn_scoped(scope, || {
+                if !conn.wait_greeting(HANDSHAKE_TIMEOUT) {
+                    conn.refuse(format!(
+                        "the frontend sent no request within {HANDSHAKE_TIMEOUT:?}"
+                    ));
+                }
+            });
+        if let Err(e) = &timer {
+            log::warn!("no handshake timer for this connection: {e}");
+        }
+        let ended = daemon.wait();
+        // Wakes the timer if the connection ended before a request came.
+        conn.wake_greeting();
+        ended
+    });
+    match ended {
         Ok(())
         | Err(vhost_user_backend::Error::HandleRequest(
             vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::SocketBroken(_),
         )) => log::info!("VMM disconnected"),
         Err(e) => log::warn!("VMM connection ended: {e}"),
+    }
+    if let Some(why) = conn.refused() {
+        log::warn!("the connection was ended by the daemon: {why}");
     }
     state
         .vmm_connected

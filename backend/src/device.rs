@@ -5,10 +5,9 @@
 //! One [`SoundDevice`] serves one VMM connection; a new connection gets a
 //! fresh one. It knows nothing of vhost-user: it is handed [`Virtqueue`]s.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::constants::{
@@ -17,7 +16,7 @@ use crate::constants::{
 use crate::hotplug::ManagedDevice;
 use crate::io::{self, IoMessage};
 use crate::pacer::now_ns;
-use crate::queue::Virtqueue;
+use crate::queue::{RingPass, Virtqueue};
 use crate::stream::PcmState;
 use crate::wire::{ChmapInfo, JackInfo, VirtioSndConfig};
 use crate::worker::{Shared, StreamRuntime, HANG_NS};
@@ -27,6 +26,34 @@ use crate::worker::{Shared, StreamRuntime, HANG_NS};
 /// second).
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(10);
 const WATCHDOG_IDLE_PERIOD: Duration = Duration::from_millis(100);
+/// How long the end of a connection waits for the stream workers to exit
+/// (a worker inside a device call that never returns is left behind).
+const JOIN_BOUND: Duration = Duration::from_secs(1);
+
+/// The end of the connection: set once, wakes the watchdog at once.
+#[derive(Default)]
+struct Stopping {
+    flag: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Stopping {
+    fn set(&self) {
+        *self.flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// Sleeps for `d` unless the connection ends first; returns whether it
+    /// ended.
+    fn sleep(&self, d: Duration) -> bool {
+        let guard = self.flag.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, d, |stopping| !*stopping)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+}
 
 /// A jack: one per (host device, direction) that streams use.
 #[derive(Clone, Debug)]
@@ -67,7 +94,7 @@ pub struct SoundDevice {
     pub host_devices: Vec<Arc<ManagedDevice>>,
     pub shared: Arc<Shared>,
     workers: Mutex<Vec<Worker>>,
-    stopping: Arc<AtomicBool>,
+    stopping: Arc<Stopping>,
 }
 
 impl SoundDevice {
@@ -119,7 +146,7 @@ impl SoundDevice {
             host_devices: host_devices.to_vec(),
             shared,
             workers: Mutex::new(Vec::new()),
-            stopping: Arc::new(AtomicBool::new(false)),
+            stopping: Arc::new(Stopping::default()),
         });
         for s in &dev.streams {
             dev.spawn_worker(s, 0)?;
@@ -130,8 +157,7 @@ impl SoundDevice {
             .name("vsound-watchdog".into())
             .spawn(move || {
                 let mut period = WATCHDOG_IDLE_PERIOD;
-                while !stopping.load(Ordering::SeqCst) {
-                    std::thread::sleep(period);
+                while !stopping.sleep(period) {
                     period = match weak.upgrade() {
                         Some(d) if d.check_hangs() => WATCHDOG_PERIOD,
                         Some(_) => WATCHDOG_IDLE_PERIOD,
@@ -292,7 +318,8 @@ impl SoundDevice {
 
     /// Handles one tx or rx message: queue it on its stream, or refuse it
     /// with IO_ERR at once (unknown stream, wrong queue, not prepared).
-    pub fn handle_io(&self, queue: QueueIndex, chain: crate::queue::Chain) {
+    /// `pass` is the queue's: the chain came from it.
+    pub fn handle_io(&self, queue: QueueIndex, pass: &RingPass<'_>, chain: crate::queue::Chain) {
         let dir = match queue {
             QueueIndex::Tx => Direction::Output,
             QueueIndex::Rx => Direction::Input,
@@ -303,7 +330,7 @@ impl SoundDevice {
         };
         let (stream_id, msg) = match IoMessage::parse(chain, dir) {
             Ok(x) => x,
-            Err(refused) => return io::refuse(q.as_ref(), refused),
+            Err(refused) => return io::refuse(q.as_ref(), pass, refused),
         };
         let stream = usize::try_from(stream_id)
             .ok()
@@ -313,16 +340,16 @@ impl SoundDevice {
                 "{} message for stream {stream_id}: not a stream of this queue",
                 dir.name()
             );
-            return msg.complete(q.as_ref(), dir, Status::IoErr, 0, 0);
+            return msg.complete(q.as_ref(), pass, dir, Status::IoErr, 0, 0);
         };
         if msg.payload() == 0 {
-            return msg.complete(q.as_ref(), dir, Status::IoErr, 0, 0);
+            return msg.complete(q.as_ref(), pass, dir, Status::IoErr, 0, 0);
         }
         let mut inner = stream.lock();
         if !inner.state.accepts_io() {
             drop(inner);
             log::debug!("stream {stream_id}: I/O refused in this state");
-            return msg.complete(q.as_ref(), dir, Status::IoErr, 0, 0);
+            return msg.complete(q.as_ref(), pass, dir, Status::IoErr, 0, 0);
         }
         // A message larger than the negotiated buffer is not PCM of this
         // stream (and would make the worker's copy buffer grow at the
@@ -334,7 +361,7 @@ impl SoundDevice {
                 "stream {stream_id}: {}-byte message over the {limit}-byte buffer",
                 msg.payload()
             );
-            return msg.complete(q.as_ref(), dir, Status::IoErr, 0, 0);
+            return msg.complete(q.as_ref(), pass, dir, Status::IoErr, 0, 0);
         }
         inner.pending.push_back(msg);
     }
@@ -344,14 +371,56 @@ impl SoundDevice {
         let Some(q) = self.queue(queue).cloned() else {
             return;
         };
-        while let Some(chain) = q.pop() {
-            self.handle_io(queue, chain);
+        while let Some(pass) = q.gate().enter() {
+            let Some(chain) = q.pop(&pass) else {
+                break;
+            };
+            self.handle_io(queue, &pass, chain);
         }
     }
 
-    /// Forgets every stream's state after a device reset (driver reload):
-    /// the rings are being reset, so held buffers are dropped, not returned.
+    /// A ring runs again. `resumed`: it had been stopped at that time and
+    /// its driver kept it (a paused VM resumed): the streams on it move
+    /// their schedules by the pause, and what they hold plays on. Otherwise
+    /// it is a new ring (the first start, or after [`SoundDevice::reset`]).
+    pub fn start_ring(&self, qi: QueueIndex, resumed: Option<u64>) {
+        let Some(q) = self.queue(qi).cloned() else {
+            return;
+        };
+        let now = now_ns();
+        if let Some(stopped_at) = resumed {
+            for s in self.streams.iter().filter(|s| s.queue_index() == qi) {
+                let mut inner = s.lock();
+                if let Some(sched) = inner.schedule.as_mut() {
+                    // A stream started while its ring was stopped owes
+                    // nothing for the time before its start.
+                    let pause = now.saturating_sub(stopped_at.max(sched.start_ns()));
+                    sched.shift(pause);
+                    inner.due = inner.due.saturating_add(pause);
+                }
+            }
+            log::debug!(
+                "{qi:?} ring resumed after {} ms",
+                now.saturating_sub(stopped_at) / 1_000_000
+            );
+        }
+        q.gate().start();
+        self.shared.flush_deferred(qi);
+        for s in self.streams.iter().filter(|s| s.queue_index() == qi) {
+            s.wake();
+        }
+        if qi == QueueIndex::Event {
+            self.shared.events.deliver(q.as_ref());
+        }
+    }
+
+    /// A device reset (a driver reload, a guest reboot, `system_reset`):
+    /// the next driver gets a fresh device. Every ring must be stopped: the
+    /// buffers the old driver left are dropped without a byte written into
+    /// guest memory (it belongs to the next driver now), and so are
+    /// undelivered events and deferred completions.
     pub fn reset(&self) {
+        let mut dropped = self.shared.drop_deferred();
         for s in &self.streams {
             let mut inner = s.lock_idle();
             if inner.state != PcmState::Idle {
@@ -361,16 +430,22 @@ impl SoundDevice {
             inner.state = PcmState::Idle;
             inner.negotiated = None;
             inner.schedule = None;
+            inner.in_xrun = false;
             drop(inner);
+            dropped += held.len();
             drop(held);
             s.close_endpoint();
             s.wake();
         }
+        self.shared.events.clear();
+        log::info!("device reset: {dropped} buffers of the previous driver dropped");
     }
 
     /// Stops every worker and closes every endpoint (end of connection).
+    /// Waits at most [`JOIN_BOUND`] for the threads: one stuck in a device
+    /// call is left behind (it exits if the call ever returns).
     pub fn shutdown(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.stopping.set();
         for m in &self.host_devices {
             m.set_current(None);
         }
@@ -384,6 +459,8 @@ impl SoundDevice {
             s.wake();
         }
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        let me = std::thread::current().id();
+        let deadline = Instant::now() + JOIN_BOUND;
         for (key, w) in workers {
             let current = match key {
                 None => true,
@@ -393,8 +470,19 @@ impl SoundDevice {
                     .is_some_and(|s| s.worker_generation() == generation),
             };
             // A retired worker may still hang in its device: not joined.
-            if current && w.thread().id() != std::thread::current().id() {
+            if !current || w.thread().id() == me {
+                continue;
+            }
+            while !w.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if w.is_finished() {
                 let _ = w.join();
+            } else {
+                log::warn!(
+                    "thread {} did not exit within {JOIN_BOUND:?} (stuck in a device call); left behind",
+                    w.thread().name().unwrap_or("?")
+                );
             }
         }
     }

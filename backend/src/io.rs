@@ -9,7 +9,7 @@ use vm_memory::ByteValued;
 
 use crate::chain::{self, ChainLayout};
 use crate::constants::{Direction, Status};
-use crate::queue::{Chain, Virtqueue};
+use crate::queue::{Chain, RingPass, Virtqueue};
 use crate::wire::{PcmStatus, PcmXfer};
 
 const XFER_LEN: u64 = std::mem::size_of::<PcmXfer>() as u64;
@@ -109,6 +109,7 @@ impl IoMessage {
     pub fn complete(
         self,
         queue: &dyn Virtqueue,
+        pass: &RingPass<'_>,
         dir: Direction,
         status: Status,
         latency_bytes: u32,
@@ -118,13 +119,22 @@ impl IoMessage {
             Direction::Output => STATUS_LEN as u32,
             Direction::Input => rx_bytes.min(self.payload).saturating_add(STATUS_LEN as u32),
         };
-        complete_with_status(queue, self.chain, &self.layout, status, latency_bytes, used);
+        complete_with_status(
+            queue,
+            pass,
+            self.chain,
+            &self.layout,
+            status,
+            latency_bytes,
+            used,
+        );
     }
 }
 
 /// Writes a status into the last 8 writable bytes and returns the chain.
 pub fn complete_with_status(
     queue: &dyn Virtqueue,
+    pass: &RingPass<'_>,
     chain: Chain,
     layout: &ChainLayout,
     status: Status,
@@ -140,15 +150,21 @@ pub fn complete_with_status(
         Some(off) if chain::write_at(&chain, layout, off, st.as_slice()).is_ok() => used,
         _ => 0,
     };
-    queue.complete(head, used);
+    queue.complete(pass, head, used);
 }
 
 /// Returns a refused message to the guest.
-pub fn refuse(queue: &dyn Virtqueue, refused: Refused) {
+pub fn refuse(queue: &dyn Virtqueue, pass: &RingPass<'_>, refused: Refused) {
     match refused {
-        Refused::NoStatus(chain) => queue.complete(chain.head_index(), 0),
-        Refused::IoErr(chain, layout) => {
-            complete_with_status(queue, chain, &layout, Status::IoErr, 0, STATUS_LEN as u32)
-        }
+        Refused::NoStatus(chain) => queue.complete(pass, chain.head_index(), 0),
+        Refused::IoErr(chain, layout) => complete_with_status(
+            queue,
+            pass,
+            chain,
+            &layout,
+            Status::IoErr,
+            0,
+            STATUS_LEN as u32,
+        ),
     }
 }

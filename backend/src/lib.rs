@@ -7,7 +7,7 @@
 //! - [`pacer`]: the real-time schedule.
 //! - [`device`]: the device core, independent of the transport.
 //! - [`hotplug`]: host devices coming and going; [`api`]: the management API.
-//! - [`vhu`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`].
+//! - [`vhost_user`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`].
 
 pub mod api;
 pub mod chain;
@@ -23,6 +23,6 @@ pub mod io;
 pub mod pacer;
 pub mod queue;
 pub mod stream;
-pub mod vhu;
+pub mod vhost_user;
 pub mod wire;
 pub mod worker;

@@ -53,8 +53,14 @@ impl Schedule {
         self.due_ns()
     }
 
-    pub fn position(&self) -> u64 {
-        self.position
+    pub fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
+    /// Moves the whole schedule `ns` later (the ring was stopped for that
+    /// long: the guest did not live that time, so nothing falls due in it).
+    pub fn shift(&mut self, ns: u64) {
+        self.start_ns = self.start_ns.saturating_add(ns);
     }
 }
 

@@ -92,12 +92,25 @@ pub struct Inner {
     pub in_xrun: bool,
     pub quit: bool,
     pub stats: Stats,
+    /// Changes whenever the stream's messages are taken away (RELEASE, new
+    /// parameters, reset): a capture the worker recorded for a message of
+    /// an older epoch is not that message's.
+    pub epoch: u64,
+}
+
+/// A completion that found its ring stopped: done when the ring starts
+/// again, dropped unwritten if the device is reset meanwhile.
+pub struct Deferred {
+    pub queue: QueueIndex,
+    pub msg: IoMessage,
+    pub status: Status,
 }
 
 /// Everything the streams of one device share.
 pub struct Shared {
     pub queues: [OnceLock<Arc<dyn Virtqueue>>; QueueIndex::COUNT],
     pub events: EventQueue,
+    deferred: Mutex<Vec<Deferred>>,
 }
 
 impl Shared {
@@ -105,11 +118,90 @@ impl Shared {
         Shared {
             queues: Default::default(),
             events: EventQueue::default(),
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
     pub fn queue(&self, q: QueueIndex) -> Option<&Arc<dyn Virtqueue>> {
         self.queues.get(q as usize).and_then(|c| c.get())
+    }
+
+    fn deferred(&self) -> MutexGuard<'_, Vec<Deferred>> {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns flushed messages (nothing recorded: rx used length 8) with
+    /// `status`, or keeps them for when the ring runs again.
+    pub fn complete_flushed(
+        &self,
+        qi: QueueIndex,
+        dir: Direction,
+        held: impl IntoIterator<Item = IoMessage>,
+        status: Status,
+    ) {
+        let Some(q) = self.queue(qi) else {
+            return;
+        };
+        let mut held = held.into_iter().peekable();
+        if held.peek().is_none() {
+            return;
+        }
+        match q.gate().enter() {
+            Some(pass) => {
+                for m in held {
+                    m.complete(q.as_ref(), &pass, dir, status, 0, 0);
+                }
+            }
+            None => {
+                let mut d = self.deferred();
+                for msg in held {
+                    log::debug!(
+                        "{:?} ring stopped: completion of {} deferred",
+                        qi,
+                        msg.head()
+                    );
+                    d.push(Deferred {
+                        queue: qi,
+                        msg,
+                        status,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Completes what waited for `qi` to run again.
+    pub fn flush_deferred(&self, qi: QueueIndex) {
+        let Some(q) = self.queue(qi) else {
+            return;
+        };
+        let Some(pass) = q.gate().enter() else {
+            return;
+        };
+        let mine: Vec<Deferred> = {
+            let mut d = self.deferred();
+            if d.is_empty() {
+                return;
+            }
+            let (mine, rest) = std::mem::take(&mut *d)
+                .into_iter()
+                .partition(|x| x.queue == qi);
+            *d = rest;
+            mine
+        };
+        let dir = match qi {
+            QueueIndex::Rx => Direction::Input,
+            _ => Direction::Output,
+        };
+        for x in mine {
+            x.msg.complete(q.as_ref(), &pass, dir, x.status, 0, 0);
+        }
+    }
+
+    /// Forgets deferred completions unwritten (device reset).
+    pub fn drop_deferred(&self) -> usize {
+        let dropped = std::mem::take(&mut *self.deferred());
+        dropped.len()
     }
 
     /// Queues an event and delivers it if the driver has a buffer posted.
@@ -154,6 +246,18 @@ struct WorkerLocal {
     generation: u64,
     /// The endpoint's own xrun count, as last seen.
     device_xruns: u64,
+    /// Frames recorded into `scratch` for a message whose ring stopped
+    /// before it could be completed: used when the ring runs again.
+    rx_stash: Option<RxStash>,
+}
+
+/// A capture waiting in the copy buffer for its ring to run again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RxStash {
+    epoch: u64,
+    head: u16,
+    len: usize,
+    ok: bool,
 }
 
 /// The outcome of one host call.
@@ -188,6 +292,7 @@ impl StreamRuntime {
                 in_xrun: false,
                 quit: false,
                 stats: Stats::default(),
+                epoch: 0,
             }),
             idle: Condvar::new(),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
@@ -214,16 +319,17 @@ impl StreamRuntime {
         self.shared.queue(self.queue_index())
     }
 
-    /// Returns messages to the guest with `status` (rx ones as they are:
-    /// they are flushed, not recorded).
+    /// Returns flushed messages to the guest with `status` (rx ones with
+    /// nothing recorded: used length 8), now or when the ring runs again.
     pub fn complete_all(&self, held: impl IntoIterator<Item = IoMessage>, status: Status) {
-        let Some(q) = self.queue() else {
-            return;
-        };
-        for m in held {
-            let bytes = m.payload();
-            m.complete(q.as_ref(), self.direction(), status, 0, bytes);
-        }
+        self.shared
+            .complete_flushed(self.queue_index(), self.direction(), held, status);
+    }
+
+    /// Whether the stream's ring is stopped (the worker parks: no
+    /// completion, no schedule advance, no host I/O).
+    pub fn ring_stopped(&self) -> bool {
+        self.queue().is_some_and(|q| !q.gate().is_started())
     }
 
     /// Locks the stream state (poisoning is not fatal: the state is plain
@@ -259,6 +365,7 @@ impl StreamRuntime {
 
     /// Takes every message the stream holds (for RELEASE or a reset).
     pub fn take_all(inner: &mut Inner) -> impl Iterator<Item = IoMessage> {
+        inner.epoch = inner.epoch.wrapping_add(1);
         let current = inner.current.take();
         let pending = std::mem::take(&mut inner.pending);
         current.into_iter().chain(pending)
@@ -302,6 +409,7 @@ impl StreamRuntime {
             next_open_ns: 0,
             generation,
             device_xruns: 0,
+            rx_stash: None,
         };
         loop {
             if self.replaced(&local) {
@@ -315,6 +423,9 @@ impl StreamRuntime {
                 let due = (inner.state == PcmState::Started).then_some(inner.due);
                 (due, inner.state, inner.negotiated)
             };
+            // A stopped ring parks the stream: it waits to be woken when
+            // the ring runs again (its schedule moved by the pause).
+            let due = due.filter(|_| !self.ring_stopped());
             // A prepared or running stream without an endpoint opens one
             // here, on the worker, so a device that hangs in open cannot
             // stall the control queue.
@@ -478,9 +589,17 @@ impl StreamRuntime {
     }
 
     /// One due time. Returns true if this worker was replaced and must exit.
+    ///
+    /// Nothing happens while the stream's ring is stopped; the ring is
+    /// written only under a pass of its gate, taken after the host call of
+    /// a capture and given back before the host call of a playback.
     fn tick(&self, shared: &Shared, local: &mut WorkerLocal) -> bool {
         let dir = self.direction();
-        let (negotiated, current_len) = {
+        let queue = shared.queue(self.queue_index()).cloned();
+        if queue.as_ref().is_some_and(|q| !q.gate().is_started()) {
+            return false;
+        }
+        let (negotiated, current, epoch) = {
             let inner = self.lock();
             if inner.state != PcmState::Started || now_ns() < inner.due {
                 return false;
@@ -490,41 +609,78 @@ impl StreamRuntime {
             };
             (
                 n,
-                inner.current.as_ref().map_or(0, |m| m.payload() as usize),
+                inner
+                    .current
+                    .as_ref()
+                    .map(|m| (m.head(), m.payload() as usize)),
+                inner.epoch,
             )
         };
         let params = negotiated.params;
+        let current_len = current.map_or(0, |(_, len)| len);
 
-        // rx: record the finished message's frames first, holding no message.
+        // rx: record the finished message's frames first, holding no message
+        // (or take what was recorded for it before its ring stopped).
         let mut rx_ok = false;
         let mut rx_len = 0;
         if dir == Direction::Input && current_len > 0 {
-            rx_len = Self::ensure_scratch(local, current_len);
-            let mut scratch = std::mem::take(&mut local.scratch);
-            let io = match scratch.get_mut(..rx_len) {
-                Some(buf) => self.host_call(local, &params, |ep| match ep {
-                    Endpoint::Capture(src) => src.read(buf).map(|()| src.latency_bytes()),
-                    Endpoint::Playback(_) => Err(DeviceError::Gone),
-                }),
-                None => HostIo::Failed,
-            };
-            local.scratch = scratch;
-            match io {
-                HostIo::Done => rx_ok = true,
-                HostIo::Failed => {}
-                HostIo::Replaced => return true,
-            }
-            if !rx_ok {
-                if let Some(buf) = local.scratch.get_mut(..rx_len) {
-                    params.format.fill_silence(buf);
+            let wanted = Self::ensure_scratch(local, current_len);
+            let stash = local.rx_stash.take().filter(|st| {
+                current.is_some_and(|(head, _)| head == st.head)
+                    && st.epoch == epoch
+                    && st.len == wanted
+            });
+            if let Some(st) = stash {
+                rx_len = st.len;
+                rx_ok = st.ok;
+            } else {
+                rx_len = wanted;
+                let mut scratch = std::mem::take(&mut local.scratch);
+                let io = match scratch.get_mut(..rx_len) {
+                    Some(buf) => self.host_call(local, &params, |ep| match ep {
+                        Endpoint::Capture(src) => src.read(buf).map(|()| src.latency_bytes()),
+                        Endpoint::Playback(_) => Err(DeviceError::Gone),
+                    }),
+                    None => HostIo::Failed,
+                };
+                local.scratch = scratch;
+                match io {
+                    HostIo::Done => rx_ok = true,
+                    HostIo::Failed => {}
+                    HostIo::Replaced => return true,
+                }
+                if !rx_ok {
+                    if let Some(buf) = local.scratch.get_mut(..rx_len) {
+                        params.format.fill_silence(buf);
+                    }
                 }
             }
         }
 
+        // The ring may have stopped meanwhile: then nothing is written, and
+        // the frames recorded wait for it.
+        let pass = match &queue {
+            Some(q) => match q.gate().enter() {
+                Some(p) => Some(p),
+                None => {
+                    if let Some((head, _)) = current.filter(|_| rx_len > 0) {
+                        local.rx_stash = Some(RxStash {
+                            epoch,
+                            head,
+                            len: rx_len,
+                            ok: rx_ok,
+                        });
+                    }
+                    return false;
+                }
+            },
+            None => None,
+        };
+
         // Take the messages: guest-memory copies only, no host call.
         let (finished, mut next, latency) = {
             let mut inner = self.lock();
-            if inner.state != PcmState::Started {
+            if inner.state != PcmState::Started || inner.epoch != epoch {
                 return false;
             }
             inner.busy = true;
@@ -534,7 +690,7 @@ impl StreamRuntime {
                 inner.stats.latency_bytes,
             )
         };
-        let Some(queue) = shared.queue(self.queue_index()).cloned() else {
+        let (Some(queue), Some(pass)) = (queue.as_ref(), pass) else {
             self.finish_tick(next, &negotiated, shared);
             return false;
         };
@@ -553,7 +709,7 @@ impl StreamRuntime {
                     (if ok { Status::Ok } else { Status::IoErr }, msg.payload())
                 }
             };
-            msg.complete(queue.as_ref(), dir, status, latency, bytes);
+            msg.complete(queue.as_ref(), &pass, dir, status, latency, bytes);
         }
         let mut tx_len = 0usize;
         if dir == Direction::Output {
@@ -570,6 +726,7 @@ impl StreamRuntime {
                 }
             }
         }
+        drop(pass);
         let head = next.as_ref().map(IoMessage::head);
         self.finish_tick(next, &negotiated, shared);
 

@@ -90,8 +90,10 @@ impl Guest {
             &[(0x10_0000, req.len() as u32, false), (0x10_1000, 4, true)],
         );
         self.ctl_ring.publish(&self.mem, 0);
-        let chain = self.ctl.pop().expect("control chain");
-        handle_control(&self.dev, self.ctl.as_ref(), chain);
+        let pass = self.ctl.gate().enter().expect("control ring runs");
+        let chain = self.ctl.pop(&pass).expect("control chain");
+        handle_control(&self.dev, self.ctl.as_ref(), &pass, chain);
+        drop(pass);
         let (head, len) = self
             .ctl_ring
             .next_used(&self.mem)
@@ -150,8 +152,11 @@ impl Guest {
             _ => (&mut self.rx_ring, &self.rx),
         };
         ring.publish(&self.mem, head);
-        while let Some(chain) = q.pop() {
-            self.dev.handle_io(dir, chain);
+        while let Some(pass) = q.gate().enter() {
+            let Some(chain) = q.pop(&pass) else {
+                break;
+            };
+            self.dev.handle_io(dir, &pass, chain);
         }
     }
 

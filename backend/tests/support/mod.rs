@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
-use vsound::queue::{Chain, Mem, Virtqueue};
+use vsound::queue::{Chain, Mem, RingGate, RingPass, Virtqueue};
 
 /// `VIRTQ_DESC_F_NEXT`.
 pub const F_NEXT: u16 = 1;
@@ -126,6 +126,7 @@ impl GuestRing {
 /// are counted; there is no eventfd to signal.
 pub struct LocalQueue {
     queue: Mutex<Queue>,
+    gate: RingGate,
     mem: GuestMemoryAtomic<Mem>,
     /// Chains put on the used ring.
     pub completed: AtomicU64,
@@ -136,6 +137,7 @@ impl LocalQueue {
     pub fn new(ring: &GuestRing, mem: &GuestMemoryAtomic<Mem>) -> LocalQueue {
         LocalQueue {
             queue: Mutex::new(ring.queue()),
+            gate: RingGate::new(true),
             mem: mem.clone(),
             completed: AtomicU64::new(0),
         }
@@ -143,12 +145,16 @@ impl LocalQueue {
 }
 
 impl Virtqueue for LocalQueue {
-    fn pop(&self) -> Option<Chain> {
+    fn gate(&self) -> &RingGate {
+        &self.gate
+    }
+
+    fn pop(&self, _pass: &RingPass<'_>) -> Option<Chain> {
         let mut q = self.queue.lock().unwrap();
         q.pop_descriptor_chain(self.mem.memory())
     }
 
-    fn complete(&self, head: u16, len: u32) {
+    fn complete(&self, _pass: &RingPass<'_>, head: u16, len: u32) {
         let mut q = self.queue.lock().unwrap();
         let m = self.mem.memory();
         q.add_used(&*m, head, len).unwrap();
