@@ -111,6 +111,9 @@ pub fn run(
     max_connections: Option<usize>,
 ) -> Result<(), DaemonError> {
     let state = DaemonState::new(config)?;
+    if let Err(e) = crate::sigbus::install() {
+        log::warn!("cannot guard guest memory against truncation: {e}");
+    }
     let _api = match api_socket {
         Some(p) => Some(
             crate::api::ApiServer::start(p, state.clone())
@@ -158,7 +161,7 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
     let mem = GuestMemoryAtomic::new(Mem::new());
     let device = SoundDevice::new(&state.config, &state.devices).map_err(DaemonError::Create)?;
     state.set_current(Arc::downgrade(&device));
-    let conn = Connection::new(device.clone());
+    let conn = Connection::new(device.clone()).map_err(DaemonError::Backend)?;
     let backend = Arc::new(VsoundBackend::new(conn.clone()).map_err(DaemonError::Backend)?);
     let mut daemon = conn
         .build(|| VhostUserDaemon::new("vsound".into(), backend, mem))
@@ -172,22 +175,14 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
         .store(true, std::sync::atomic::Ordering::SeqCst);
     log::info!("VMM connected");
     let ended = std::thread::scope(|scope| {
-        // A frontend that never speaks would keep every other VMM out.
-        let timer = std::thread::Builder::new()
-            .name("vsound-handshake".into())
-            .spawn_scoped(scope, || {
-                if !conn.wait_greeting(HANDSHAKE_TIMEOUT) {
-                    conn.refuse(format!(
-                        "the frontend sent no request within {HANDSHAKE_TIMEOUT:?}"
-                    ));
-                }
-            });
-        if let Err(e) = &timer {
-            log::warn!("no handshake timer for this connection: {e}");
+        let watch = std::thread::Builder::new()
+            .name("vsound-watch".into())
+            .spawn_scoped(scope, || conn.watch(HANDSHAKE_TIMEOUT));
+        if let Err(e) = &watch {
+            log::warn!("no watch thread for this connection: {e}");
         }
         let ended = daemon.wait();
-        // Wakes the timer if the connection ended before a request came.
-        conn.wake_greeting();
+        conn.set_over();
         ended
     });
     match ended {
@@ -206,5 +201,9 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
     // Stops the queue thread (exit event), then the stream workers.
     drop(daemon);
     device.shutdown();
+    drop(conn);
+    drop(device);
+    // The connection's memory is unmapped once the last chain is gone.
+    crate::sigbus::forget_all();
     Ok(())
 }

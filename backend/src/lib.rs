@@ -22,6 +22,7 @@ pub mod hotplug;
 pub mod io;
 pub mod pacer;
 pub mod queue;
+pub mod sigbus;
 pub mod stream;
 pub mod vhost_user;
 pub mod wire;

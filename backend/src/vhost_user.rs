@@ -37,10 +37,11 @@ use vm_memory::{
     ByteValued, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic,
     GuestMemoryBackend, GuestMemoryRegion, Permissions,
 };
-use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::constants::QueueIndex;
 use crate::control::handle_control;
@@ -68,6 +69,8 @@ pub struct Connection {
     /// (the frontend has sent its first request, the connection is over)
     greeted: Mutex<(bool, bool)>,
     greeting: Condvar,
+    /// Written when the connection is over (wakes [`Connection::watch`]).
+    over: EventFd,
 }
 
 #[derive(Default)]
@@ -84,14 +87,15 @@ thread_local! {
 }
 
 impl Connection {
-    pub fn new(device: Arc<SoundDevice>) -> Arc<Connection> {
-        Arc::new(Connection {
+    pub fn new(device: Arc<SoundDevice>) -> io::Result<Arc<Connection>> {
+        Ok(Arc::new(Connection {
             device,
             rings: Mutex::new(Vec::new()),
             end: Mutex::new(Ending::default()),
             greeted: Mutex::new((false, false)),
             greeting: Condvar::new(),
-        })
+            over: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+        }))
     }
 
     /// Runs `build` (which creates the backend library's vrings) so that
@@ -154,11 +158,55 @@ impl Connection {
         }
     }
 
-    /// The connection is over: nobody needs to wait for its greeting.
-    pub fn wake_greeting(&self) {
+    /// The connection is over: [`Connection::watch`] returns.
+    pub fn set_over(&self) {
         let mut g = self.greeted.lock().unwrap_or_else(|e| e.into_inner());
         g.1 = true;
         self.greeting.notify_all();
+        drop(g);
+        let _ = self.over.write(1);
+    }
+
+    /// Watches the connection until it is over: ends it if the frontend
+    /// says nothing within `handshake` (it would keep every other VMM
+    /// out), or if its guest memory stops being backed by its file (see
+    /// [`crate::sigbus`]).
+    pub fn watch(&self, handshake: Duration) {
+        if !self.wait_greeting(handshake) {
+            self.refuse(format!("the frontend sent no request within {handshake:?}"));
+            return;
+        }
+        let Ok(epoll) = Epoll::new() else {
+            return;
+        };
+        let over = self.over.as_raw_fd();
+        let mut fds = vec![over];
+        fds.extend(crate::sigbus::notify_fd());
+        for fd in &fds {
+            let ev = EpollEvent::new(EventSet::IN, u64::try_from(*fd).unwrap_or(0));
+            if epoll.ctl(ControlOperation::Add, *fd, ev).is_err() {
+                return;
+            }
+        }
+        let mut events = [EpollEvent::default(); 2];
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            for ev in events.iter().take(n) {
+                if ev.fd() == over {
+                    return;
+                }
+                // A guest-memory fault was caught.
+                crate::sigbus::consume();
+                self.refuse(format!(
+                    "guest memory at {:#x} is no longer backed by its file (the frontend shrank it)",
+                    crate::sigbus::last_fault().unwrap_or(0)
+                ));
+            }
+        }
     }
 
     /// Waits (at most `timeout`) for the frontend's first request or the
@@ -397,7 +445,12 @@ impl VringT<GM> for Vring {
         used_ring: u64,
     ) -> Result<(), VirtQueError> {
         if self.ctl.gate.is_started() {
-            // The spec allows moving a ring only while it is stopped.
+            // A running ring may be sent its addresses again (to change its
+            // log address), not be moved.
+            let p = self.place();
+            if (p.desc, p.avail, p.used) == (desc_table, avail_ring, used_ring) {
+                return Ok(());
+            }
             self.ctl
                 .refuse(format!("{}: moved while running", self.name()));
             return Err(VirtQueError::InvalidSize);
@@ -489,8 +542,16 @@ impl VringT<GM> for Vring {
         self.inner.read_kick()
     }
 
+    /// A ring that runs may have completed buffers before its call fd came
+    /// (QEMU sends KICK, which starts the ring, before CALL): the driver is
+    /// notified once, so that no interrupt is lost (with EVENT_IDX a missed
+    /// one is never sent again).
     fn set_call(&self, file: Option<File>) {
-        self.inner.set_call(file)
+        let given = file.is_some();
+        self.inner.set_call(file);
+        if given && self.ctl.gate.is_started() {
+            let _ = self.inner.signal_used_queue();
+        }
     }
 
     fn set_err(&self, file: Option<File>) {
@@ -704,6 +765,16 @@ impl VhostUserBackend for VsoundBackend {
     fn update_memory(&self, mem: GM) -> io::Result<()> {
         // `mem` is the atomic the library just updated, `self.mem` too.
         let check = Self::check_memory(&mem.memory());
+        if check.is_ok() {
+            for r in mem.memory().iter() {
+                if let Ok(p) = r.get_host_address(vm_memory::MemoryRegionAddress(0)) {
+                    let len = usize::try_from(r.len()).unwrap_or(0);
+                    if !crate::sigbus::watch(p as usize, len) {
+                        log::warn!("too many memory regions to guard against truncation");
+                    }
+                }
+            }
+        }
         if let Err(why) = check {
             // Nothing may touch that memory: forget it before refusing.
             if let Ok(m) = mem.lock() {
