@@ -7,7 +7,7 @@
 # 2. format and lint checks (cargo fmt --check, clippy -D warnings);
 # 3. unit tests and the vmm-tests integration tests, which drive a real
 #    vsound process through its vhost-user socket;
-# 4. the loom model of the attach/detach protocol (every interleaving);
+# 4. the loom models of the attach/detach protocol and the ring gate (every interleaving);
 # 5. the guest suite: real Linux 6.12 guests under QEMU 10 attached to vsound.
 set -euo pipefail
 
@@ -33,10 +33,12 @@ cargo build --workspace --locked
 step "unit and integration tests"
 cargo test --workspace --locked
 
-step "loom model of the attach/detach protocol"
-# Its own target dir: --cfg loom rebuilds the devices crate.
+step "loom models: the attach/detach protocol, the ring gate"
+# Their own target dir: --cfg loom rebuilds the devices and backend crates.
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \
     cargo test -p vsound-devices --lib --release --locked attach::loom_model
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \
+    cargo test -p vsound --lib --release --locked gate::loom_model
 
 step "guest tests"
 vmm-tests/guest/run-suite.sh

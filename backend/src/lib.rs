@@ -18,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod events;
+pub mod gate;
 pub mod hotplug;
 pub mod io;
 pub mod pacer;
