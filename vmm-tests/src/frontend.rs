@@ -4,9 +4,16 @@
 //! does: SET_OWNER, feature and protocol-feature negotiation, GET_QUEUE_NUM,
 //! GET_CONFIG, SET_FEATURES, SET_MEM_TABLE (the memfd), then for each of the four
 //! queues SET_VRING_NUM / BASE / ADDR / CALL / KICK and SET_VRING_ENABLE.
+//!
+//! The ring lifecycle QEMU drives without disconnecting is available too:
+//! [`VhostUserSnd::stop_rings`] (VM pause), [`VhostUserSnd::restart_rings`]
+//! (resume) and [`VhostUserSnd::reinit_rings`] (device reset). Tests of hostile
+//! frontends stop after negotiation with [`VhostUserSnd::connect_negotiated`]
+//! and send the rest themselves.
 
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -139,6 +146,22 @@ pub enum Error {
     /// Virtqueue setup failed.
     #[error("Virtqueue error")]
     Virtqueue(#[from] virtqueue::Error),
+    /// GET_VRING_BASE answered a value that is not a split ring index.
+    #[error("GET_VRING_BASE({index}) answered {base:#x}, not a 16-bit index")]
+    BadVringBase {
+        /// The ring.
+        index: usize,
+        /// The value answered.
+        base: u32,
+    },
+    /// `restart_rings` was given the wrong number of bases.
+    #[error("{got} ring bases given for {expected} rings")]
+    BadBases {
+        /// Bases given.
+        got: usize,
+        /// Rings set up.
+        expected: usize,
+    },
 }
 
 /// Result type of this module.
@@ -260,7 +283,24 @@ impl VhostUserSnd {
     ///
     /// Retries for `opts.connect_timeout` while the socket is missing or refuses.
     pub fn connect(socket_path: impl AsRef<Path>, opts: &ConnectOptions) -> Result<Self> {
-        let sock = connect_retry(socket_path.as_ref(), opts.connect_timeout)?;
+        Self::open(socket_path.as_ref(), opts, true)
+    }
+
+    /// Connects and negotiates (SET_OWNER up to SET_FEATURES, as
+    /// [`VhostUserSnd::connect`] does) but sends no memory table and sets up
+    /// no queue: for tests that send their own (see
+    /// [`VhostUserSnd::with_frontend`]), or finish with
+    /// [`VhostUserSnd::send_mem_table`] and [`VhostUserSnd::setup_rings`].
+    /// The guest memory (`opts.memory_size`) is allocated but not sent.
+    pub fn connect_negotiated(
+        socket_path: impl AsRef<Path>,
+        opts: &ConnectOptions,
+    ) -> Result<Self> {
+        Self::open(socket_path.as_ref(), opts, false)
+    }
+
+    fn open(socket_path: &Path, opts: &ConnectOptions, set_up: bool) -> Result<Self> {
+        let sock = connect_retry(socket_path, opts.connect_timeout)?;
         let watchdog =
             Watchdog::new(sock.try_clone().map_err(Error::Watchdog)?).map_err(Error::Watchdog)?;
         let memory = Arc::new(GuestMemory::new(opts.memory_size)?);
@@ -278,10 +318,14 @@ impl VhostUserSnd {
             protocol_features: VhostUserProtocolFeatures::empty(),
             acked_protocol_features: VhostUserProtocolFeatures::empty(),
         };
+        // The whole handshake is one exchange for the watchdog.
         let armed = dev.watchdog.arm(dev.request_timeout);
-        let result = dev
-            .negotiate(opts)
-            .and_then(|()| dev.setup_queues(opts.queue_size));
+        let mut result = dev.negotiate(opts);
+        if set_up {
+            result = result
+                .and_then(|()| dev.send_mem_table_unguarded())
+                .and_then(|()| dev.setup_rings_unguarded(opts.queue_size));
+        }
         drop(armed);
         result.map_err(|e| dev.explain(e))?;
         Ok(dev)
@@ -389,16 +433,44 @@ impl VhostUserSnd {
         Ok(())
     }
 
-    fn setup_queues(&mut self, queue_size: u16) -> Result<()> {
-        let mut fe = self.frontend.clone().ok_or(Error::Disconnected)?;
-        let region = VhostUserMemoryRegionInfo {
+    /// The memory table entry describing the whole guest memory.
+    pub fn memory_region(&self) -> VhostUserMemoryRegionInfo {
+        VhostUserMemoryRegionInfo {
             guest_phys_addr: self.memory.base(),
             memory_size: self.memory.size() as u64,
             userspace_addr: self.memory.host_base(),
             mmap_offset: 0,
             mmap_handle: self.memory.fd(),
-        };
-        fe.set_mem_table(&[region]).map_err(req("SET_MEM_TABLE"))?;
+        }
+    }
+
+    /// Sends SET_MEM_TABLE with [`VhostUserSnd::memory_region`].
+    pub fn send_mem_table(&mut self) -> Result<()> {
+        let armed = self.watchdog.arm(self.request_timeout);
+        let result = self.send_mem_table_unguarded();
+        drop(armed);
+        result.map_err(|e| self.explain(e))
+    }
+
+    fn send_mem_table_unguarded(&mut self) -> Result<()> {
+        let fe = self.frontend.clone().ok_or(Error::Disconnected)?;
+        fe.set_mem_table(&[self.memory_region()])
+            .map_err(req("SET_MEM_TABLE"))?;
+        Ok(())
+    }
+
+    /// Lays out four fresh queues of `queue_size` entries in the guest memory
+    /// and hands each to the daemon (SET_VRING_NUM / BASE 0 / ADDR / CALL /
+    /// KICK), then enables them all, as [`VhostUserSnd::connect`] does.
+    pub fn setup_rings(&mut self, queue_size: u16) -> Result<()> {
+        let armed = self.watchdog.arm(self.request_timeout);
+        let result = self.setup_rings_unguarded(queue_size);
+        drop(armed);
+        result.map_err(|e| self.explain(e))
+    }
+
+    fn setup_rings_unguarded(&mut self, queue_size: u16) -> Result<()> {
+        let mut fe = self.frontend.clone().ok_or(Error::Disconnected)?;
         let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
         for index in 0..NUM_QUEUES {
             let mut q = Virtqueue::new(self.memory.clone(), queue_size)?;
@@ -406,17 +478,7 @@ impl VhostUserSnd {
             fe.set_vring_num(index, queue_size)
                 .map_err(req("SET_VRING_NUM"))?;
             fe.set_vring_base(index, 0).map_err(req("SET_VRING_BASE"))?;
-            // vring addresses are in the frontend's address space.
-            let config = VringConfigData {
-                queue_max_size: queue_size,
-                queue_size,
-                flags: 0,
-                desc_table_addr: self.memory.host_address(q.desc_table())?,
-                used_ring_addr: self.memory.host_address(q.used_ring())?,
-                avail_ring_addr: self.memory.host_address(q.avail_ring())?,
-                log_addr: None,
-            };
-            fe.set_vring_addr(index, &config)
+            fe.set_vring_addr(index, &self.vring_config(&q)?)
                 .map_err(req("SET_VRING_ADDR"))?;
             fe.set_vring_call(index, q.call_fd())
                 .map_err(req("SET_VRING_CALL"))?;
@@ -429,6 +491,119 @@ impl VhostUserSnd {
                 .map_err(req("SET_VRING_ENABLE"))?;
         }
         Ok(())
+    }
+
+    /// The SET_VRING_ADDR payload of `q` (vring addresses are in the
+    /// frontend's address space).
+    pub fn vring_config(&self, q: &Virtqueue) -> Result<VringConfigData> {
+        Ok(VringConfigData {
+            queue_max_size: q.size(),
+            queue_size: q.size(),
+            flags: 0,
+            desc_table_addr: self.memory.host_address(q.desc_table())?,
+            used_ring_addr: self.memory.host_address(q.used_ring())?,
+            avail_ring_addr: self.memory.host_address(q.avail_ring())?,
+            log_addr: None,
+        })
+    }
+
+    /// Stops every vring as QEMU does when the VM is paused (`stop`):
+    /// GET_VRING_BASE on each of the four, in order. Returns the bases the
+    /// daemon answered (its next available index per ring). The session and
+    /// the queues stay as they are, for [`VhostUserSnd::restart_rings`] or
+    /// [`VhostUserSnd::reinit_rings`].
+    pub fn stop_rings(&mut self) -> Result<Vec<u16>> {
+        let fe = self.frontend.clone().ok_or(Error::Disconnected)?;
+        let armed = self.watchdog.arm(self.request_timeout);
+        let result = (0..NUM_QUEUES)
+            .map(|index| {
+                let base = fe.get_vring_base(index).map_err(req("GET_VRING_BASE"))?;
+                // A split ring's index is 16 bits; the upper half must be 0.
+                u16::try_from(base).map_err(|_| Error::BadVringBase { index, base })
+            })
+            .collect::<Result<Vec<u16>>>();
+        drop(armed);
+        result.map_err(|e| self.explain(e))
+    }
+
+    /// Restarts the vrings stopped by [`VhostUserSnd::stop_rings`] as QEMU
+    /// does when the VM resumes (`cont`, `vhost_dev_start`): SET_FEATURES
+    /// (the features acked at connect), SET_MEM_TABLE (the same memory), then
+    /// for each ring SET_VRING_NUM, SET_VRING_BASE (`bases[i]`, the value
+    /// GET_VRING_BASE returned), SET_VRING_ADDR, SET_VRING_KICK and
+    /// SET_VRING_CALL with the same ring memory and eventfds, and finally
+    /// SET_VRING_ENABLE on each. The driver side of the queues is untouched.
+    pub fn restart_rings(&mut self, bases: &[u16]) -> Result<()> {
+        if bases.len() != self.queues.len() {
+            return Err(Error::BadBases {
+                got: bases.len(),
+                expected: self.queues.len(),
+            });
+        }
+        let armed = self.watchdog.arm(self.request_timeout);
+        let result = self.start_rings_unguarded(bases);
+        drop(armed);
+        result.map_err(|e| self.explain(e))
+    }
+
+    /// Re-initialises the vrings from scratch, as a rebooting guest does
+    /// after [`VhostUserSnd::stop_rings`] (device reset, then the driver sets
+    /// the device up again): four fresh queues in newly allocated ring
+    /// memory, with new eventfds and every index at 0, handed over with
+    /// SET_FEATURES, SET_MEM_TABLE, SET_VRING_NUM / BASE 0 / ADDR / KICK /
+    /// CALL and SET_VRING_ENABLE. Returns the old queues, whose memory stays
+    /// allocated (nothing reuses it), so a test can check that the daemon no
+    /// longer writes there.
+    pub fn reinit_rings(&mut self) -> Result<Vec<Virtqueue>> {
+        let size = self
+            .queues
+            .first()
+            .map_or(DEFAULT_QUEUE_SIZE, Virtqueue::size);
+        let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut fresh = Vec::with_capacity(NUM_QUEUES);
+        for _ in 0..NUM_QUEUES {
+            let mut q = Virtqueue::new(self.memory.clone(), size)?;
+            q.set_event_idx(event_idx)?;
+            fresh.push(q);
+        }
+        let old = std::mem::replace(&mut self.queues, fresh);
+        let armed = self.watchdog.arm(self.request_timeout);
+        let result = self.start_rings_unguarded(&[0; NUM_QUEUES]);
+        drop(armed);
+        result.map_err(|e| self.explain(e))?;
+        Ok(old)
+    }
+
+    fn start_rings_unguarded(&mut self, bases: &[u16]) -> Result<()> {
+        let mut fe = self.frontend.clone().ok_or(Error::Disconnected)?;
+        fe.set_features(self.acked_features)
+            .map_err(req("SET_FEATURES"))?;
+        fe.set_mem_table(&[self.memory_region()])
+            .map_err(req("SET_MEM_TABLE"))?;
+        for (index, (q, &base)) in self.queues.iter().zip(bases).enumerate() {
+            fe.set_vring_num(index, q.size())
+                .map_err(req("SET_VRING_NUM"))?;
+            fe.set_vring_base(index, base)
+                .map_err(req("SET_VRING_BASE"))?;
+            fe.set_vring_addr(index, &self.vring_config(q)?)
+                .map_err(req("SET_VRING_ADDR"))?;
+            fe.set_vring_kick(index, q.kick_fd())
+                .map_err(req("SET_VRING_KICK"))?;
+            fe.set_vring_call(index, q.call_fd())
+                .map_err(req("SET_VRING_CALL"))?;
+        }
+        for index in 0..self.queues.len() {
+            fe.set_vring_enable(index, true)
+                .map_err(req("SET_VRING_ENABLE"))?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the daemon to close the connection (end of
+    /// file on the socket); returns whether it did. Unread bytes from the
+    /// daemon are not an end of file.
+    pub fn wait_peer_closed(&self, timeout: Duration) -> bool {
+        wait_eof(&self.sock, timeout)
     }
 
     /// Reads `size` bytes of config space at `offset` (VHOST_USER_GET_CONFIG).
@@ -554,6 +729,50 @@ fn connect_retry(path: &Path, timeout: Duration) -> Result<UnixStream> {
     }
 }
 
+/// Waits up to `timeout` for end of file on `sock` (the peer closed it).
+fn wait_eof(sock: &UnixStream, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `pfd` is a valid pollfd that outlives the call, and the count is 1.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+        if rc > 0 {
+            if pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0 {
+                return true;
+            }
+            let mut byte = 0u8;
+            // SAFETY: `byte` is a valid one-byte buffer that outlives the call.
+            let n = unsafe {
+                libc::recv(
+                    sock.as_raw_fd(),
+                    (&mut byte as *mut u8).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                return true;
+            }
+            // Bytes from the daemon are waiting: not closed; do not spin on them.
+            if n > 0 {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -595,6 +814,50 @@ mod tests {
         assert_eq!(mock.acked_features(), dev.acked_features());
         dev.disconnect().unwrap();
         assert!(matches!(dev.disconnect(), Err(Error::Disconnected)));
+    }
+
+    #[test]
+    fn rings_stopped_then_restarted_or_reinitialised_keep_serving() {
+        let mock = MockSnd::start();
+        let dev = VhostUserSnd::connect(mock.socket(), &ConnectOptions::default()).unwrap();
+        let mut snd = crate::snd::SndDriver::new(dev);
+        assert_eq!(snd.pcm_info(0, 2).unwrap().len(), 2);
+        let bases = snd.dev_mut().stop_rings().unwrap();
+        // One control request so far.
+        assert_eq!(bases, vec![1, 0, 0, 0]);
+        snd.dev_mut().restart_rings(&bases).unwrap();
+        assert_eq!(snd.pcm_info(0, 2).unwrap().len(), 2);
+        assert_eq!(snd.dev().queue(Queue::Control).last_used_idx(), 2);
+        assert!(matches!(
+            snd.dev_mut().restart_rings(&[0]),
+            Err(Error::BadBases { got: 1, .. })
+        ));
+
+        let mut dev = snd.into_inner();
+        assert_eq!(dev.stop_rings().unwrap(), vec![2, 0, 0, 0]);
+        let old = dev.reinit_rings().unwrap();
+        assert_eq!(old.len(), NUM_QUEUES);
+        assert_ne!(old[0].used_ring(), dev.queue(Queue::Control).used_ring());
+        let mut snd = crate::snd::SndDriver::new(dev);
+        assert_eq!(snd.pcm_info(0, 2).unwrap().len(), 2);
+        let q = snd.dev().queue(Queue::Control);
+        assert_eq!((q.avail_idx(), q.used_idx().unwrap()), (1, 1));
+        assert!(!snd.dev().wait_peer_closed(Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn a_session_can_stop_after_negotiation_and_set_up_the_rest_later() {
+        let mock = MockSnd::start();
+        let mut dev =
+            VhostUserSnd::connect_negotiated(mock.socket(), &ConnectOptions::default()).unwrap();
+        assert_eq!(dev.config().streams, 2);
+        dev.send_mem_table().unwrap();
+        dev.setup_rings(16).unwrap();
+        assert_eq!(dev.queue(Queue::Tx).size(), 16);
+        let mut snd = crate::snd::SndDriver::new(dev);
+        assert_eq!(snd.pcm_info(0, 2).unwrap().len(), 2);
+        let q = snd.dev().queue(Queue::Control);
+        assert_eq!(q.used_ring_len(), 6 + 8 * 16);
     }
 
     #[test]

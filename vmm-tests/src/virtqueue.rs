@@ -370,6 +370,39 @@ impl Virtqueue {
         self.chains.get(usize::from(head))?.as_deref()
     }
 
+    /// Size in bytes of the used ring: flags, idx, the elements and
+    /// `avail_event`.
+    pub fn used_ring_len(&self) -> usize {
+        (6 + USED_ELEM_SIZE * u64::from(self.size)) as usize
+    }
+
+    /// The device's `used.idx` as guest memory holds it now (nothing is
+    /// consumed: see [`Virtqueue::poll_used`]).
+    pub fn used_idx(&self) -> Result<u16> {
+        Ok(self.mem.load_u16_acquire(self.used_ring + 2)?)
+    }
+
+    /// The descriptors of an in-flight chain, read back from the descriptor
+    /// table (`None` if `head` is not in flight).
+    pub fn chain_segments(&self, head: u16) -> Result<Option<Vec<Segment>>> {
+        let Some(ids) = self.chain(head) else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let d = self.desc_table + DESC_SIZE * u64::from(id % self.size);
+            let addr = self.mem.read_u64(d)?;
+            let len = self.mem.read_u32(d + 8)?;
+            let flags = self.mem.read_u16(d + 12)?;
+            out.push(Segment {
+                addr,
+                len,
+                writable: flags & VIRTQ_DESC_F_WRITE != 0,
+            });
+        }
+        Ok(Some(out))
+    }
+
     /// The `avail_event` the device wrote in the used ring (EVENT_IDX).
     pub fn avail_event(&self) -> Result<u16> {
         let addr = self.used_ring + 4 + USED_ELEM_SIZE * u64::from(self.size);
