@@ -150,8 +150,9 @@ mod tests {
             let pass = g2.enter().unwrap();
             tx.send(()).unwrap();
             std::thread::sleep(Duration::from_millis(100));
+            let giving_back = Instant::now();
             drop(pass);
-            Instant::now()
+            giving_back
         });
         rx.recv().unwrap();
         assert!(g.stop(1, Duration::from_secs(5)));

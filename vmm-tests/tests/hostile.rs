@@ -778,3 +778,108 @@ fn a_thousand_sessions_leak_no_fd_and_no_thread_and_end_quickly() {
     );
     fresh_vmm_plays(&mut d, &format!("{CYCLES} sessions"));
 }
+
+// ---- 6. out of threads ----------------------------------------------------
+
+/// A pids cgroup (v1 `pids` hierarchy, or v2 with the pids controller) of
+/// our own, removed on drop.
+struct PidsCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl PidsCgroup {
+    fn new() -> PidsCgroup {
+        let name = format!("vsound-test-{}", std::process::id());
+        let candidates = [
+            std::path::PathBuf::from("/sys/fs/cgroup/pids"),
+            std::path::PathBuf::from("/sys/fs/cgroup"),
+        ];
+        for root in candidates {
+            if !root.join("cgroup.procs").exists() {
+                continue;
+            }
+            let dir = root.join(&name);
+            if std::fs::create_dir(&dir).is_ok() && dir.join("pids.max").exists() {
+                return PidsCgroup { dir };
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        panic!(
+            "no pids cgroup could be created (run as root on a machine with the pids controller)"
+        );
+    }
+
+    fn set_max(&self, max: &str) {
+        std::fs::write(self.dir.join("pids.max"), max).unwrap();
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    fn current(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // Move everything back to the root, then remove the group.
+        if let (Some(root), Ok(procs)) = (
+            self.dir.parent(),
+            std::fs::read_to_string(self.dir.join("cgroup.procs")),
+        ) {
+            for p in procs.lines() {
+                let _ = std::fs::write(root.join("cgroup.procs"), p);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn running_out_of_threads_for_a_connection_is_retried_and_never_ends_the_daemon() {
+    let what = "a connection's threads could not be started";
+    let mut d = spawn();
+    let cg = PidsCgroup::new();
+    cg.add(d.pid().unwrap());
+    // The idle daemon has built the next connection's device and waits in
+    // accept; serving a connection needs more threads than it has now.
+    thread::sleep(Duration::from_millis(200));
+    cg.set_max(&cg.current().to_string());
+    let mark = d.log().len();
+    let opts = ConnectOptions {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Some(Duration::from_secs(2)),
+        ..ConnectOptions::default()
+    };
+    for attempt in 1..=2 {
+        let r = SndDriver::connect(d.socket_path(), &opts);
+        assert!(
+            r.is_err(),
+            "{what}: attempt {attempt} was served with no thread to spare"
+        );
+        alive(&mut d, what);
+    }
+    let refused_lines = || {
+        d.log()[mark..]
+            .matches("cannot serve a VMM connection")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while refused_lines() < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let refused = refused_lines();
+    assert!(
+        refused >= 2,
+        "{what}: {refused} 'cannot serve a VMM connection' lines for 2 attempts; log since: {}",
+        &d.log()[mark..]
+    );
+    cg.set_max("max");
+    fresh_vmm_plays(&mut d, what);
+}
