@@ -15,7 +15,10 @@ Usage: pad-client.py --socket PATH --out PREFIX [options]
                        contains TEXT (e.g. "VSOUND-INFO: split")
   --ready FILE         created once the first connection is up
   --summary FILE       JSON summary at exit (default PREFIX.json): segments with
-                       their size and first/last byte times, and every event
+                       their size, first/last byte times and longest pause between two
+                       receives (max_gap_ms, starting max_gap_at_ms) and each receive
+                       ("receives": [ms, bytes]), every event, and t0_mono (the
+                       client's time 0 on CLOCK_MONOTONIC, in seconds)
   --feed FILE          write FILE's bytes to the pad (the guest's capture input) at
                        --feed-rate bytes per second, --lead-ms ahead of real time
                        (whole file at once with --feed-rate 0)
@@ -118,6 +121,7 @@ class Client:
         path = "%s.%d" % (self.args.out, n)
         self.seg_file = open(path, "wb")
         self.segments.append({"file": path, "bytes": 0, "first_ms": None, "last_ms": None,
+                              "max_gap_ms": 0, "max_gap_at_ms": None, "receives": [],
                               "connection": self.connections})
 
     def close_segment(self):
@@ -137,8 +141,12 @@ class Client:
             seg = self.segments[-1]
         if seg["first_ms"] is None:
             seg["first_ms"] = round(t, 1)
+        elif t - seg["last_ms"] > seg["max_gap_ms"]:
+            seg["max_gap_ms"] = round(t - seg["last_ms"], 1)
+            seg["max_gap_at_ms"] = seg["last_ms"]
         seg["last_ms"] = round(t, 1)
         seg["bytes"] += len(data)
+        seg["receives"].append([round(t, 1), len(data)])
         self.seg_file.write(data)
         self.last_rx_ms = t
 
@@ -277,7 +285,7 @@ class Client:
         self.disconnect("client exits")
         summary = {"segments": self.segments, "events": self.events,
                    "connections": self.connections, "fed_bytes": self.feed_pos,
-                   "first_byte_ms": self.first_byte_ms}
+                   "first_byte_ms": self.first_byte_ms, "t0_mono": T0}
         with open(self.args.summary or self.args.out + ".json", "w") as f:
             json.dump(summary, f, indent=1)
 

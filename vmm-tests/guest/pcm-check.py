@@ -14,6 +14,15 @@ Usage:
       followed by at most --max-tail zero bytes; with --to-end the piece must reach
       EXPECT's end; with --offset-ms, it must start within --tolerance-ms of that
       position in EXPECT.
+  pcm-check.py pieces EXPECT GOT --frame N [--min-bytes N] [--from-start] [--to-end]
+                 [--max-pieces N]
+      GOT (e.g. a capture of a fed signal across a VM pause) must be made only of zero
+      frames (silence, anywhere) and frame-aligned pieces of EXPECT in EXPECT's order:
+      each piece starts at or after the file offset where the previous one ended (bytes
+      of the file may be missing between pieces; none may come twice or out of order).
+      --min-bytes: the pieces hold at least that many of the file's bytes; --from-start:
+      the first piece is the file's start; --to-end: the last one reaches its end;
+      --max-pieces: at most that many pieces.
   pcm-check.py locate EXPECT HEXBYTES
       print where the bytes HEXBYTES (e.g. "0a 1b 2c ...") first occur in EXPECT.
 
@@ -22,6 +31,7 @@ line "pcm-check: ok: ..." or "pcm-check: FAIL: ..." (with the first differing by
 exit status 0 or 1.
 """
 import argparse
+import re
 import sys
 
 
@@ -133,9 +143,73 @@ def cmd_substring(args, expect, got):
           % (len(got), ms(args, len(got)), at, at + n, ms(args, at), len(got) - n))
 
 
+NONZERO = re.compile(b"[^\\x00]")
+
+
+def cmd_pieces(args, expect, got):
+    f = args.frame
+    if len(got) % f:
+        fail("%d bytes is not whole %d-byte frames" % (len(got), f))
+    pos, cursor, silence = 0, 0, 0
+    pieces = []  # (received offset, file offset, length)
+    while pos < len(got):
+        m = NONZERO.search(got, pos)
+        if m is None:
+            silence += len(got) - pos
+            break
+        start = m.start() - m.start() % f
+        silence += start - pos
+        pos = start
+        at = -1
+        for k in (256, 64, 16):
+            key = got[pos:pos + k]
+            at = expect.find(key, cursor)
+            while at >= 0 and at % f:
+                at = expect.find(key, at + 1)
+            if at >= 0:
+                break
+        if at < 0:
+            key = got[pos:pos + 16]
+            before = expect.find(key)
+            while 0 <= before and before % f:
+                before = expect.find(key, before + 1)
+            if 0 <= before < cursor:
+                fail("received bytes %d.. (%s ...) are the file's bytes at %d%s again, or out of order: "
+                     "the previous piece already reached file offset %d%s"
+                     % (pos, key.hex(" "), before, ms(args, before), cursor, ms(args, cursor)))
+            fail("received bytes %d..%d%s (%s ...) are neither silence nor any part of the file"
+                 % (pos, pos + len(key), ms(args, pos), key.hex(" ")))
+        n = min(len(got) - pos, len(expect) - at)
+        d = first_diff(got[pos:pos + n], expect[at:at + n])
+        if d >= 0:
+            n = d
+        n -= n % f
+        pieces.append((pos, at, n))
+        pos += n
+        cursor = at + n
+    found = sum(p[2] for p in pieces)
+    desc = "; ".join("received %d..%d = file %d..%d%s" % (r, r + n, a, a + n, ms(args, a)) for r, a, n in pieces)
+    summary = "%d bytes%s: %d bytes of silence and %d piece(s) of the file, %d of its %d bytes%s (%s)" % (
+        len(got), ms(args, len(got)), silence, len(pieces), found, len(expect), ms(args, found), desc or "none")
+    if not pieces:
+        fail("no byte of the file received: " + summary)
+    if args.from_start and pieces[0][1] != 0:
+        fail("the first piece starts at file offset %d%s, not at its start: %s"
+             % (pieces[0][1], ms(args, pieces[0][1]), summary))
+    if args.to_end and pieces[-1][1] + pieces[-1][2] != len(expect):
+        fail("the last piece ends at file offset %d, before its end (%d): %s"
+             % (pieces[-1][1] + pieces[-1][2], len(expect), summary))
+    if found < args.min_bytes:
+        fail("only %d of the file's bytes received, expected at least %d%s: %s"
+             % (found, args.min_bytes, ms(args, args.min_bytes), summary))
+    if args.max_pieces and len(pieces) > args.max_pieces:
+        fail("%d pieces, at most %d expected: %s" % (len(pieces), args.max_pieces, summary))
+    print("pcm-check: ok: " + summary)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=["exact", "prefix", "substring", "locate"])
+    p.add_argument("mode", choices=["exact", "prefix", "substring", "pieces", "locate"])
     p.add_argument("expect")
     p.add_argument("got")
     p.add_argument("--frame", type=int, default=1)
@@ -144,6 +218,8 @@ def main():
     p.add_argument("--max-tail", type=int, default=0)
     p.add_argument("--min-bytes", type=int, default=0)
     p.add_argument("--to-end", action="store_true")
+    p.add_argument("--from-start", action="store_true")
+    p.add_argument("--max-pieces", type=int, default=0)
     p.add_argument("--offset-ms", type=float)
     p.add_argument("--tolerance-ms", type=float, default=500)
     args = p.parse_args()
@@ -156,7 +232,8 @@ def main():
         got = open(args.got, "rb").read()
     except FileNotFoundError:
         fail("%s: nothing received (no such file)" % args.got)
-    {"exact": cmd_exact, "prefix": cmd_prefix, "substring": cmd_substring}[args.mode](args, expect, got)
+    {"exact": cmd_exact, "prefix": cmd_prefix, "substring": cmd_substring,
+     "pieces": cmd_pieces}[args.mode](args, expect, got)
 
 
 if __name__ == "__main__":

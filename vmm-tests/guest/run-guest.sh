@@ -19,6 +19,12 @@
 #   --device-opts OPTS  appended to the -device option, e.g. ",controls=on"
 #   --audiodev SPEC     with --reference: the QEMU audiodev (default "none"), e.g.
 #                       "wav,path=out.wav,out.frequency=48000,out.channels=2,out.format=s16"
+#   --boots N           the guest is to boot N times (default 1): N > 1 drops QEMU's
+#                       -no-reboot, so a reset (the guest's `reboot -f`, QMP system_reset)
+#                       boots it again; QEMU is stopped as soon as boot N+1 begins, and
+#                       the run fails unless the console shows exactly N boots (SeaBIOS
+#                       banners) and the last one printed PASS. VSOUND-INFO lines are then
+#                       echoed as "[boot K] ..."
 #   --verbose           drop "quiet" and copy the console to stderr while it runs
 #   -- ARGS...          more QEMU arguments
 # Environment: VSOUND_ACCEL=tcg|kvm (default: kvm only when /dev/kvm is usable and the CPU
@@ -48,7 +54,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 die2() { log "error: $*"; exit 2; }
 
 socket="" reference=0 case_file="" timeout=120 log_file="" append="" device_opts=""
-audiodev=none verbose=0
+audiodev=none verbose=0 boots=1
 data=() envs=() extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -62,6 +68,7 @@ while [[ $# -gt 0 ]]; do
         --append) append="$append ${2:?--append needs arguments}"; shift 2 ;;
         --device-opts) device_opts=${2:?--device-opts needs options}; shift 2 ;;
         --audiodev) audiodev=${2:?--audiodev needs a spec}; shift 2 ;;
+        --boots) boots=${2:?--boots needs a number}; shift 2 ;;
         --verbose) verbose=1; shift ;;
         --) shift; extra=("$@"); break ;;
         -h | --help) usage ;;
@@ -71,6 +78,7 @@ done
 [[ $reference == 1 || -n $socket ]] || { log "need --socket SOCK or --reference"; usage; }
 [[ $reference == 1 && -n $socket ]] && die2 "--socket and --reference exclude each other"
 [[ $timeout =~ ^[0-9]+$ && $timeout -ge 10 ]] || die2 "--timeout must be a whole number >= 10"
+[[ $boots =~ ^[1-9][0-9]*$ ]] || die2 "--boots must be a whole number >= 1"
 [[ -z $case_file || -f $case_file ]] || die2 "case script $case_file not found"
 for f in "${data[@]}"; do [[ -f $f ]] || die2 "data file $f not found"; done
 for e in "${envs[@]}"; do [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die2 "--env $e is not NAME=VALUE"; done
@@ -88,7 +96,7 @@ fi
 mkdir -p "$(dirname "$log_file")"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/vsound-guest.XXXXXX")
-qemu_pid="" tail_pid=""
+qemu_pid="" tail_pid="" watch_pid=""
 # shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
     # timeout(1) passes SIGTERM on to QEMU and SIGKILLs it after the grace period
@@ -96,10 +104,12 @@ cleanup() {
         kill -TERM "$qemu_pid" 2>/dev/null || true
         wait "$qemu_pid" 2>/dev/null || true
     fi
-    if [[ -n $tail_pid ]]; then
-        kill "$tail_pid" 2>/dev/null || true
-        wait "$tail_pid" 2>/dev/null || true
-    fi
+    local pid
+    for pid in "$tail_pid" "$watch_pid"; do
+        [[ -n $pid ]] || continue
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -161,9 +171,12 @@ cmdline="console=ttyS0 panic=-1 vsound.case_timeout_s=$case_timeout"
 [[ $verbose == 1 ]] || cmdline="$cmdline quiet"
 cmdline="$cmdline${append}"
 
+# One boot: a guest reset (reboot, triple fault, panic=-1) ends QEMU. More: it reboots.
+reboot_args=(-no-reboot)
+((boots == 1)) || reboot_args=()
 # shellcheck disable=SC2054 # commas inside QEMU option values
 qemu_cmd=("$QEMU" "${accel_args[@]}" -smp 1 -m 512M -machine pc
-    -nodefaults -no-user-config -nographic -serial stdio -no-reboot
+    -nodefaults -no-user-config -nographic -serial stdio "${reboot_args[@]}"
     -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem
     -kernel "$kernel" -initrd "$tmp/initrd" -append "$cmdline"
     "${snd_args[@]}" "${extra[@]}")
@@ -177,9 +190,30 @@ if [[ $verbose == 1 ]]; then
     tail -n +1 -f --pid="$qemu_pid" "$log_file" >&2 &
     tail_pid=$!
 fi
+# boots_in FILE: how many times the guest booted, by SeaBIOS's banner (each reset runs it)
+boots_in() { grep -a -c 'SeaBIOS (version' "$1" 2>/dev/null || true; }
+if ((boots > 1)); then
+    # Reboot loop guard: stop QEMU as soon as boot N+1 starts.
+    (
+        while kill -0 "$qemu_pid" 2>/dev/null; do
+            if (($(boots_in "$log_file") > boots)); then
+                touch "$tmp/too-many-boots"
+                kill -TERM "$qemu_pid" 2>/dev/null
+                exit 0
+            fi
+            sleep 0.2
+        done
+    ) &
+    watch_pid=$!
+fi
 rc=0
 wait "$qemu_pid" || rc=$?
 qemu_pid=""
+if [[ -n $watch_pid ]]; then
+    kill "$watch_pid" 2>/dev/null || true
+    wait "$watch_pid" 2>/dev/null || true
+    watch_pid=""
+fi
 if [[ -n $tail_pid ]]; then
     wait "$tail_pid" 2>/dev/null || true
     tail_pid=""
@@ -191,7 +225,15 @@ secs=$(printf '%d.%03d' $((elapsed / 1000)) $((elapsed % 1000)))
 clean=$tmp/clean.log
 sed -e 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1b[()][A-Za-z0-9]//g; s/\x1b[cDEHM78=>]//g; s/\r//g' "$log_file" >"$clean"
 result=$(grep -a -o 'VSOUND-RESULT: .*' "$clean" | tail -n 1) || true
-grep -a -o 'VSOUND-INFO: .*' "$clean" | sed 's/^VSOUND-INFO: /run-guest:   /' >&2 || true
+if ((boots == 1)); then
+    grep -a -o 'VSOUND-INFO: .*' "$clean" | sed 's/^VSOUND-INFO: /run-guest:   /' >&2 || true
+else
+    awk '/SeaBIOS \(version/ { b++ }
+        /VSOUND-INFO: / { sub(/.*VSOUND-INFO: /, ""); printf "run-guest:   [boot %d] %s\n", b, $0 }
+        /VSOUND-RESULT: / { sub(/.*VSOUND-RESULT: /, ""); printf "run-guest:   [boot %d] result: %s\n", b, $0 }' \
+        "$clean" >&2
+fi
+seen_boots=$(boots_in "$clean")
 
 # On failure: the last lines of the console without the dmesg dump, then the dump's tail.
 show_tail() {
@@ -205,9 +247,17 @@ show_tail() {
             tail -n 25 | sed 's/^/  | /' >&2
     fi
 }
-if [[ $result == "VSOUND-RESULT: PASS"* ]]; then
+if [[ -e $tmp/too-many-boots ]]; then
+    log "FAIL: the guest began boot $seen_boots, expected $boots boots (QEMU stopped) after $secs s"
+elif ((boots > 1 && seen_boots != boots)) && [[ $result == "VSOUND-RESULT: PASS"* ]]; then
+    log "FAIL: the guest booted $seen_boots times, expected $boots; its last result: ${result#VSOUND-RESULT: } (after $secs s)"
+elif [[ $result == "VSOUND-RESULT: PASS"* ]]; then
+    ((boots == 1)) || log "the guest booted $seen_boots times, as expected"
     log "PASS in $secs s"
     exit 0
+elif ((boots > 1 && seen_boots != boots)) && [[ -n $result ]]; then
+    reason=${result#VSOUND-RESULT: }
+    log "FAIL: ${reason#FAIL } (in boot $seen_boots of $boots, after $secs s)"
 elif [[ -n $result ]]; then
     reason=${result#VSOUND-RESULT: }
     log "FAIL: ${reason#FAIL } (after $secs s)"

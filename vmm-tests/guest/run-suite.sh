@@ -15,10 +15,12 @@
 # Cases (each documented above its case_ function below): default-play-record,
 # pad-playback-s16, pad-playback-s32-mono, pad-playback-float-6ch, pad-capture,
 # alsa-file, two-groups, vmm-restart, driver-reload, hot-remove-silence,
-# hot-remove-error, jacks.
+# hot-remove-error, jacks, pause-resume-playback, pause-resume-capture,
+# system-reset-playback, reboot-playback.
 # Host-side helpers: pad-client.py (records/feeds a pad, reacts to the guest console),
-# pcm-check.py (compares received PCM with the file played). The test signals are made
-# once per run with sox (-R: the same bytes every time) in the work folder.
+# pcm-check.py (compares received PCM with the file played), qmp.py (QEMU's monitor:
+# pause, resume, reset the VM). The test signals are made once per run with sox (-R: the
+# same bytes every time) in the work folder.
 #
 # Environment: VSOUND_BIN; VSOUND_GUEST_CASES_PENDING=1 also runs cases listed in
 # PENDING_CASES (none now); VSOUND_SUITE_KEEP=1 keeps the work
@@ -36,7 +38,7 @@ done
 WORK=$(mktemp -d /tmp/vsound-suite.XXXXXX)
 DATA=$WORK/data
 DAEMON_PID=
-GUEST_CMD=()
+GUEST_CMD=() GUEST_PID= QMP_OPTS=()
 BG_PIDS=()     # pad clients and background guests of the current case
 CASE_NAME='' CDIR='' OUT=''
 
@@ -148,16 +150,63 @@ guest_cmd() {
         --log "$CDIR/$log.log" --timeout 120 --append "vsound.check_dmesg=1 vsound.dump_dmesg=1" "$@")
 }
 guest() {
-    local pid rc=0
-    guest_cmd "$@"
     # In the background and waited for, so that a TERM or INT to the suite is handled at
     # once (the EXIT trap then stops run-guest, which stops its QEMU).
+    guest_bg "$@"
+    guest_wait
+}
+# guest_bg LOG CASE_SCRIPT [run-guest options...]: the same, in the background (while
+# the case drives it, e.g. with qmp); guest_wait then waits for it, with its status
+guest_bg() {
+    guest_cmd "$@"
     "${GUEST_CMD[@]}" >>"$OUT" 2>&1 &
-    pid=$!
-    BG_PIDS+=("$pid")
-    wait "$pid" || rc=$?
-    forget_pid "$pid"
+    GUEST_PID=$!
+    BG_PIDS+=("$GUEST_PID")
+}
+guest_wait() {
+    local rc=0
+    wait "$GUEST_PID" || rc=$?
+    forget_pid "$GUEST_PID" # reaped: never signal that pid again
+    GUEST_PID=
     return $rc
+}
+
+# qmp_opts: the QEMU options (after run-guest's "--") for a QMP socket in the case's
+# folder, into QMP_OPTS; qmp STEP...: qmp.py's steps on it (see qmp.py), its lines into
+# the output
+qmp_opts() { QMP_OPTS=(-qmp "unix:$CDIR/qmp.sock,server=on,wait=off"); }
+qmp() {
+    local rc=0
+    python3 "$HERE/qmp.py" --socket "$CDIR/qmp.sock" --times "$CDIR/qmp-times.json" "$@" >"$CDIR/qmp.out" 2>&1 ||
+        rc=$?
+    cat "$CDIR/qmp.out" >>"$CDIR/qmp.log"
+    sed 's/^/    /' "$CDIR/qmp.out" >>"$OUT"
+    ((rc == 0)) || bad "QMP steps '$*' failed: $(grep -m1 'FAIL' "$CDIR/qmp.out")"
+}
+
+# around_pause NAME N: how many bytes segment N of pad client NAME received before QMP
+# stop, while paused, and after cont (the times qmp saved)
+around_pause() {
+    python3 - "$CDIR/$1.json" "$2" "$CDIR/qmp-times.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+seg = c["segments"][int(sys.argv[2])]
+t = json.load(open(sys.argv[3]))
+stop = (t["stop"] - c["t0_mono"]) * 1000
+cont = (t["cont"] - c["t0_mono"]) * 1000
+b = [sum(n for ms, n in seg["receives"] if ms < stop),
+     sum(n for ms, n in seg["receives"] if stop <= ms < cont),
+     sum(n for ms, n in seg["receives"] if ms >= cont)]
+first = seg["first_ms"] if seg["first_ms"] is not None else stop
+print("%d bytes in the %.0f ms before the stop, %d while paused (%.0f ms), %d after cont"
+      % (b[0], stop - first, b[1], cont - stop, b[2]))
+PY
+}
+
+# seg_json NAME N FIELD: FIELD of segment N in the pad client NAME's summary
+seg_json() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["segments"][int(sys.argv[2])][sys.argv[3]])' \
+        "$CDIR/$1.json" "$2" "$3"
 }
 
 # wait_for_text FILE TEXT SECS: until FILE has a line with TEXT
@@ -216,22 +265,28 @@ make_data() {
     mkdir -p "$DATA"
     gen s16 2 48000 2 signed-integer 16 sine 440 sine 663
     gen s16b 2 48000 2 signed-integer 16 sine 1000 square 220
+    gen s16-1s 1 48000 2 signed-integer 16 sine 880 sine 1320
     gen s16-6s 6 48000 2 signed-integer 16 sine 550 sine 770
     gen s16-10s 10 48000 2 signed-integer 16 sine 330 sine 495
     gen s32m 1.5 44100 1 signed-integer 32 sine 523
     gen f6 1 96000 6 floating-point 32 sine 200 sine 300 sine 400 sine 500 sine 600 sine 700
-    # The capture pattern: a sweep and noise, raw; its first frame must not be silence
-    # (the guest finds it after leading silence by its first non-zero byte).
+    # The capture patterns (2 s; 3 s for pause-resume-capture): a sweep and noise, raw;
+    # the first frame must not be silence (the guest finds it after leading silence by
+    # its first non-zero byte).
     gen pattern 2 48000 2 signed-integer 16 sine 300-3000 sine 3000-300
-    mv "$DATA/pattern.raw" "$DATA/pattern.raw.tmp"
-    python3 - "$DATA/pattern.raw.tmp" "$DATA/pattern.raw" <<'PY'
+    gen pattern3 3 48000 2 signed-integer 16 sine 200-4000 sine 4000-200
+    local p
+    for p in pattern pattern3; do
+        mv "$DATA/$p.raw" "$DATA/$p.raw.tmp"
+        python3 - "$DATA/$p.raw.tmp" "$DATA/$p.raw" <<'PY'
 import sys
 d = bytearray(open(sys.argv[1], "rb").read())
 if not any(d[:4]):
     d[0:4] = b"\x01\x00\x01\x00"
 open(sys.argv[2], "wb").write(d)
 PY
-    rm -f "$DATA/pattern.raw.tmp" "$DATA/pattern.wav"
+        rm -f "$DATA/$p.raw.tmp" "$DATA/$p.wav"
+    done
 }
 
 # --- cases -----------------------------------------------------------------------------
@@ -434,6 +489,148 @@ case_driver_reload() {
     return $ok
 }
 
+# --- VM lifecycle: pause/resume, reset, reboot ------------------------------------------
+# The guest's device by its card name (virtio_snd calls its card "SoundCard").
+LIFE_DEV=hw:CARD=SoundCard,DEV=0
+PAUSE_MS=1500 # how long the VM stays paused
+
+# pause_vm SECS_IN: SECS_IN s from now, pause the VM with QMP stop for PAUSE_MS, then
+# cont; checks that QEMU reports the VM paused (status and STOP event) and running again
+pause_vm() {
+    sleep "$1"
+    say "    pausing the VM for $PAUSE_MS ms"
+    qmp status=running stop event=STOP@5 status=paused \
+        "sleep=$(awk -v ms="$PAUSE_MS" 'BEGIN { printf "%.3f", ms / 1000 }')" status=paused \
+        cont event=RESUME@5 status=running
+}
+
+# 9a. Pause/resume during playback: 2 s into a 6 s aplay on the card's name
+#     (hw:CARD=SoundCard,DEV=0) onto a pad, QMP stop pauses the VM (vhost-user stops the
+#     rings: GET_VRING_BASE) for 1.5 s, then cont resumes it (SET_FEATURES, SET_VRING_*
+#     again). The guest's clock stands still meanwhile, so aplay must still exit 0 in
+#     real time by the guest's clock (vsound_play), dmesg must show no "timeout" /
+#     "failed to flush", and the pad client must receive the file's PCM exactly: in
+#     order, nothing lost, nothing twice, no silence inserted (a pad sends only what the
+#     guest played), at most the last period's silence after it. That the VM really
+#     stopped: QMP's status and events, and the pad's bytes spanning at least the file's
+#     length plus half the pause in host time (the longest gap is printed too).
+case_pause_resume_playback() {
+    local ok=0 file=s16-6s ms=6000 span gap
+    start_daemon "$(config pad-out.toml)" || return 1
+    start_client rx pad0 || return 1
+    qmp_opts
+    guest_bg guest pcm-io.sh --data "$DATA/$file.wav" --env "PLAY=$LIFE_DEV@/data/$file.wav@$ms" \
+        -- "${QMP_OPTS[@]}"
+    wait_for_text "$CDIR/guest.log" "VSOUND-INFO: start $LIFE_DEV" 60 || return 1
+    pause_vm 2 || return 1
+    guest_wait || ok=1
+    kill_bg
+    segments rx 1 || return 1
+    span=$(python3 -c 'import sys; print(int(float(sys.argv[2]) - float(sys.argv[1])))' \
+        "$(seg_json rx 0 first_ms)" "$(seg_json rx 0 last_ms)" 2>/dev/null) || span=0
+    gap=$(seg_json rx 0 max_gap_ms)
+    say "    the pad client got $(seg_json rx 0 bytes) bytes over $span ms of host time (file $ms ms," \
+        "paused $PAUSE_MS ms); longest gap $gap ms, at $(seg_json rx 0 max_gap_at_ms) ms"
+    say "    pad bytes: $(around_pause rx 0)"
+    pcm exact "$DATA/$file.raw" "$CDIR/rx.0" --frame 4 --rate 192000 \
+        --max-tail "$(period_bytes guest "$LIFE_DEV" "/data/$file.wav" 4)" || return 1
+    # All of it came: then it must have taken the pause longer in host time (the guest
+    # played in real time by its clock, which stood still while paused).
+    ((span >= ms + PAUSE_MS / 2)) ||
+        bad "the file reached the pad within $span ms of host time, less than $ms + $PAUSE_MS / 2 ms:" \
+            "the VM was not paused, or the daemon caught up on the pause" || ok=1
+    return $ok
+}
+
+# 9b. Pause/resume during capture: the guest records 4 s (arecord, raw) from a pad while
+#     the pad client feeds it a 3 s pattern in real time (from "capture running" on, 180 ms
+#     ahead); 1 s into the recording the VM is paused for 1.5 s. The feeding goes on in
+#     host time, like a microphone, and the pad keeps only the newest part of what came in
+#     meanwhile (its ring: at least the guest's buffer, drops the oldest frames when
+#     full), so part of the pattern is honestly lost. Checked: arecord exits 0 after 4 s
+#     of guest time with exactly 4 s of bytes, no dmesg timeout; the recording (passed to
+#     the host through a virtio-serial port, md5 checked) is silence and pieces of the
+#     pattern in order (pcm-check pieces): it starts with the pattern's start, nothing
+#     comes twice or out of order, nothing that is not the pattern or silence, the last
+#     piece reaches the pattern's end, and at least 1 s of the pattern is there (3 s fed,
+#     at most pause + 0.5 s lost).
+case_pause_resume_capture() {
+    local ok=0 secs=4 want got
+    start_daemon "$(config pad-in.toml)" || return 1
+    start_client tx pad0 --feed "$DATA/pattern3.raw" --feed-rate 192000 --feed-align 4 \
+        --lead-ms 180 --watch "$CDIR/guest.log" --when "VSOUND-INFO: capture running:feed" || return 1
+    qmp_opts
+    guest_bg guest capture-dump.sh --env "CAPTURE_DUMP=$LIFE_DEV@$secs" -- "${QMP_OPTS[@]}" \
+        -device virtio-serial-pci,id=vser0 -chardev "file,id=capdump,path=$CDIR/capture.raw" \
+        -device virtserialport,bus=vser0.0,chardev=capdump,name=vsound.capture
+    wait_for_text "$CDIR/guest.log" "VSOUND-INFO: capture running" 60 || return 1
+    pause_vm 1 || return 1
+    guest_wait || ok=1
+    kill_bg
+    say "    host fed $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["fed_bytes"])' "$CDIR/tx.json") bytes"
+    # (also when the guest failed: the guest sends what it recorded before its checks)
+    want=$(tr -d '\r' <"$CDIR/guest.log" | grep -a -o 'VSOUND-INFO: capture dump: .*md5 [0-9a-f]*' | awk '{ print $NF }')
+    [[ -n $want ]] || bad "the guest sent no recording" || return 1
+    got=$(md5sum <"$CDIR/capture.raw" | cut -d' ' -f1)
+    [[ $got == "$want" ]] ||
+        bad "the recording on the host (md5 $got, $(stat -c %s "$CDIR/capture.raw") bytes) is not the guest's (md5 $want)" ||
+        return 1
+    pcm pieces "$DATA/pattern3.raw" "$CDIR/capture.raw" --frame 4 --rate 192000 \
+        --from-start --to-end --min-bytes 192000 || ok=1
+    return $ok
+}
+
+# 9c. System reset during playback: 2 s into a 6 s aplay (boot 1) the host resets the VM
+#     with QMP system_reset (QEMU runs without -no-reboot for this case: run-guest.sh
+#     --boots 2); the kernel boots again, the driver probes the device again, and a 1 s
+#     aplay (boot 2) exits 0 in real time with no "timeout" in that boot's dmesg. The pad
+#     client got a prefix of the 6 s file (at least 1.5 s) from boot 1 and the 1 s file
+#     exactly from boot 2 (a new segment at boot 2's "split"). The guest tells its boots
+#     apart by a CMOS byte (cases/reboot.sh); run-guest.sh counts them on the console.
+case_system_reset_playback() {
+    local ok=0 period
+    start_daemon "$(config pad-out.toml)" || return 1
+    start_client rx pad0 --watch "$CDIR/guest.log" --split-on "VSOUND-INFO: split" || return 1
+    qmp_opts
+    guest_bg guest reboot.sh --boots 2 --data "$DATA/s16-6s.wav" --data "$DATA/s16-1s.wav" --env REBOOT_HOW=host \
+        --env "REBOOT_PLAY_1=$LIFE_DEV@/data/s16-6s.wav@6000" --env "REBOOT_PLAY_2=$LIFE_DEV@/data/s16-1s.wav@1000" \
+        -- "${QMP_OPTS[@]}"
+    wait_for_text "$CDIR/guest.log" "VSOUND-INFO: start $LIFE_DEV /data/s16-6s.wav" 60 || return 1
+    sleep 2
+    grep -a -q "VSOUND-INFO: play $LIFE_DEV /data/s16-6s.wav" "$CDIR/guest.log" &&
+        { bad "boot 1's playback ended before the reset"; return 1; }
+    say "    resetting the VM (QMP system_reset), 2 s into boot 1's playback"
+    qmp status=running system_reset event=RESET@5 status=running || return 1
+    guest_wait || ok=1
+    kill_bg
+    segments rx 2 || return 1
+    period=$(period_bytes guest "$LIFE_DEV" /data/s16-1s.wav 4)
+    pcm prefix "$DATA/s16-6s.raw" "$CDIR/rx.0" --frame 4 --rate 192000 --min-bytes 288000 || ok=1
+    pcm exact "$DATA/s16-1s.raw" "$CDIR/rx.1" --frame 4 --rate 192000 --max-tail "$period" || ok=1
+    return $ok
+}
+
+# 9d. Guest reboot: the guest plays 2 s (exit 0 in real time, no dmesg timeout), then
+#     reboots itself with busybox `reboot -f` (run-guest.sh --boots 2: the kernel's
+#     device shutdown, then a reset), boots again and plays 1 s (exit 0 in real time, no
+#     "timeout" in that boot's dmesg); the pad client gets each file exactly (a new
+#     segment at boot 2's "split").
+case_reboot_playback() {
+    local ok=0
+    start_daemon "$(config pad-out.toml)" || return 1
+    start_client rx pad0 --watch "$CDIR/guest.log" --split-on "VSOUND-INFO: split" || return 1
+    guest guest reboot.sh --boots 2 --data "$DATA/s16.wav" --data "$DATA/s16-1s.wav" --env REBOOT_HOW=self \
+        --env "REBOOT_PLAY_1=$LIFE_DEV@/data/s16.wav@2000" --env "REBOOT_PLAY_2=$LIFE_DEV@/data/s16-1s.wav@1000" ||
+        ok=1
+    kill_bg
+    segments rx 2 || return 1
+    pcm exact "$DATA/s16.raw" "$CDIR/rx.0" --frame 4 --rate 192000 \
+        --max-tail "$(period_bytes guest "$LIFE_DEV" /data/s16.wav 4)" || ok=1
+    pcm exact "$DATA/s16-1s.raw" "$CDIR/rx.1" --frame 4 --rate 192000 \
+        --max-tail "$(period_bytes guest "$LIFE_DEV" /data/s16-1s.wav 4)" || ok=1
+    return $ok
+}
+
 # --- runner ----------------------------------------------------------------------------
 CASES=(
     default-play-record
@@ -448,6 +645,10 @@ CASES=(
     hot-remove-silence
     hot-remove-error
     jacks
+    pause-resume-playback
+    pause-resume-capture
+    system-reset-playback
+    reboot-playback
 )
 # Cases that need daemon work still in progress (none now).
 PENDING_CASES=()
