@@ -157,6 +157,12 @@ fn status(state: &DaemonState) -> Value {
         .devices
         .iter()
         .map(|d| {
+            let counters: serde_json::Map<String, Value> = d
+                .dev
+                .counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
             json!({
                 "name": d.name,
                 "kind": d.kind(),
@@ -164,6 +170,7 @@ fn status(state: &DaemonState) -> Value {
                 "operator_detached": d.admin_detached(),
                 "since": d.since(),
                 "removals": d.removals(),
+                "counters": counters,
             })
         })
         .collect();

@@ -91,6 +91,9 @@ pub fn run() -> ExitCode {
         }
         Some(Command::CheckConfig { file }) => match Config::from_file(&file) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: OK ({} streams, {} devices)",
                     file.display(),
@@ -153,6 +156,9 @@ fn run_daemon(args: RunArgs) -> ExitCode {
         (None, Some(p), _) | (None, None, Some(p)) => SocketSpec::Path(p.clone()),
         (None, None, None) => SocketSpec::Path(PathBuf::from("/tmp/vsound.sock")),
     };
+    for w in &config.warnings {
+        log::warn!("{w}");
+    }
     let api = args.api_socket.as_deref().or(config.api_socket.as_deref());
     match daemon::run(&config, &socket, api, args.max_connections) {
         Ok(()) => ExitCode::SUCCESS,

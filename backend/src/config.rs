@@ -122,6 +122,9 @@ pub struct Config {
     pub api_socket: Option<PathBuf>,
     pub devices: Vec<DeviceConfig>,
     pub streams: Vec<StreamConfig>,
+    /// Things that work but may surprise (printed by `check-config`,
+    /// logged by the daemon).
+    pub warnings: Vec<String>,
 }
 
 const DEFAULT_FORMATS: [Format; 1] = [Format::S16];
@@ -249,7 +252,9 @@ impl Config {
         }
 
         let mut streams = Vec::new();
+        let mut stream_spans = Vec::new();
         for (id, s) in raw.streams.into_iter().enumerate() {
+            stream_spans.push(s.span());
             let s = s.into_inner();
             let key = |k: &str| format!("streams[{id}].{k}");
             let device = devices
@@ -378,13 +383,86 @@ impl Config {
             });
         }
 
+        let warnings = check_pads(&ctx, &devices, &streams, &stream_spans)?;
         Ok(Config {
             socket: raw.daemon.socket,
             api_socket: raw.daemon.api_socket,
             devices,
             streams,
+            warnings,
         })
     }
+}
+
+/// A pad carries one stream per direction (two would need mixing), and a
+/// raw one (no WAV header to announce the format; capture is always raw)
+/// one format: its client cannot tell formats apart. Returns the warnings
+/// for raw pads that allow format changes.
+fn check_pads(
+    ctx: &Ctx<'_>,
+    devices: &[DeviceConfig],
+    streams: &[StreamConfig],
+    spans: &[Range<usize>],
+) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    for (di, d) in devices.iter().enumerate().filter(|(_, d)| d.kind == "pad") {
+        let wav = d.options.get("header").and_then(toml::Value::as_str) == Some("wav");
+        let allow = d
+            .options
+            .get("allow_format_changes")
+            .and_then(toml::Value::as_bool)
+            == Some(true);
+        for dir in [Direction::Output, Direction::Input] {
+            let mut first: Option<usize> = None;
+            for (id, sc) in streams.iter().enumerate() {
+                if sc.device != di || sc.direction != dir {
+                    continue;
+                }
+                let span = spans.get(id).cloned();
+                let key = format!("streams[{id}].device");
+                if let Some(f) = first {
+                    return Err(ctx.err(
+                        span,
+                        &key,
+                        format!(
+                            "pad `{}` already carries stream {f}'s {}; a pad takes one stream per direction (give this stream its own pad)",
+                            d.name,
+                            dir.name()
+                        ),
+                    ));
+                }
+                first = Some(id);
+                let raw = dir == Direction::Input || !wav;
+                let several = sc.formats.len() > 1
+                    || sc.rates.len() > 1
+                    || sc.channels_min != sc.channels_max;
+                if !raw || !several {
+                    continue;
+                }
+                let what = format!(
+                    "stream {id} ({}) on raw pad `{}` offers {} format(s), {} rate(s) and {}..{} channels; the pad's client gets bare PCM and cannot tell which the guest picked",
+                    dir.name(),
+                    d.name,
+                    sc.formats.len(),
+                    sc.rates.len(),
+                    sc.channels_min,
+                    sc.channels_max
+                );
+                if allow {
+                    warnings.push(format!("{}: {what}", ctx.file));
+                } else {
+                    return Err(ctx.err(
+                        span,
+                        &format!("streams[{id}]"),
+                        format!(
+                            "{what}: offer one format, one rate and one channel count, use header = \"wav\" (playback), or set allow_format_changes = true on the pad"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(warnings)
 }
 
 #[cfg(test)]

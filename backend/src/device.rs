@@ -198,7 +198,10 @@ impl SoundDevice {
         let now = now_ns();
         let mut busy = false;
         for s in &self.streams {
-            busy |= s.host_call_age(now).is_some() || s.lock().state == PcmState::Started;
+            // A stream parked on a stopped ring (a paused VM) makes no host
+            // call: the watchdog idles.
+            busy |= s.host_call_age(now).is_some()
+                || (s.lock().state == PcmState::Started && !s.ring_stopped());
             if s.host_call_age(now).is_some_and(|age| age > HANG_NS) {
                 log::warn!(
                     "stream {}: a call into device {} hung for over {} ms; treating it as removed",

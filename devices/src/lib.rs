@@ -94,6 +94,12 @@ pub trait HostDevice: Send + Sync {
 
     /// Opens a capture source for a stream's negotiated parameters.
     fn open_capture(&self, params: &StreamParams) -> Result<Box<dyn CaptureSource>, DeviceError>;
+
+    /// What the device counts (drops, overflows, underruns, clients...),
+    /// as (name, value) pairs, for `vsound ctl status`.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Where a playback stream's frames go. Dropping it closes it.

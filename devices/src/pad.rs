@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -70,6 +70,15 @@ const WAV_HEADER_LEN: usize = 44;
 /// Pause after an `accept` error other than "nothing pending" (EMFILE...),
 /// so a listening socket that stays readable does not spin the thread.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// What a `capture = "pipe"` pad reads ahead of the guest (on top of the
+/// socket's own buffer): about 1.4 s of 48 kHz S16 stereo.
+const INBOX_BYTES: u64 = 256 * 1024;
+/// `fill = "silence"`: silence is sent up to this long before now, so that
+/// a playback write that is a little late is not preceded by silence that
+/// overlaps it.
+const FILL_SLACK: Duration = Duration::from_millis(20);
+/// How often the pad thread tops up the silence.
+const FILL_TICK: Duration = Duration::from_millis(10);
 
 /// What a pad sends its client ahead of playback frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -82,6 +91,33 @@ pub enum Header {
     Wav,
 }
 
+/// How a pad takes the capture input its client writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Like a pipe: every byte the client writes reaches the guest, in
+    /// order; the pad reads only as fast as the guest records, so a writer
+    /// that is ahead blocks; what it wrote before closing is still recorded.
+    #[default]
+    Pipe,
+    /// For live sources (a microphone): never block the writer, keep the
+    /// newest frames when the guest is behind, discard while nothing
+    /// records.
+    Live,
+}
+
+/// What a pad sends its client while the guest plays nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fill {
+    /// Nothing: the client gets the guest's frames only.
+    #[default]
+    None,
+    /// Silence in the last playback stream's format, in real time, so the
+    /// client's timeline is the guest's (a 1 s gap stays a 1 s gap).
+    Silence,
+}
+
 /// Options of a `kind = "pad"` device.
 ///
 /// ```toml
@@ -90,6 +126,9 @@ pub enum Header {
 /// path = "/tmp/vsound-pad0.sock"   # required
 /// mode = "0660"                    # or 0o660; default 0600
 /// header = "wav"                   # "raw" (default) | "wav"
+/// capture = "live"                 # "pipe" (default) | "live"
+/// fill = "silence"                 # "none" (default) | "silence"
+/// allow_format_changes = true      # raw pads: see `vsound check-config`
 /// ```
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +139,14 @@ pub struct PadOptions {
     mode: u32,
     #[serde(default)]
     header: Header,
+    #[serde(default)]
+    capture: CaptureMode,
+    #[serde(default)]
+    fill: Fill,
+    /// Read by the config check (a raw pad whose stream offers several
+    /// formats): the pad itself needs nothing.
+    #[serde(default)]
+    allow_format_changes: bool,
 }
 
 impl PadOptions {
@@ -116,6 +163,22 @@ impl PadOptions {
     /// What playback starts with.
     pub fn header(&self) -> Header {
         self.header
+    }
+
+    /// How capture input is taken.
+    pub fn capture(&self) -> CaptureMode {
+        self.capture
+    }
+
+    /// What the client gets while the guest plays nothing.
+    pub fn fill(&self) -> Fill {
+        self.fill
+    }
+
+    /// A raw pad may carry streams of several formats (`check-config` warns
+    /// instead of refusing).
+    pub fn allow_format_changes(&self) -> bool {
+        self.allow_format_changes
     }
 }
 
@@ -251,6 +314,9 @@ pub struct PadStats {
     pub capture_underruns: u64,
     /// Silence bytes handed to sources (with or without a client).
     pub capture_silence_bytes: u64,
+    /// Silence bytes sent to the client while the guest played nothing
+    /// (`fill = "silence"`).
+    pub playback_fill_bytes: u64,
 }
 
 #[derive(Default)]
@@ -266,6 +332,7 @@ struct Counters {
     capture_dropped_bytes: AtomicU64,
     capture_underruns: AtomicU64,
     capture_silence_bytes: AtomicU64,
+    playback_fill_bytes: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -288,6 +355,7 @@ impl Counters {
             capture_dropped_bytes: get(&self.capture_dropped_bytes),
             capture_underruns: get(&self.capture_underruns),
             capture_silence_bytes: get(&self.capture_silence_bytes),
+            playback_fill_bytes: get(&self.playback_fill_bytes),
         }
     }
 }
@@ -544,11 +612,14 @@ fn send_nonblocking(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
-fn poll(fds: &mut [libc::pollfd]) -> io::Result<()> {
+fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
     let n = libc::nfds_t::try_from(fds.len()).unwrap_or(0);
+    let ms = timeout.map_or(-1, |t| {
+        libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX)
+    });
     // SAFETY: `fds` is an exclusively borrowed array of `n` pollfd structs,
     // valid for the whole call.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), n, -1) };
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), n, ms) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -591,12 +662,58 @@ struct State {
     /// Bytes the client wrote since it connected: positions capture frames.
     client_in: u64,
     playback: Option<Playback>,
+    /// `capture = "live"`: the open capture stream's ring.
     capture: Option<Ring>,
+    /// `capture = "pipe"`: what the client wrote and the guest has not
+    /// recorded yet (per connection, whether a capture stream is open or
+    /// not; byte-granular).
+    inbox: Option<Ring>,
+    /// The frame size of the open capture stream (pipe mode pops whole
+    /// frames).
+    capture_frame: Option<u32>,
+    /// The client's input is over (EOF).
+    input_done: bool,
+    /// The client can no longer take playback (hung up, or a write failed).
+    output_closed: bool,
+    /// The WAV header last sent on this connection.
+    last_header: Option<[u8; WAV_HEADER_LEN]>,
+    /// `fill = "silence"`: the format and time the client has been sent.
+    fill: Option<FillClock>,
+}
+
+/// `fill = "silence"`: what to send while the guest plays nothing.
+struct FillClock {
+    format: Format,
+    frame: u64,
+    bytes_per_second: u64,
+    header: Option<[u8; WAV_HEADER_LEN]>,
+    /// The client's timeline: what it was sent (frames or silence) lasts
+    /// until then.
+    covered_until: Instant,
+}
+
+impl FillClock {
+    fn duration_of(&self, bytes: u64) -> Duration {
+        let ns = u128::from(bytes) * 1_000_000_000 / u128::from(self.bytes_per_second.max(1));
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+
+    fn bytes_in(&self, d: Duration) -> u64 {
+        let b = d.as_nanos() * u128::from(self.bytes_per_second) / 1_000_000_000;
+        round_down(u64::try_from(b).unwrap_or(u64::MAX), self.frame.max(1))
+    }
+
+    /// Frames of `bytes` are sent now.
+    fn cover(&mut self, now: Instant, bytes: u64) {
+        self.covered_until = self.covered_until.max(now) + self.duration_of(bytes);
+    }
 }
 
 struct Shared {
     name: String,
     header: Header,
+    capture_mode: CaptureMode,
+    fill: Fill,
     state: Mutex<State>,
     listener: Mutex<Option<Arc<dyn DeviceListener>>>,
     /// Mirrors `State::connected` for lock-free `is_attached`.
@@ -721,11 +838,19 @@ impl PadDevice {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             header: opts.header,
+            capture_mode: opts.capture,
+            fill: opts.fill,
             state: Mutex::new(State {
                 connected: false,
                 client_in: 0,
                 playback: None,
                 capture: None,
+                inbox: None,
+                capture_frame: None,
+                input_done: false,
+                output_closed: false,
+                last_header: None,
+                fill: None,
             }),
             listener: Mutex::new(None),
             attached: AtomicBool::new(false),
@@ -792,6 +917,25 @@ impl HostDevice for PadDevice {
         *lock(&self.shared.listener) = Some(listener);
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("client_connected", u64::from(s.attached)),
+            ("clients", s.clients),
+            ("refused", s.refused),
+            ("playback_bytes", s.playback_bytes),
+            ("playback_overflows", s.playback_overflows),
+            ("playback_dropped_bytes", s.playback_dropped_bytes),
+            ("playback_discarded_bytes", s.playback_discarded_bytes),
+            ("playback_fill_bytes", s.playback_fill_bytes),
+            ("capture_bytes", s.capture_bytes),
+            ("capture_overflows", s.capture_overflows),
+            ("capture_dropped_bytes", s.capture_dropped_bytes),
+            ("capture_underruns", s.capture_underruns),
+            ("capture_silence_bytes", s.capture_silence_bytes),
+        ]
+    }
+
     fn check_params(&self, dir: StreamDirection, params: &StreamParams) -> Result<(), DeviceError> {
         if params.channels == 0 {
             return Err(DeviceError::Unsupported("zero channels".into()));
@@ -823,13 +967,39 @@ impl HostDevice for PadDevice {
                 self.shared.name
             )));
         }
-        let header_pending = st.connected && header.is_some();
+        // A new header only when the client has not been told this format
+        // (a stream restarted with the same parameters goes on in the same
+        // WAV stream).
+        let header_pending = st.connected && header.is_some() && header != st.last_header;
         st.playback = Some(Playback {
             ring,
             header,
             header_pending,
         });
+        if self.shared.fill == Fill::Silence {
+            let now = Instant::now();
+            let covered_until = st.fill.as_ref().map_or(now, |f| f.covered_until);
+            st.fill = Some(FillClock {
+                format: params.format,
+                frame: u64::from(params.frame_bytes()),
+                bytes_per_second: params.bytes_per_second(),
+                header,
+                covered_until,
+            });
+        }
         drop(st);
+        log::info!(
+            "pad {}: playback stream {} {} Hz {} ch{}",
+            self.shared.name,
+            params.format,
+            params.rate,
+            params.channels,
+            if header_pending {
+                ", new WAV header"
+            } else {
+                ""
+            }
+        );
         if header_pending {
             self.shared.wake.signal();
         }
@@ -840,22 +1010,40 @@ impl HostDevice for PadDevice {
 
     fn open_capture(&self, params: &StreamParams) -> Result<Box<dyn CaptureSource>, DeviceError> {
         self.check_params(StreamDirection::Capture, params)?;
-        let mut ring = Ring::new(ring_bytes(params), params.frame_bytes())?;
+        let live = self.shared.capture_mode == CaptureMode::Live;
+        let ring = match live {
+            true => Some(Ring::new(ring_bytes(params), params.frame_bytes())?),
+            false => None,
+        };
         let mut st = lock(&self.shared.state);
-        if st.capture.is_some() {
+        if st.capture_frame.is_some() {
             return Err(DeviceError::Unsupported(format!(
                 "pad {} already has a capture stream open",
                 self.shared.name
             )));
         }
-        // Mid-connection, the first frame starts at the client's next frame
-        // boundary.
-        ring.reset_at(st.client_in);
-        st.capture = Some(ring);
+        if let Some(mut ring) = ring {
+            // Mid-connection, the first frame starts at the client's next
+            // frame boundary.
+            ring.reset_at(st.client_in);
+            st.capture = Some(ring);
+        }
+        st.capture_frame = Some(params.frame_bytes());
         drop(st);
+        log::info!(
+            "pad {}: capture stream {} {} Hz {} ch ({})",
+            self.shared.name,
+            params.format,
+            params.rate,
+            params.channels,
+            if live { "live" } else { "pipe" }
+        );
+        // A pipe pad may have been waiting with a full inbox.
+        self.shared.wake.signal();
         Ok(Box::new(PadSource {
             shared: Arc::clone(&self.shared),
             format: params.format,
+            frame: params.frame_bytes(),
         }))
     }
 }
@@ -874,7 +1062,9 @@ impl PlaybackSink for PadSink {
         let shared = &*self.shared;
         let mut st = lock(&shared.state);
         let connected = st.connected;
-        let Some(pb) = st.playback.as_mut() else {
+        let output_closed = st.output_closed;
+        let State { playback, fill, .. } = &mut *st;
+        let Some(pb) = playback.as_mut() else {
             return Err(DeviceError::Gone);
         };
         let len = frames.len() as u64;
@@ -884,9 +1074,19 @@ impl PlaybackSink for PadSink {
             bump(&shared.counters.playback_discarded_bytes, len);
             return Err(DeviceError::Gone);
         }
+        if output_closed {
+            // The client hung up but still has capture input to record: the
+            // pad stays attached, its playback goes nowhere (counted).
+            drop(st);
+            bump(&shared.counters.playback_discarded_bytes, len);
+            return Ok(());
+        }
         let was_idle = !pb.has_output();
         let dropped = pb.ring.push(frames);
         let wake = was_idle && pb.has_output();
+        if let Some(f) = fill.as_mut() {
+            f.cover(Instant::now(), len);
+        }
         drop(st);
         if dropped > 0 {
             bump(&shared.counters.playback_overflows, 1);
@@ -916,6 +1116,7 @@ impl Drop for PadSink {
 struct PadSource {
     shared: Arc<Shared>,
     format: Format,
+    frame: u32,
 }
 
 impl CaptureSource for PadSource {
@@ -927,16 +1128,34 @@ impl CaptureSource for PadSource {
         let shared = &*self.shared;
         let mut st = lock(&shared.state);
         let connected = st.connected;
-        let n = match st.capture.as_mut() {
-            Some(ring) if connected => ring.pop(buf),
-            _ => 0,
+        let input_done = st.input_done;
+        let mut wake = false;
+        let n = if !connected {
+            0
+        } else if let Some(inbox) = st.inbox.as_mut() {
+            // Pipe: whole frames of this stream, oldest first; room made
+            // lets the pad thread read on (it stops when the inbox is full).
+            let was_full = inbox.len() >= inbox.capacity();
+            let frame = u64::from(self.frame.max(1));
+            let whole = round_down(inbox.len().min(buf.len() as u64), frame);
+            let n = inbox.pop(buf.get_mut(..whole as usize).unwrap_or_default());
+            wake = (was_full && n > 0) || (input_done && inbox.len() < frame);
+            n
+        } else {
+            match st.capture.as_mut() {
+                Some(ring) => ring.pop(buf),
+                None => 0,
+            }
         };
         drop(st);
+        if wake {
+            shared.wake.signal();
+        }
         let rest = buf.get_mut(n..).unwrap_or_default();
         if !rest.is_empty() {
             self.format.fill_silence(rest);
             bump(&shared.counters.capture_silence_bytes, rest.len() as u64);
-            if connected {
+            if connected && !input_done {
                 bump(&shared.counters.capture_underruns, 1);
             }
         }
@@ -949,14 +1168,22 @@ impl CaptureSource for PadSource {
 
     fn latency_bytes(&self) -> u32 {
         let st = lock(&self.shared.state);
-        let n = st.capture.as_ref().map_or(0, Ring::len);
+        let n = st
+            .capture
+            .as_ref()
+            .or(st.inbox.as_ref())
+            .map_or(0, Ring::len);
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 }
 
 impl Drop for PadSource {
     fn drop(&mut self) {
-        let old = lock(&self.shared.state).capture.take();
+        let old = {
+            let mut st = lock(&self.shared.state);
+            st.capture_frame = None;
+            st.capture.take()
+        };
         drop(old);
     }
 }
@@ -966,6 +1193,8 @@ struct Client {
     stream: UnixStream,
     /// Still reading capture input (false after the client's EOF).
     reading: bool,
+    /// The client hung up (pipe mode keeps it until its input is recorded).
+    hup: bool,
 }
 
 /// The pad thread: accepts clients and moves bytes between them and the
@@ -1001,13 +1230,21 @@ impl PadThread {
         while !self.shared.stop.load(Ordering::Acquire) {
             let client = self.client.as_ref().map(|c| {
                 let mut events = 0;
-                if c.reading {
+                if c.reading && self.has_room() {
                     events |= libc::POLLIN;
                 }
                 if self.wants_to_send() {
                     events |= libc::POLLOUT;
                 }
-                (c.stream.as_raw_fd(), events)
+                // A hung-up socket always polls POLLHUP: leave it out while
+                // there is nothing to do with it (the wake eventfd says when
+                // the guest made room).
+                let fd = if c.hup && events == 0 {
+                    -1
+                } else {
+                    c.stream.as_raw_fd()
+                };
+                (fd, events)
             });
             let (client_fd, client_events) = client.unwrap_or((-1, 0));
             let mut fds = [
@@ -1015,7 +1252,8 @@ impl PadThread {
                 pollfd(client_fd, client_events),
                 pollfd(self.listener.as_raw_fd(), libc::POLLIN),
             ];
-            if let Err(e) = poll(&mut fds) {
+            let timeout = self.fill_active().then_some(FILL_TICK);
+            if let Err(e) = poll(&mut fds, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::warn!("pad {}: poll: {e}", self.shared.name);
                     thread::sleep(ACCEPT_BACKOFF);
@@ -1034,6 +1272,8 @@ impl PadThread {
             if listener != 0 {
                 self.accept();
             }
+            self.fill_silence();
+            self.end_if_drained();
         }
         if self.client.is_some() {
             self.disconnect("the pad is shutting down");
@@ -1041,11 +1281,92 @@ impl PadThread {
     }
 
     fn wants_to_send(&self) -> bool {
-        self.out_start < self.out_end
-            || lock(&self.shared.state)
-                .playback
+        if self.client.as_ref().is_some_and(|c| c.hup) {
+            return false;
+        }
+        let st = lock(&self.shared.state);
+        !st.output_closed
+            && (self.out_start < self.out_end
+                || st.playback.as_ref().is_some_and(Playback::has_output))
+    }
+
+    /// Capture input can be taken now (a pipe pad's inbox has room).
+    fn has_room(&self) -> bool {
+        match self.shared.capture_mode {
+            CaptureMode::Live => true,
+            CaptureMode::Pipe => lock(&self.shared.state)
+                .inbox
                 .as_ref()
-                .is_some_and(Playback::has_output)
+                .is_some_and(|r| r.len() < r.capacity()),
+        }
+    }
+
+    /// `fill = "silence"` with a client that takes playback and a format.
+    fn fill_active(&self) -> bool {
+        self.shared.fill == Fill::Silence
+            && self.client.as_ref().is_some_and(|c| !c.hup)
+            && lock(&self.shared.state).fill.is_some()
+    }
+
+    /// Tops up the client's timeline with silence while the guest plays
+    /// nothing (`fill = "silence"`).
+    fn fill_silence(&mut self) {
+        if self.out_start < self.out_end || !self.fill_active() {
+            return;
+        }
+        let wav = self.shared.header == Header::Wav;
+        let mut st = lock(&self.shared.state);
+        if st.output_closed || st.playback.as_ref().is_some_and(Playback::has_output) {
+            return;
+        }
+        let last_header = st.last_header;
+        let Some(f) = st.fill.as_mut() else {
+            return;
+        };
+        let Some(until) = Instant::now().checked_sub(FILL_SLACK) else {
+            return;
+        };
+        if until <= f.covered_until {
+            return;
+        }
+        let header = f.header.filter(|h| wav && Some(*h) != last_header);
+        let mut len = 0;
+        if let (Some(h), Some(dst)) = (header, self.out.get_mut(..WAV_HEADER_LEN)) {
+            dst.copy_from_slice(&h);
+            len = WAV_HEADER_LEN;
+        }
+        let room = round_down((self.out.len() - len) as u64, f.frame.max(1));
+        let bytes = f.bytes_in(until - f.covered_until).min(room);
+        let end = len + usize::try_from(bytes).unwrap_or(0);
+        if let Some(dst) = self.out.get_mut(len..end) {
+            f.format.fill_silence(dst);
+        }
+        f.covered_until += f.duration_of(bytes);
+        if header.is_some() {
+            st.last_header = header;
+        }
+        drop(st);
+        self.out_start = 0;
+        self.out_end = end;
+        bump(&self.shared.counters.playback_fill_bytes, bytes);
+    }
+
+    /// A pipe pad whose client hung up stays attached until everything the
+    /// client wrote was recorded; then it detaches.
+    fn end_if_drained(&mut self) {
+        let Some(c) = self.client.as_ref() else {
+            return;
+        };
+        if self.shared.capture_mode != CaptureMode::Pipe || c.reading {
+            return;
+        }
+        let drained = {
+            let st = lock(&self.shared.state);
+            st.output_closed && st.inbox.as_ref().is_none_or(|r| r.len() == 0)
+        };
+        if drained {
+            self.disconnect("the client closed; everything it wrote was recorded");
+        }
     }
 
     fn client_ready(&mut self, revents: libc::c_short) {
@@ -1053,7 +1374,15 @@ impl PadThread {
             return;
         }
         if revents & libc::POLLHUP != 0 {
-            self.disconnect("the client closed the connection");
+            if self.shared.capture_mode == CaptureMode::Live {
+                self.disconnect("the client closed the connection");
+                return;
+            }
+            // Pipe: what it wrote is still recorded first.
+            if let Some(c) = self.client.as_mut() {
+                c.hup = true;
+            }
+            self.close_output();
             return;
         }
         if revents & libc::POLLERR != 0 {
@@ -1068,13 +1397,30 @@ impl PadThread {
     /// Reads capture input; false if the client is gone.
     fn receive(&mut self) -> bool {
         for _ in 0..BURST {
+            let room = match self.shared.capture_mode {
+                CaptureMode::Live => self.input.len(),
+                CaptureMode::Pipe => {
+                    let st = lock(&self.shared.state);
+                    let room = st
+                        .inbox
+                        .as_ref()
+                        .map_or(0, |r| r.capacity().saturating_sub(r.len()));
+                    usize::try_from(room)
+                        .unwrap_or(usize::MAX)
+                        .min(self.input.len())
+                }
+            };
+            if room == 0 {
+                return true;
+            }
             let Some(c) = self.client.as_mut() else {
                 return false;
             };
-            match (&c.stream).read(&mut self.input) {
+            match (&c.stream).read(self.input.get_mut(..room).unwrap_or_default()) {
                 Ok(0) => {
                     // Half-close: the client still reads playback.
                     c.reading = false;
+                    lock(&self.shared.state).input_done = true;
                     return true;
                 }
                 Ok(n) => self.deliver(n),
@@ -1095,7 +1441,11 @@ impl PadThread {
         let len = data.len() as u64;
         let mut st = lock(&self.shared.state);
         st.client_in = st.client_in.saturating_add(len);
-        let dropped = st.capture.as_mut().map_or(0, |ring| ring.push(data));
+        let dropped = match st.inbox.as_mut() {
+            // Pipe: `receive` read no more than there is room for.
+            Some(inbox) => inbox.push(data),
+            None => st.capture.as_mut().map_or(0, |ring| ring.push(data)),
+        };
         drop(st);
         let counters = &self.shared.counters;
         bump(&counters.capture_bytes, len);
@@ -1126,11 +1476,42 @@ impl PadThread {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.disconnect(&format!("write error: {e}"));
+                    if self.keeps_input() {
+                        log::info!(
+                            "pad {}: the client takes no more playback ({e}); recording what it wrote",
+                            self.shared.name
+                        );
+                        self.close_output();
+                    } else {
+                        self.disconnect(&format!("write error: {e}"));
+                    }
                     return;
                 }
             }
         }
+    }
+
+    /// A pipe pad whose client still has capture input for the guest.
+    fn keeps_input(&self) -> bool {
+        self.shared.capture_mode == CaptureMode::Pipe
+            && (self.client.as_ref().is_some_and(|c| c.reading)
+                || lock(&self.shared.state)
+                    .inbox
+                    .as_ref()
+                    .is_some_and(|r| r.len() > 0))
+    }
+
+    /// The client takes no more playback: what is queued for it goes.
+    fn close_output(&mut self) {
+        let mut st = lock(&self.shared.state);
+        st.output_closed = true;
+        if let Some(pb) = st.playback.as_mut() {
+            pb.ring.clear();
+            pb.header_pending = false;
+        }
+        drop(st);
+        self.out_start = 0;
+        self.out_end = 0;
     }
 
     /// Moves the pending header and whole frames from the ring to `out`.
@@ -1141,14 +1522,19 @@ impl PadThread {
             return false;
         };
         let mut len = 0;
+        let mut sent_header = None;
         if let (true, Some(h)) = (pb.header_pending, pb.header.as_ref()) {
             if let Some(dst) = self.out.get_mut(..h.len()) {
                 dst.copy_from_slice(h);
                 len = h.len();
+                sent_header = Some(*h);
             }
         }
         pb.header_pending = false;
         len += pb.ring.pop(self.out.get_mut(len..).unwrap_or_default());
+        if sent_header.is_some() {
+            st.last_header = sent_header;
+        }
         drop(st);
         self.out_start = 0;
         self.out_end = len;
@@ -1158,6 +1544,11 @@ impl PadThread {
     fn accept(&mut self) {
         for _ in 0..BURST {
             match self.listener.accept() {
+                // A pipe pad's hung-up client whose input waits to be
+                // recorded: the newcomer goes on after it, like `cat a b`.
+                Ok((stream, _)) if self.client.as_ref().is_some_and(|c| c.hup) => {
+                    self.take_over(stream)
+                }
                 Ok((stream, _)) if self.client.is_some() => self.refuse(&stream),
                 Ok((stream, _)) => self.connect(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -1182,21 +1573,73 @@ impl PadThread {
         log::info!("pad {}: busy, refused a second client", self.shared.name);
     }
 
-    fn connect(&mut self, stream: UnixStream) {
+    /// A new client after a hung-up one (pipe mode): its input follows the
+    /// old one's, and it takes playback from here on. The pad stays
+    /// attached throughout.
+    fn take_over(&mut self, stream: UnixStream) {
         if let Err(e) = stream.set_nonblocking(true) {
             log::warn!("pad {}: cannot use client socket: {e}", self.shared.name);
             return;
         }
         let wav = self.shared.header == Header::Wav;
         let mut st = lock(&self.shared.state);
+        st.input_done = false;
+        st.output_closed = false;
+        st.last_header = None;
+        if let Some(pb) = st.playback.as_mut() {
+            pb.ring.clear();
+            pb.header_pending = wav && pb.header.is_some();
+        }
+        if let Some(f) = st.fill.as_mut() {
+            f.covered_until = Instant::now();
+        }
+        drop(st);
+        self.out_start = 0;
+        self.out_end = 0;
+        self.client = Some(Client {
+            stream,
+            reading: true,
+            hup: false,
+        });
+        bump(&self.shared.counters.clients, 1);
+        log::info!(
+            "pad {}: a new client follows the one that hung up",
+            self.shared.name
+        );
+    }
+
+    fn connect(&mut self, stream: UnixStream) {
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("pad {}: cannot use client socket: {e}", self.shared.name);
+            return;
+        }
+        let wav = self.shared.header == Header::Wav;
+        let inbox = match self.shared.capture_mode {
+            CaptureMode::Pipe => match Ring::new(INBOX_BYTES, 1) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    log::warn!("pad {}: no capture inbox: {e}", self.shared.name);
+                    None
+                }
+            },
+            CaptureMode::Live => None,
+        };
+        let mut st = lock(&self.shared.state);
         st.connected = true;
         st.client_in = 0;
+        st.inbox = inbox;
+        st.input_done = false;
+        st.output_closed = false;
+        st.last_header = None;
         if let Some(pb) = st.playback.as_mut() {
             pb.ring.clear();
             pb.header_pending = wav && pb.header.is_some();
         }
         if let Some(ring) = st.capture.as_mut() {
             ring.reset_at(0);
+        }
+        if let Some(f) = st.fill.as_mut() {
+            f.covered_until = Instant::now();
         }
         self.shared.attached.store(true, Ordering::Release);
         drop(st);
@@ -1205,6 +1648,7 @@ impl PadThread {
         self.client = Some(Client {
             stream,
             reading: true,
+            hup: false,
         });
         bump(&self.shared.counters.clients, 1);
         log::info!("pad {}: client attached", self.shared.name);
@@ -1215,6 +1659,13 @@ impl PadThread {
         self.client = None;
         let mut st = lock(&self.shared.state);
         st.connected = false;
+        let unrecorded = st.inbox.take().map_or(0, |r| r.len());
+        st.input_done = false;
+        st.output_closed = false;
+        st.last_header = None;
+        if unrecorded > 0 {
+            bump(&self.shared.counters.capture_dropped_bytes, unrecorded);
+        }
         if let Some(pb) = st.playback.as_mut() {
             pb.ring.clear();
             pb.header_pending = false;
@@ -1508,7 +1959,7 @@ mod tests {
 
     #[test]
     fn capture_opened_mid_frame_starts_at_the_next_frame() -> TestResult {
-        let fx = pad_with("")?;
+        let fx = pad_with("capture = \"live\"")?;
         let mut client = fx.connect()?;
         // 6 bytes (1.5 frames of S16 stereo) while no source is open.
         client.write_all(&[1, 2, 3, 4, 5, 6])?;
@@ -1519,6 +1970,194 @@ mod tests {
         let mut got = [0xAAu8; 8];
         source.read(&mut got)?;
         assert_eq!(got, [10, 11, 12, 13, 0, 0, 0, 0]);
+        Ok(())
+    }
+
+    /// Reads `total` bytes through `source`, one period at a time, as the
+    /// daemon would (without its clock: as fast as the pad delivers).
+    fn record(source: &mut dyn CaptureSource, total: usize, period: usize) -> Vec<u8> {
+        let mut got = Vec::with_capacity(total);
+        let mut buf = vec![0u8; period];
+        let deadline = Instant::now() + TIMEOUT * 4;
+        while got.len() < total && Instant::now() < deadline {
+            if source.latency_bytes() == 0 {
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let n = (source.latency_bytes() as usize)
+                .min(period)
+                .min(total - got.len());
+            let n = n - n % 4;
+            if n == 0 {
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            source.read(&mut buf[..n]).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[test]
+    fn pipe_capture_records_what_was_written_before_it_opened_from_the_first_byte() -> TestResult {
+        let fx = pad_with("")?;
+        let client = fx.connect()?;
+        // More than the inbox and the socket buffer hold: the writer blocks
+        // until the guest records (back-pressure), and nothing is dropped.
+        let data = pattern(3 << 20, 5);
+        let mut writer = client.try_clone()?;
+        let to_write = data.clone();
+        let writer = thread::spawn(move || writer.write_all(&to_write));
+        thread::sleep(Duration::from_millis(100));
+        assert!(!writer.is_finished(), "a 3 MiB write did not block");
+        let p = params(Format::S16, 48000, 2);
+        let mut source = fx.pad.open_capture(&p)?;
+        let got = record(source.as_mut(), data.len(), p.period_bytes as usize);
+        joined(writer)?;
+        assert_eq!(got.len(), data.len(), "bytes recorded");
+        assert!(got == data, "capture bytes differ");
+        let st = fx.pad.stats();
+        assert_eq!((st.capture_dropped_bytes, st.capture_overflows), (0, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn pipe_capture_records_everything_a_client_wrote_before_it_closed() -> TestResult {
+        let fx = pad_with("")?;
+        let client = fx.connect()?;
+        let data = pattern(600 * 1024, 9);
+        let mut writer = client.try_clone()?;
+        let to_write = data.clone();
+        let writer = thread::spawn(move || {
+            writer.write_all(&to_write)?;
+            // The client is gone as soon as it has written.
+            writer.shutdown(std::net::Shutdown::Both)
+        });
+        drop(client);
+        let p = params(Format::S16, 48000, 2);
+        let mut source = fx.pad.open_capture(&p)?;
+        let got = record(source.as_mut(), data.len(), p.period_bytes as usize);
+        joined(writer)?;
+        assert!(
+            got == data,
+            "capture bytes differ ({} of {})",
+            got.len(),
+            data.len()
+        );
+        // Only now, with everything recorded, is the pad detached.
+        wait_for("the detach", || !fx.pad.is_attached())?;
+        assert_eq!(fx.events.counts(), (1, 1));
+        assert_eq!(fx.pad.stats().capture_dropped_bytes, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_new_client_after_one_that_hung_up_goes_on_after_its_input() -> TestResult {
+        let fx = pad_with("")?;
+        let p = params(Format::S16, 48000, 2);
+        let first = fx.connect()?;
+        (&first).write_all(&pattern(4000, 1)[..4000])?;
+        first.shutdown(std::net::Shutdown::Both)?;
+        drop(first);
+        wait_for("the bytes", || fx.pad.stats().capture_bytes == 4000)?;
+        let second = UnixStream::connect(&fx.path)?;
+        wait_for("the second client", || fx.pad.stats().clients == 2)?;
+        (&second).write_all(&pattern(4000, 2))?;
+        wait_for("its bytes", || fx.pad.stats().capture_bytes == 8000)?;
+        let mut source = fx.pad.open_capture(&p)?;
+        let got = record(source.as_mut(), 8000, p.period_bytes as usize);
+        let mut want = pattern(4000, 1);
+        want.extend(pattern(4000, 2));
+        assert!(got == want, "capture bytes differ");
+        assert!(fx.pad.is_attached());
+        assert_eq!(fx.events.counts(), (1, 0), "one attachment throughout");
+        Ok(())
+    }
+
+    #[test]
+    fn live_capture_keeps_the_newest_frames_and_never_blocks_the_writer() -> TestResult {
+        let fx = pad_with("capture = \"live\"")?;
+        let client = fx.connect()?;
+        let p = params(Format::S16, 48000, 2);
+        let mut source = fx.pad.open_capture(&p)?;
+        let data = pattern(2 << 20, 3);
+        (&client).write_all(&data)?;
+        wait_for("the bytes", || {
+            fx.pad.stats().capture_bytes == data.len() as u64
+        })?;
+        assert!(fx.pad.stats().capture_dropped_bytes > 0, "nothing dropped");
+        let mut got = vec![0u8; 4];
+        source.read(&mut got)?;
+        let queued = source.latency_bytes() as usize + 4;
+        let tail = &data[data.len() - queued..];
+        assert_eq!(&got[..], &tail[..4], "the oldest kept frame");
+        Ok(())
+    }
+
+    #[test]
+    fn fill_silence_keeps_a_gap_in_playback_a_gap_of_the_same_length() -> TestResult {
+        let fx = pad_with("fill = \"silence\"")?;
+        let client = fx.connect()?;
+        let p = params(Format::S16, 48000, 2);
+        let rate = p.bytes_per_second() as usize;
+        let period = p.period_bytes as usize;
+        // A listener that keeps reading, as `aplay` would.
+        let total = 2 * period + rate / 2 + rate / 5;
+        let reader = read_on_thread(&client, total)?;
+        let mut sink = fx.pad.open_playback(&p)?;
+        let tone = vec![0x55u8; period];
+        // One period, a 500 ms gap (the stream stopped), one period.
+        sink.write(&tone)?;
+        thread::sleep(Duration::from_millis(10) + Duration::from_millis(500));
+        sink.write(&tone)?;
+        wait_for("the second period to be sent", || sink.latency_bytes() == 0)?;
+        drop(sink);
+        let got = joined(reader)?;
+        let first = got.iter().position(|&b| b == 0x55).ok_or("no tone")?;
+        let end_first = first
+            + got[first..]
+                .iter()
+                .position(|&b| b != 0x55)
+                .ok_or("one tone")?;
+        let second = end_first
+            + got[end_first..]
+                .iter()
+                .position(|&b| b == 0x55)
+                .ok_or("no second tone")?;
+        let gap_ms = (second - end_first) as f64 * 1000.0 / rate as f64;
+        assert!(
+            (470.0..=530.0).contains(&gap_ms),
+            "a 500 ms gap came out as {gap_ms:.1} ms of silence"
+        );
+        // The silence goes on after the stream closed.
+        assert!(got[second + period..].iter().all(|&b| b == 0));
+        assert!(fx.pad.stats().playback_fill_bytes > 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_wav_header_starts_each_new_format_and_only_then() -> TestResult {
+        let fx = pad_with("header = \"wav\"")?;
+        let client = fx.connect()?;
+        let a = params(Format::S16, 48000, 2);
+        let b = params(Format::S16, 44100, 2);
+        let mut want = Vec::new();
+        for (p, byte) in [(a, 1u8), (a, 2), (b, 3)] {
+            let mut sink = fx.pad.open_playback(&p)?;
+            let frames = vec![byte; p.period_bytes as usize];
+            sink.write(&frames)?;
+            wait_for("the ring to drain", || sink.latency_bytes() == 0)?;
+            if byte != 2 {
+                want.extend_from_slice(&wav_header(&p).ok_or("header")?);
+            }
+            want.extend_from_slice(&frames);
+        }
+        let mut got = vec![0u8; want.len()];
+        (&client).read_exact(&mut got)?;
+        assert!(
+            got == want,
+            "the same format twice is one WAV stream, a new one a new header"
+        );
         Ok(())
     }
 

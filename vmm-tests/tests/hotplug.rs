@@ -49,7 +49,7 @@ fn setup(
     let pad = dir.path().join("pad.sock");
     let api = dir.path().join("api.sock");
     let config = format!(
-        "[devices.pad0]\nkind = \"pad\"\npath = {pad:?}\n\n[devices.null0]\nkind = \"null\"\n\n{extra_devices}\n\
+        "[devices.pad0]\nkind = \"pad\"\npath = {pad:?}\nallow_format_changes = true\n# A live source: its client leaving is a removal at once (a pipe pad first\n# records what the client wrote).\ncapture = \"live\"\n\n[devices.null0]\nkind = \"null\"\n\n{extra_devices}\n\
          [[streams]]\ndirection = \"output\"\ndevice = \"pad0\"\non_remove = \"{on_remove}\"\n\n\
          [[streams]]\ndirection = \"input\"\ndevice = \"pad0\"\non_remove = \"{on_remove}\"\n\n\
          [[streams]]\ndirection = \"output\"\ndevice = \"null0\"\n\n{extra_streams}",
@@ -545,5 +545,46 @@ fn a_host_device_that_hangs_never_delays_control_replies_or_other_streams() {
     );
     let log = t.daemon.log();
     assert!(log.contains("hung"), "the daemon noticed the hang");
+    t.daemon.check_alive().unwrap();
+}
+
+/// The end of a connection waits for its stream workers only so long: a
+/// worker inside a device call that never returns (and not yet replaced by
+/// the hang watchdog, which needs 50 ms) is left behind, and the next VMM
+/// is served.
+#[test]
+fn a_worker_stuck_in_a_device_call_never_keeps_the_next_vmm_out() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vsound-test"));
+    let mut t = setup(
+        "silence",
+        Some(bin),
+        "[devices.stuck]\nkind = \"test-hang\"\nhang_after_ms = 0\n",
+        "[[streams]]\ndirection = \"output\"\ndevice = \"stuck\"\n",
+    );
+    assert_eq!(prepare(&mut t.snd, 3, 0), Status::Ok);
+    t.snd.tx(3, &[0u8; PERIOD], &[]).unwrap();
+    t.snd.tx(3, &[0u8; PERIOD], &[]).unwrap();
+    // The first period's write hangs at once: end the connection while it
+    // does, before the watchdog replaces the worker.
+    assert_eq!(cmd(&mut t.snd, code::PCM_START, 3), Status::Ok);
+    thread::sleep(Duration::from_millis(5));
+    let ended = Instant::now();
+    t.snd.disconnect().unwrap();
+    let mut next = t
+        .daemon
+        .connect(&ConnectOptions {
+            connect_timeout: Duration::from_secs(10),
+            ..ConnectOptions::default()
+        })
+        .unwrap();
+    let served = ended.elapsed();
+    assert_eq!(prepare(&mut next, 2, 0), Status::Ok);
+    let log = t.daemon.log();
+    let left_behind = log.contains("did not exit within");
+    println!("next VMM served {served:?} after the disconnect; worker left behind by the bounded join: {left_behind}");
+    assert!(
+        served < Duration::from_secs(3),
+        "the next VMM waited {served:?} for a worker stuck in a device call"
+    );
     t.daemon.check_alive().unwrap();
 }

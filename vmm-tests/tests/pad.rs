@@ -62,7 +62,7 @@ impl Pad {
             .collect::<Vec<_>>()
             .join("\n");
         let config = format!(
-            "[devices.pad0]\nkind = \"pad\"\npath = {:?}\n\n{streams}",
+            "[devices.pad0]\nkind = \"pad\"\npath = {:?}\nallow_format_changes = true\n\n{streams}",
             path.display().to_string()
         );
         let daemon = Daemon::spawn_with(&DaemonOptions {

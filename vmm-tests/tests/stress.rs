@@ -81,7 +81,7 @@ fn ten_thousand_detach_attach_cycles_lose_no_buffer_and_leak_nothing() {
     let mut config = String::new();
     for (i, p) in pads.iter().enumerate() {
         config += &format!(
-            "[devices.pad{i}]\nkind = \"pad\"\npath = {:?}\n\n",
+            "[devices.pad{i}]\nkind = \"pad\"\npath = {:?}\nallow_format_changes = true\n\n",
             p.display().to_string()
         );
     }
