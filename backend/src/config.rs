@@ -254,8 +254,9 @@ impl Config {
         let mut streams = Vec::new();
         let mut stream_spans = Vec::new();
         for (id, s) in raw.streams.into_iter().enumerate() {
-            stream_spans.push(s.span());
+            let whole = s.span();
             let s = s.into_inner();
+            stream_spans.push((whole, s.device.span()));
             let key = |k: &str| format!("streams[{id}].{k}");
             let device = devices
                 .iter()
@@ -402,7 +403,7 @@ fn check_pads(
     ctx: &Ctx<'_>,
     devices: &[DeviceConfig],
     streams: &[StreamConfig],
-    spans: &[Range<usize>],
+    spans: &[(Range<usize>, Range<usize>)],
 ) -> Result<Vec<String>, ConfigError> {
     let mut warnings = Vec::new();
     for (di, d) in devices.iter().enumerate().filter(|(_, d)| d.kind == "pad") {
@@ -418,11 +419,14 @@ fn check_pads(
                 if sc.device != di || sc.direction != dir {
                     continue;
                 }
-                let span = spans.get(id).cloned();
+                let (span, device_span) = match spans.get(id) {
+                    Some((s, d)) => (Some(s.clone()), Some(d.clone())),
+                    None => (None, None),
+                };
                 let key = format!("streams[{id}].device");
                 if let Some(f) = first {
                     return Err(ctx.err(
-                        span,
+                        device_span,
                         &key,
                         format!(
                             "pad `{}` already carries stream {f}'s {}; a pad takes one stream per direction (give this stream its own pad)",
@@ -496,6 +500,64 @@ on_remove = "error"
 direction = "input"
 device = "n"
 "#;
+
+    fn pad_config(pad_opts: &str, streams: &str) -> String {
+        format!("[devices.p]\nkind = \"pad\"\npath = \"/tmp/p.sock\"\n{pad_opts}\n{streams}")
+    }
+
+    const ONE_FORMAT: &str =
+        "formats = [\"S16\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n";
+
+    #[test]
+    fn two_streams_of_one_direction_on_a_pad_are_refused_with_the_reason() {
+        let src = pad_config(
+            "",
+            &format!(
+                "[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n{ONE_FORMAT}\n[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n{ONE_FORMAT}"
+            ),
+        );
+        let e = err(&src);
+        assert_eq!(e.key, "streams[1].device");
+        assert!(
+            e.message.contains("already carries stream 0's output"),
+            "{e}"
+        );
+        assert_eq!((e.line, e.file.as_str()), (14, "test.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_raw_pad_with_several_formats_is_refused_unless_format_changes_are_allowed() {
+        let several = "[[streams]]\ndirection = \"output\"\ndevice = \"p\"\nformats = [\"S16\", \"S32\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n";
+        let e = err(&pad_config("", several));
+        assert_eq!(e.key, "streams[0]");
+        assert!(e.message.contains("offers 2 format(s)"), "{e}");
+        assert!(e.message.contains("allow_format_changes"), "{e}");
+        // A WAV header announces each format: fine for playback.
+        let ok = Config::from_toml("t", &pad_config("header = \"wav\"", several)).unwrap();
+        assert!(ok.warnings.is_empty());
+        // Allowed explicitly: a warning instead.
+        let ok =
+            Config::from_toml("t", &pad_config("allow_format_changes = true", several)).unwrap();
+        assert_eq!(ok.warnings.len(), 1, "{:?}", ok.warnings);
+        // Capture is always raw, whatever the header; the default channel
+        // range (1..2) counts as several.
+        let input = "[[streams]]\ndirection = \"input\"\ndevice = \"p\"\n";
+        let e = err(&pad_config("header = \"wav\"", input));
+        assert!(e.message.contains("1..2 channels"), "{e}");
+        // One of each is fine.
+        let one = format!("[[streams]]\ndirection = \"input\"\ndevice = \"p\"\n{ONE_FORMAT}");
+        assert!(Config::from_toml("t", &pad_config("", &one))
+            .unwrap()
+            .warnings
+            .is_empty());
+    }
+
+    #[test]
+    fn the_example_pad_config_is_valid() {
+        let src = include_str!("../../configs/pad.toml");
+        let c = Config::from_toml("configs/pad.toml", src).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
 
     #[test]
     fn embedded_default_is_valid_with_one_output_and_one_input() {

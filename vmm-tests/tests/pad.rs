@@ -44,6 +44,11 @@ struct Pad {
 
 impl Pad {
     fn spawn() -> Pad {
+        Pad::spawn_with("")
+    }
+
+    /// A pad with extra options (`capture = "live"`, `fill = "silence"`...).
+    fn spawn_with(pad_options: &str) -> Pad {
         let dir = tempfile::Builder::new()
             .prefix("vsound-pad-")
             .tempdir()
@@ -62,7 +67,7 @@ impl Pad {
             .collect::<Vec<_>>()
             .join("\n");
         let config = format!(
-            "[devices.pad0]\nkind = \"pad\"\npath = {:?}\nallow_format_changes = true\n\n{streams}",
+            "[devices.pad0]\nkind = \"pad\"\npath = {:?}\nallow_format_changes = true\n{pad_options}\n\n{streams}",
             path.display().to_string()
         );
         let daemon = Daemon::spawn_with(&DaemonOptions {
@@ -705,5 +710,275 @@ fn a_stream_prepared_again_right_after_release_plays_to_the_client() {
     if let Some(d) = difference(&joined(reader), &want) {
         panic!("the client did not get every round's bytes: {d}");
     }
+    pad.alive();
+}
+
+// ---- capture semantics and playback timing of the pad options -------------
+
+/// Writes `data` to the pad on a thread (blocking writes, as `socat` does),
+/// then closes the connection if `close`.
+fn write_on_thread(c: &UnixStream, data: Vec<u8>, close: bool) -> JoinHandle<io::Result<()>> {
+    let mut c = c.try_clone().unwrap();
+    thread::spawn(move || {
+        c.write_all(&data)?;
+        if close {
+            c.shutdown(Shutdown::Both)?;
+        }
+        Ok(())
+    })
+}
+
+/// Records `total` periods on the input stream (buffers queued before START)
+/// and returns the completions.
+fn record(snd: &mut SndDriver, g: &Geometry, total: usize) -> Vec<vmm_tests::IoCompletion> {
+    for _ in 0..total {
+        snd.rx(IN, g.period_bytes(), &[]).unwrap();
+    }
+    wait_drained(snd, Queue::Rx, TIMEOUT).unwrap();
+    let (status, window) = start_timed(snd, IN).unwrap();
+    assert_eq!(status, Status::Ok, "START");
+    let done = snd.wait_io_count(Queue::Rx, total, TIMEOUT).unwrap();
+    assert_eq!(done.len(), total, "rx completions");
+    check_statuses(&done, &[Status::Ok]).unwrap();
+    check_pacing(&done, g, window, PACING).unwrap();
+    done
+}
+
+/// The README recipe `sox … | socat -u - UNIX-CONNECT:pad`, started before
+/// the guest records: sox writes the whole file at once; the pad reads only
+/// as fast as the guest records (the writer blocks meanwhile), so the file
+/// is recorded whole and bit-exact from its first frame.
+#[test]
+fn a_file_written_at_full_speed_before_recording_starts_is_recorded_whole() {
+    // FLOAT, 8 channels, 96 kHz: 20 periods (200 ms, as many rx buffers as
+    // fit in the queue) are 600 KiB, more than the pad's inbox and the
+    // socket buffer hold.
+    let g = Geometry::new(PcmFormat::Float, PcmRate::R96000, 8);
+    let mut pad = Pad::spawn();
+    let mut snd = pad.driver();
+    let c = attach(&pad, &mut snd);
+    let periods = 20;
+    let pattern = capture_pattern(&g, periods, 21);
+    let writer = write_on_thread(&c, pattern.clone(), false);
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !writer.is_finished(),
+        "a 600 KiB file was taken at once: the pad does not hold the writer back"
+    );
+    prepare(&mut snd, IN, &g);
+    let done = record(&mut snd, &g, rx_buffers_for(periods));
+    joined(writer);
+    assert_eq!(
+        &done[0].data[..g.frame_bytes()],
+        &pattern[..g.frame_bytes()],
+        "the first frame recorded is the file's first"
+    );
+    check_capture(&done, &g, &pattern);
+    stop_and_release(&mut snd, IN);
+    pad.alive();
+}
+
+/// The same file written at full speed once the guest records.
+#[test]
+fn a_file_written_at_full_speed_while_recording_is_recorded_whole() {
+    let g = Geometry::new(PcmFormat::Float, PcmRate::R96000, 8);
+    let mut pad = Pad::spawn();
+    let mut snd = pad.driver();
+    let c = attach(&pad, &mut snd);
+    prepare(&mut snd, IN, &g);
+    let periods = 20;
+    let pattern = capture_pattern(&g, periods, 22);
+    let total = rx_buffers_for(periods);
+    for _ in 0..total {
+        snd.rx(IN, g.period_bytes(), &[]).unwrap();
+    }
+    wait_drained(&mut snd, Queue::Rx, TIMEOUT).unwrap();
+    let (status, window) = start_timed(&mut snd, IN).unwrap();
+    assert_eq!(status, Status::Ok, "START");
+    let mut done = snd.wait_io_count(Queue::Rx, 1, TIMEOUT).unwrap();
+    let writer = write_on_thread(&c, pattern.clone(), false);
+    done.extend(snd.wait_io_count(Queue::Rx, total - 1, TIMEOUT).unwrap());
+    assert_eq!(done.len(), total, "rx completions");
+    check_statuses(&done, &[Status::Ok]).unwrap();
+    check_pacing(&done, &g, window, PACING).unwrap();
+    joined(writer);
+    check_capture(&done, &g, &pattern);
+    stop_and_release(&mut snd, IN);
+    pad.alive();
+}
+
+/// A client that writes a file and closes at once (socat at EOF) loses
+/// nothing: the pad stays attached until the guest has recorded all of it,
+/// and only then detaches (JACK_DISCONNECTED).
+#[test]
+fn a_client_closing_right_after_writing_loses_nothing_and_detaches_after_the_recording() {
+    let g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
+    let mut pad = Pad::spawn();
+    let mut snd = pad.driver();
+    let c = attach(&pad, &mut snd);
+    let periods = 20;
+    let pattern = capture_pattern(&g, periods, 23);
+    let writer = write_on_thread(&c, pattern.clone(), true);
+    drop(c);
+    joined(writer);
+    // Closed, nothing recorded yet: still attached.
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        audio::jack_connected(&mut snd, IN_JACK).unwrap(),
+        "the pad detached before its client's bytes were recorded"
+    );
+    prepare(&mut snd, IN, &g);
+    // The data was there before START: the first buffer holds its first
+    // frame. After the last byte the pad detaches, so the buffers after it
+    // complete IO_ERR (silence), as for any removal.
+    let total = periods + 3;
+    for _ in 0..total {
+        snd.rx(IN, g.period_bytes(), &[]).unwrap();
+    }
+    wait_drained(&mut snd, Queue::Rx, TIMEOUT).unwrap();
+    assert_eq!(snd.start(IN).unwrap(), Status::Ok, "START");
+    let done = snd.wait_io_count(Queue::Rx, total, TIMEOUT).unwrap();
+    assert_eq!(done.len(), total, "rx completions");
+    check_statuses(&done[..periods], &[Status::Ok]).unwrap();
+    assert_eq!(
+        &done[0].data[..g.frame_bytes()],
+        &pattern[..g.frame_bytes()],
+        "the first frame recorded is the file's first"
+    );
+    check_capture(&done, &g, &pattern);
+    wait_jack(&mut snd, IN_JACK, false, TIMEOUT).unwrap();
+    stop_and_release(&mut snd, IN);
+    pad.alive();
+}
+
+/// `capture = "live"`: a source far ahead of the guest never blocks and the
+/// guest gets its newest frames (the oldest are dropped).
+#[test]
+fn with_capture_live_a_writer_far_ahead_never_blocks_and_the_oldest_frames_go() {
+    let g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
+    let mut pad = Pad::spawn_with("capture = \"live\"");
+    let mut snd = pad.driver();
+    let c = attach(&pad, &mut snd);
+    prepare(&mut snd, IN, &g);
+    let mut first = record(&mut snd, &g, 2);
+    let pattern = capture_pattern(&g, 200, 24);
+    let t = Instant::now();
+    let writer = write_on_thread(&c, pattern.clone(), false);
+    joined(writer);
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "a live pad held a 2 s write back for {took:?}"
+    );
+    for _ in 0..20 {
+        snd.rx(IN, g.period_bytes(), &[]).unwrap();
+    }
+    first.extend(snd.wait_io_count(Queue::Rx, 20, TIMEOUT).unwrap());
+    let got: Vec<u8> = first.iter().flat_map(|c| c.data.iter().copied()).collect();
+    let at = got.iter().position(|&b| b != 0).expect("nothing recorded");
+    let head = &got[at..at + g.frame_bytes()];
+    assert_ne!(
+        head,
+        &pattern[..g.frame_bytes()],
+        "the oldest frame was kept"
+    );
+    let in_pattern = pattern.windows(head.len()).any(|w| w == head);
+    assert!(in_pattern, "what was recorded is not from the source");
+    pad.alive();
+}
+
+/// `fill = "silence"`: a listener's timeline is the guest's. The guest plays,
+/// stops for a second, plays again; the client gets the first sound, one
+/// second of silence, the second sound.
+#[test]
+fn with_fill_silence_a_one_second_pause_reaches_the_client_as_one_second_of_silence() {
+    let g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
+    let mut pad = Pad::spawn_with("fill = \"silence\"");
+    let mut snd = pad.driver();
+    let c = attach(&pad, &mut snd);
+    let rate = g.bytes_per_second() as usize;
+    let reader = read_exact_on_thread(&c, 3 * rate);
+    prepare(&mut snd, OUT, &g);
+    let a = noise_periods(&g, 10, 31).concat();
+    let b = noise_periods(&g, 10, 32).concat();
+    for chunk in a.chunks(g.period_bytes()) {
+        snd.tx(OUT, chunk, &[]).unwrap();
+    }
+    assert_eq!(snd.start(OUT).unwrap(), Status::Ok);
+    assert_eq!(snd.wait_io_count(Queue::Tx, 10, TIMEOUT).unwrap().len(), 10);
+    assert_eq!(snd.stop(OUT).unwrap(), Status::Ok);
+    let paused = Instant::now();
+    for chunk in b.chunks(g.period_bytes()) {
+        snd.tx(OUT, chunk, &[]).unwrap();
+    }
+    thread::sleep(Duration::from_secs(1).saturating_sub(paused.elapsed()));
+    assert_eq!(snd.start(OUT).unwrap(), Status::Ok);
+    assert_eq!(snd.wait_io_count(Queue::Tx, 10, TIMEOUT).unwrap().len(), 10);
+    let got = joined(reader);
+    stop_and_release(&mut snd, OUT);
+    let find = |needle: &[u8]| got.windows(needle.len()).position(|w| w == needle);
+    let a_at = find(&a[..64]).expect("the first sound");
+    let b_at = find(&b[..64]).expect("the second sound");
+    assert_eq!(&got[a_at..a_at + a.len()], &a[..], "the first sound, whole");
+    let gap = &got[a_at + a.len()..b_at];
+    assert!(gap.iter().all(|&x| x == 0), "the gap is not silence");
+    let gap_ms = gap.len() as f64 * 1000.0 / rate as f64;
+    eprintln!("a 1 s pause reached the client as {gap_ms:.1} ms of silence");
+    // STOP came after the 10th completion (the test thread may see it late),
+    // START 1 s after STOP; the pad's slack is 20 ms.
+    assert!(
+        (950.0..=1100.0).contains(&gap_ms),
+        "a 1 s pause came out as {gap_ms:.1} ms"
+    );
+    pad.alive();
+}
+
+/// `header = "wav"`: a stream that comes back with other parameters starts a
+/// new WAV stream (header + frames), one with the same parameters goes on.
+#[test]
+fn with_header_wav_a_format_change_yields_a_second_wav_stream() {
+    let mut pad = Pad::spawn_with("header = \"wav\"");
+    let mut snd = pad.driver();
+    let mut c = attach(&pad, &mut snd);
+    let mut got_all = Vec::new();
+    let mut want = Vec::new();
+    for (rate, seed, new_header) in [
+        (PcmRate::R48000, 41u64, true),
+        (PcmRate::R48000, 42, false),
+        (PcmRate::R44100, 43, true),
+    ] {
+        let g = Geometry::new(PcmFormat::S16, rate, 2);
+        prepare(&mut snd, OUT, &g);
+        let periods = noise_periods(&g, 4, seed);
+        for p in &periods {
+            snd.tx(OUT, p, &[]).unwrap();
+        }
+        let hdr = if new_header { 44 } else { 0 };
+        let reader = read_exact_on_thread(&c, hdr + periods.len() * g.period_bytes());
+        assert_eq!(snd.start(OUT).unwrap(), Status::Ok);
+        assert_eq!(snd.wait_io_count(Queue::Tx, 4, TIMEOUT).unwrap().len(), 4);
+        let got = joined(reader);
+        stop_and_release(&mut snd, OUT);
+        if new_header {
+            let h = &got[..44];
+            assert_eq!(&h[..4], b"RIFF");
+            assert_eq!(&h[8..16], b"WAVEfmt ");
+            let sample_rate = u32::from_le_bytes(h[24..28].try_into().unwrap());
+            assert_eq!(sample_rate, g.rate.hz(), "the header's rate");
+            assert_eq!(u16::from_le_bytes([h[22], h[23]]), 2, "channels");
+            assert_eq!(&h[36..40], b"data");
+        }
+        want.extend(periods.concat());
+        got_all.extend_from_slice(&got[hdr..]);
+    }
+    assert!(got_all == want, "frames differ");
+    // Nothing else was sent (no third header).
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut extra = [0u8; 1];
+    assert!(
+        c.read(&mut extra).is_err(),
+        "more bytes after the last stream"
+    );
     pad.alive();
 }
