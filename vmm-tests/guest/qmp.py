@@ -11,9 +11,21 @@ greeting, negotiates capabilities, then runs the STEPs in order:
                      that QMP command; an error answer fails the step
   status=STATE       query-status must report STATE (running, paused, prelaunch,
                      shutdown...); with a comma list, any of them
-  event=NAME[@SECS]  wait up to SECS (default 10) for the event NAME (STOP, RESUME,
-                     RESET, SHUTDOWN...); events that came in earlier on this connection
-                     count
+  event=NAME[:DEV][@SECS]
+                     wait up to SECS (default 10) for the event NAME (STOP, RESUME,
+                     RESET, SHUTDOWN, DEVICE_DELETED...); with DEV, only an event whose
+                     data.device is DEV counts (DEVICE_DELETED comes once for the
+                     device's id and once, without an id, for its virtio-backend child);
+                     events that came in earlier on this connection count
+  device_del=ID      device_del of the device ID (with ACPI hotplug it only asks the
+                     guest to eject it: wait for event=DEVICE_DELETED:ID)
+  device_add=DRIVER[,PROP=VALUE...]
+                     device_add, e.g. device_add=vhost-user-snd-pci,chardev=vsnd,id=snd0
+  chardev-remove=ID  chardev-remove
+  chardev-add=ID,PATH
+                     chardev-add of a Unix socket client chardev on PATH (server=false,
+                     no reconnect: QEMU connects at once, and fails the step if nobody
+                     listens)
   sleep=SECS         sleep (events keep being collected)
 
 One line per step on stdout, "qmp: <ms since start> ms: ...", and the events seen; on a
@@ -111,10 +123,12 @@ class Qmp:
             if "return" in obj:
                 return obj["return"], ms() - t
 
-    def wait_event(self, name, timeout):
-        for e in self.events:
-            if e["event"] == name:
-                return True
+    def wait_event(self, name, timeout, device=None):
+        def match(e):
+            return e["event"] == name and (device is None or e.get("data", {}).get("device") == device)
+
+        if any(match(e) for e in self.events):
+            return True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             obj = self.read(deadline - time.monotonic())
@@ -122,7 +136,7 @@ class Qmp:
                 break
             if "event" in obj:
                 self.note_event(obj)
-                if obj["event"] == name:
+                if match(obj):
                     return True
         return False
 
@@ -155,6 +169,32 @@ def main():
                 with open(args.times, "w") as f:
                     json.dump(times, f)
             say("%s: done (%.1f ms)" % (step, took))
+        elif step.split("=", 1)[0] in ("device_del", "device_add", "chardev-remove", "chardev-add"):
+            cmd, _, spec = step.partition("=")
+            if cmd == "device_del":
+                args_ = {"id": spec}
+            elif cmd == "chardev-remove":
+                args_ = {"id": spec}
+            elif cmd == "device_add":
+                driver, *props = spec.split(",")
+                args_ = {"driver": driver}
+                for prop in props:
+                    k, eq, v = prop.partition("=")
+                    if not eq:
+                        die("device_add property %r is not NAME=VALUE" % prop, 2)
+                    args_[k] = v
+            else:
+                cid, comma, path = spec.partition(",")
+                if not comma or not path:
+                    die("chardev-add needs ID,PATH, not %r" % spec, 2)
+                args_ = {"id": cid, "backend": {"type": "socket", "data": {
+                    "addr": {"type": "unix", "data": {"path": path}}, "server": False}}}
+            _, took = q.execute(cmd, args_)
+            times[cmd] = time.monotonic()
+            if args.times:
+                with open(args.times, "w") as f:
+                    json.dump(times, f)
+            say("%s %s: done (%.1f ms)" % (cmd, json.dumps(args_), took))
         elif step.startswith("status="):
             want = step.split("=", 1)[1].split(",")
             st, _ = q.execute("query-status")
@@ -165,9 +205,11 @@ def main():
         elif step.startswith("event="):
             spec = step.split("=", 1)[1]
             name, _, secs = spec.partition("@")
-            if not q.wait_event(name, float(secs or 10)):
-                die("no %s event within %s s" % (name, secs or 10))
-            say("saw event %s" % name)
+            name, _, dev = name.partition(":")
+            what = name + (" of device %s" % dev if dev else "")
+            if not q.wait_event(name, float(secs or 10), dev or None):
+                die("no %s event within %s s" % (what, secs or 10))
+            say("saw event %s" % what)
         elif step.startswith("sleep="):
             q.pump(float(step.split("=", 1)[1]))
             say("slept %s s" % step.split("=", 1)[1])

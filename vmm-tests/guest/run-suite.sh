@@ -16,11 +16,11 @@
 # pad-playback-s16, pad-playback-s32-mono, pad-playback-float-6ch, pad-capture,
 # alsa-file, two-groups, vmm-restart, driver-reload, hot-remove-silence,
 # hot-remove-error, jacks, pause-resume-playback, pause-resume-capture,
-# system-reset-playback, reboot-playback.
+# system-reset-playback, reboot-playback, daemon-restart-replug.
 # Host-side helpers: pad-client.py (records/feeds a pad, reacts to the guest console),
 # pcm-check.py (compares received PCM with the file played), qmp.py (QEMU's monitor:
-# pause, resume, reset the VM). The test signals are made once per run with sox (-R: the
-# same bytes every time) in the work folder.
+# pause, resume, reset the VM, unplug and plug a device). The test signals are made once
+# per run with sox (-R: the same bytes every time) in the work folder.
 #
 # Environment: VSOUND_BIN; VSOUND_GUEST_CASES_PENDING=1 also runs cases listed in
 # PENDING_CASES (none now); VSOUND_SUITE_KEEP=1 keeps the work
@@ -631,6 +631,80 @@ case_reboot_playback() {
     return $ok
 }
 
+# --- daemon restart ---------------------------------------------------------------------
+
+# 10. Daemon restart, recovered by a re-plug (README, "A restarted daemon and QEMU 10":
+#     QEMU 10's vhost-user-snd does not reconnect, so its chardev has no reconnect-ms and
+#     the device is re-plugged over QMP). The guest's device has an id (snd0; the chardev
+#     is vsnd, as run-guest.sh names it) and a virtio-serial port on which the host sends
+#     the guest one line. Steps (cases/daemon-restart-replug.sh has the guest's side):
+#     the guest plays 1 s onto a pad (exit 0 in real time, no dmesg timeout); the host
+#     SIGKILLs vsound, starts a new one on the same socket with the same config and a new
+#     pad client, and tells the guest; aplay on the old device must now fail (QEMU did not
+#     reconnect; its control requests time out); the host runs device_del snd0, waits for
+#     its DEVICE_DELETED, chardev-remove vsnd, and, once the guest saw the card go (and
+#     wrote a marker into its kernel log), chardev-add vsnd (a plain Unix socket client on
+#     the same path) and device_add vhost-user-snd-pci,chardev=vsnd,id=snd0; the guest
+#     waits for the card to come back (ACPI PCI hotplug on -machine pc) and plays 1 s
+#     again: exit 0 in real time, and no "timeout" / "failed to flush" in dmesg after the
+#     marker (the ones of the dead device are printed, not counted: vsound.check_dmesg=0,
+#     the case checks itself). Each pad client got its play exactly. QEMU's own messages
+#     (the dead socket, the re-plug) are printed with the case's output.
+case_daemon_restart_replug() {
+    local ok=0 cfg old file=s16-1s tell
+    cfg=$(config pad-out.toml) || return 1
+    start_daemon "$cfg" || return 1
+    start_client rx pad0 || return 1
+    qmp_opts
+    guest_bg guest daemon-restart-replug.sh --device-opts ",id=snd0" --data "$DATA/$file.wav" \
+        --env "REPLUG_PLAY_1=$LIFE_DEV@/data/$file.wav@1000" --env "REPLUG_PLAY_2=$LIFE_DEV@/data/$file.wav@1000" \
+        --append "vsound.check_dmesg=0 vsound.dmesg_lines=100" -- "${QMP_OPTS[@]}" \
+        -device virtio-serial-pci,id=vser0 -chardev "socket,id=ctl,path=$CDIR/ctl.sock,server=on,wait=off" \
+        -device virtserialport,bus=vser0.0,chardev=ctl,name=vsound.ctl
+    wait_for_text "$CDIR/guest.log" "VSOUND-INFO: replug: played, kill the daemon" 60 || return 1
+    old=$DAEMON_PID
+    say "    killing vsound (pid $old) with SIGKILL"
+    kill -KILL "$old" || bad "vsound $old was not running" || return 1
+    wait "$old" 2>/dev/null || true
+    DAEMON_PID=
+    start_daemon "$cfg" || return 1 # the same socket path, the same config
+    say "    new vsound (pid $DAEMON_PID) on the same socket"
+    start_client rx2 pad0 || return 1
+    # The guest's word: one line on the port, the connection kept open (QEMU passes the
+    # line on once the guest opened the port).
+    python3 -c '
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+for _ in range(200):
+    try:
+        s.connect(sys.argv[1])
+        break
+    except OSError:
+        time.sleep(0.05)
+s.sendall(b"daemon restarted\n")
+time.sleep(600)' "$CDIR/ctl.sock" 2>>"$CDIR/tell.log" &
+    tell=$!
+    BG_PIDS+=("$tell")
+    wait_for_text "$CDIR/guest.log" "VSOUND-INFO: replug: waiting for the re-plug" 40 || return 1
+    say "    re-plugging the device over QMP"
+    qmp device_del=snd0 event=DEVICE_DELETED:snd0@15 chardev-remove=vsnd || return 1
+    wait_for_text "$CDIR/guest.log" "VSOUND-INFO: replug: card gone" 15 || return 1
+    # back to back: the daemon ends a connection on which no request came within 5 s
+    qmp "chardev-add=vsnd,$CDIR/vsound.sock" device_add=vhost-user-snd-pci,chardev=vsnd,id=snd0 || return 1
+    guest_wait || ok=1
+    kill_bg
+    tr -d '\r' <"$CDIR/guest.log" | grep -a -o 'qemu-system-[^:]*: .*' | sed 's/^qemu-system-[^:]*: //' | uniq -c |
+        while read -r n msg; do say "    QEMU: $msg$( ((n == 1)) || echo " ($n times)")"; done
+    segments rx 1 || ok=1
+    segments rx2 1 || ok=1
+    ((ok == 0)) || return 1
+    pcm exact "$DATA/$file.raw" "$CDIR/rx.0" --frame 4 --rate 192000 \
+        --max-tail "$(period_bytes guest "$LIFE_DEV" "/data/$file.wav" 4)" || ok=1
+    pcm exact "$DATA/$file.raw" "$CDIR/rx2.0" --frame 4 --rate 192000 \
+        --max-tail "$(period_bytes guest "$LIFE_DEV" "/data/$file.wav" 4)" || ok=1
+    return $ok
+}
+
 # --- runner ----------------------------------------------------------------------------
 CASES=(
     default-play-record
@@ -649,6 +723,7 @@ CASES=(
     pause-resume-capture
     system-reset-playback
     reboot-playback
+    daemon-restart-replug
 )
 # Cases that need daemon work still in progress (none now).
 PENDING_CASES=()
