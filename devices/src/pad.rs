@@ -690,6 +690,10 @@ struct FillClock {
     /// The client's timeline: what it was sent (frames or silence) lasts
     /// until then.
     covered_until: Instant,
+    /// The pad has been sending silence since the last frames (the guest
+    /// is idle): the next frames are preceded by the silence the slack
+    /// left out, so a pause keeps its exact length.
+    idle: bool,
 }
 
 impl FillClock {
@@ -985,6 +989,7 @@ impl HostDevice for PadDevice {
                 bytes_per_second: params.bytes_per_second(),
                 header,
                 covered_until,
+                idle: false,
             });
         }
         drop(st);
@@ -1082,11 +1087,27 @@ impl PlaybackSink for PadSink {
             return Ok(());
         }
         let was_idle = !pb.has_output();
-        let dropped = pb.ring.push(frames);
-        let wake = was_idle && pb.has_output();
+        let mut dropped = 0;
         if let Some(f) = fill.as_mut() {
-            f.cover(Instant::now(), len);
+            let now = Instant::now();
+            if f.idle && now > f.covered_until {
+                // The rest of the pause, which the fill's slack held back.
+                let mut owed = f.bytes_in(now - f.covered_until);
+                let mut silence = [0u8; 4096];
+                let chunk = round_down(silence.len() as u64, f.frame.max(1)) as usize;
+                f.format.fill_silence(&mut silence[..chunk]);
+                while owed > 0 {
+                    let n = owed.min(chunk as u64) as usize;
+                    dropped += pb.ring.push(&silence[..n]);
+                    owed -= n as u64;
+                }
+                f.covered_until = now;
+            }
+            f.idle = false;
+            f.cover(now, len);
         }
+        dropped += pb.ring.push(frames);
+        let wake = was_idle && pb.has_output();
         drop(st);
         if dropped > 0 {
             bump(&shared.counters.playback_overflows, 1);
@@ -1342,6 +1363,7 @@ impl PadThread {
             f.format.fill_silence(dst);
         }
         f.covered_until += f.duration_of(bytes);
+        f.idle = true;
         if header.is_some() {
             st.last_header = header;
         }
