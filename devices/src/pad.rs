@@ -3,25 +3,38 @@
 //!
 //! Modelled on NetBSD's pad(4). The wire protocol, as a client sees it:
 //! - One client at a time. Another connection gets the single line
-//!   `vsound: pad NAME is busy\n` and is closed.
+//!   `vsound: pad NAME is busy\n` and is closed (but see "pipe" below: a
+//!   client that hung up with input still to record is followed by the
+//!   next one).
 //! - Connecting **attaches** the device; closing the connection (or an
 //!   `EPIPE`/`ECONNRESET` on it) **detaches** it. A client that only shuts
 //!   down its write side (`shutdown(SHUT_WR)`, EOF on our read) stays
 //!   attached and keeps receiving playback; its capture input is over.
 //! - Playback: the guest's interleaved PCM bytes exactly as the guest sent
-//!   them, whole frames only. With `header = "wav"` every playback stream
-//!   (a sink opening while a client is connected, or a client connecting
-//!   while a sink is open) starts with a 44-byte canonical WAV header whose
-//!   RIFF and data sizes are `0xFFFF_FFFF` ("streaming, length unknown").
+//!   them, whole frames only. With `header = "wav"` the frames of each new
+//!   format on a connection (a sink opening with parameters the client has
+//!   not been told yet, or a client connecting while a sink is open) start
+//!   with a 44-byte canonical WAV header whose RIFF and data sizes are
+//!   `0xFFFF_FFFF` ("streaming, length unknown"). With `fill = "silence"`,
+//!   while the guest plays nothing the client gets silence in the last
+//!   playback format, in real time, so its timeline is the guest's.
 //! - Capture: the client writes raw interleaved PCM in the capture stream's
 //!   format (never a header); byte 0 after connecting starts a frame.
+//!   `capture = "pipe"` (the default) is lossless: the pad reads from the
+//!   client only as fast as the guest records (a writer that is ahead
+//!   blocks, as with any pipe); what it writes before the guest records
+//!   waits (in a 256 KiB inbox and the socket's buffer); after the client
+//!   closes, what it wrote is still recorded before the pad detaches.
+//!   `capture = "live"` is for live sources: never block the writer; a
+//!   bounded ring per capture stream keeps the newest frames (the oldest
+//!   are dropped and counted) and input is discarded while nothing records.
 //!
-//! The guest's clock rules (design.md, "The pad device"): a slow or absent
-//! client never stalls anything. Each direction has a bounded ring,
-//! preallocated when the stream opens; when it is full the *oldest* whole
-//! frames are dropped and counted. While no client is connected playback is
-//! discarded and capture is silence, both answered with
-//! [`DeviceError::Gone`].
+//! The guest's clock rules: a slow or absent client never stalls the
+//! guest. The playback ring is bounded and preallocated when the stream
+//! opens; when it is full the *oldest* whole frames are dropped and
+//! counted. While no client is connected playback is discarded and capture
+//! is silence, both answered with [`DeviceError::Gone`]; a capture that
+//! finds no input has silence (an underrun, counted).
 //!
 //! Threads: one pad thread per device owns the listening socket and the
 //! client connection (non-blocking, driven by `poll` with a wake eventfd).
