@@ -129,6 +129,88 @@ pub struct Config {
 
 const DEFAULT_FORMATS: [Format; 1] = [Format::S16];
 const DEFAULT_RATES: [u32; 1] = [48000];
+/// The largest config file read (a real one is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a regular file of at most [`MAX_CONFIG_BYTES`], without blocking
+/// on a FIFO or a device.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot read file: {e}"))?;
+    if !meta.is_file() {
+        return Err(
+            "not a regular file (a config is read from a file, not a FIFO or a device)".into(),
+        );
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "{} bytes; a config file may have at most {MAX_CONFIG_BYTES}",
+            meta.len()
+        ));
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if buf.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!("more than {MAX_CONFIG_BYTES} bytes"));
+    }
+    Ok(buf)
+}
+/// Where `key = ...` is written inside the table whose body is `table`.
+fn key_span(src: &str, table: &Range<usize>, key: &str) -> Option<Range<usize>> {
+    // The table's span may cover its header only: read on from its start
+    // to the next header.
+    let body = src.get(table.start..)?;
+    let mut offset = table.start;
+    for (i, line) in body.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_start();
+        if i > 0 && trimmed.starts_with('[') {
+            break;
+        }
+        if let Some((k, _)) = trimmed.split_once('=') {
+            let k = k.trim().trim_matches('"');
+            if k == key {
+                let indent = line.len() - trimmed.len();
+                return Some(offset + indent..offset + line.trim_end().len());
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// serde's and toml's messages in a config writer's words (no Rust type
+/// names).
+fn in_user_words(message: &str, key: &str) -> String {
+    let mut m = message.to_owned();
+    for (rust, user) in [
+        ("struct RawChannels", "a table like { min = 1, max = 2 }"),
+        ("struct RawStream", "a [[streams]] table"),
+        ("struct RawDaemon", "the [daemon] table"),
+        ("struct RawConfig", "a table"),
+        ("enum RawDirection", "\"output\" or \"input\""),
+        ("enum OnRemove", "\"silence\" or \"error\""),
+        ("a sequence", "a list like [ ... ]"),
+        ("a map", "a table"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u8", "a whole number from 0 to 255"),
+        ("a string", "a quoted string"),
+    ] {
+        m = m.replace(rust, user);
+    }
+    if m == "duplicate key" {
+        m = format!("`{key}` is defined twice");
+    }
+    m
+}
 
 /// Where in the source a span starts: (line, column, the key on that line).
 fn locate(src: &str, span: Option<Range<usize>>) -> (usize, usize, Option<String>) {
@@ -144,6 +226,14 @@ fn locate(src: &str, span: Option<Range<usize>>) -> (usize, usize, Option<String
         .get(line_start..)
         .and_then(|s| s.lines().next())
         .unwrap_or("");
+    let header = text.trim();
+    if let Some(inner) = header
+        .strip_prefix("[[")
+        .and_then(|h| h.split("]]").next())
+        .or_else(|| header.strip_prefix('[').and_then(|h| h.split(']').next()))
+    {
+        return (line, column, Some(inner.trim().to_owned()));
+    }
     let key = text
         .split_once('=')
         .map(|(k, _)| k.trim().to_owned())
@@ -179,16 +269,44 @@ impl Ctx<'_> {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file: a regular file of at most
+    /// [`MAX_CONFIG_BYTES`] (a FIFO would hang the daemon, `/dev/zero`
+    /// would eat its memory).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let fail = |message: String| ConfigError {
             file: file.clone(),
             line: 0,
             column: 0,
             key: "-".into(),
-            message: format!("cannot read file: {e}"),
-        })?;
+            message,
+        };
+        let src = read_bounded(path).map_err(fail)?;
+        let src = match String::from_utf8(src) {
+            Ok(s) => s,
+            Err(e) => {
+                let bytes = e.as_bytes();
+                let at = e.utf8_error().valid_up_to();
+                let before = bytes.get(..at).unwrap_or_default();
+                let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+                let column = 1 + before.iter().rev().take_while(|&&b| b != b'\n').count();
+                let text = String::from_utf8_lossy(before);
+                let key = text
+                    .lines()
+                    .last()
+                    .and_then(|l| l.split('=').next())
+                    .map(|k| k.trim().to_string())
+                    .filter(|k| !k.is_empty())
+                    .unwrap_or_else(|| "-".into());
+                return Err(ConfigError {
+                    file: file.clone(),
+                    line,
+                    column,
+                    key,
+                    message: format!("byte {at} is not UTF-8 (a TOML file is UTF-8 text)"),
+                });
+            }
+        };
         Config::from_toml(&file, &src)
     }
 
@@ -202,10 +320,10 @@ impl Config {
         let ctx = Ctx { file, src };
         let raw: RawConfig = toml::from_str(src).map_err(|e| {
             let (line, column, key) = locate(src, e.span());
-            let message = e.message().trim().to_owned();
             // The key on the offending line; serde's message names the key
             // itself for unknown or missing fields.
             let key = key.unwrap_or_else(|| "-".into());
+            let message = in_user_words(e.message().trim(), &key);
             ConfigError {
                 file: file.to_owned(),
                 line,
@@ -231,8 +349,29 @@ impl Config {
                     ))
                 }
             };
-            registry::validate(&kind, &options)
-                .map_err(|m| ctx.err(Some(span.clone()), &key, m))?;
+            if let Err(m) = registry::validate(&kind, &options) {
+                // Point at the option at fault: the first whose removal
+                // changes the verdict (an unknown field names itself).
+                let culprit = options
+                    .keys()
+                    .find(|k| m.contains(&format!("`{k}`")))
+                    .or_else(|| {
+                        options.keys().find(|k| {
+                            let mut without = options.clone();
+                            without.remove(*k);
+                            registry::validate(&kind, &without).err().as_ref() != Some(&m)
+                        })
+                    })
+                    .cloned();
+                let (at, key) = match culprit {
+                    Some(k) => (
+                        key_span(src, &span, &k).unwrap_or(span.clone()),
+                        format!("{key}.{k}"),
+                    ),
+                    None => (span.clone(), key),
+                };
+                return Err(ctx.err(Some(at), &key, in_user_words(&m, &key)));
+            }
             devices.push(DeviceConfig {
                 name,
                 kind,
@@ -560,6 +699,41 @@ device = "n"
     }
 
     #[test]
+    fn a_config_that_is_not_a_bounded_regular_file_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let t = std::time::Instant::now();
+        let e = Config::from_file(&fifo).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "a FIFO blocked"
+        );
+        let e = Config::from_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        let e = Config::from_file(&big).unwrap_err();
+        assert!(e.message.contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn a_non_utf8_byte_is_located_by_line_column_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bad.toml");
+        let mut src = b"[daemon]\nsocket = \"/tmp/".to_vec();
+        src.push(0xff);
+        src.extend_from_slice(b"\"\n");
+        std::fs::write(&f, src).unwrap();
+        let e = Config::from_file(&f).unwrap_err();
+        assert_eq!((e.line, e.column, e.key.as_str()), (2, 16, "socket"), "{e}");
+        assert!(e.message.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
     fn embedded_default_is_valid_with_one_output_and_one_input() {
         let c = Config::default_config().unwrap();
         assert_eq!(c.streams.len(), 2);
@@ -597,7 +771,9 @@ device = "n"
             ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\nchannels = { min = 3, max = 2 }\n", "", 6, "streams[0].channels"),
             ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\ngroup = 40\n", "", 6, "streams[0].group"),
             ("[devices.n]\nkind = \"tape\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n", "", 1, "devices.n"),
-            ("[devices.n]\nkind = \"null\"\npath = \"/x\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n", "", 1, "devices.n"),
+            ("[devices.n]\nkind = \"null\"\npath = \"/x\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n", "", 3, "devices.n.path"),
+            ("[devices.p]\nkind = \"pad\"\npath = \"/x.sock\"\nmode = \"abc\"\n[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n", "", 4, "devices.p.mode"),
+            ("[devices.n]\nkind = \"null\"\n[devices.n]\nkind = \"null\"\n", "", 3, "devices.n"),
             ("[devices.n]\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n", "", 1, "devices.n"),
             ("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\non_remove = \"explode\"\n", "", 6, "on_remove"),
             ("[daemon]\nsocket = 5\n", "", 2, "socket"),
@@ -615,6 +791,25 @@ device = "n"
             );
             let shown = e.to_string();
             assert!(shown.starts_with(&format!("test.toml:{line}:")), "{shown}");
+            for rust in ["Raw", "u32", "u8", "struct ", "enum "] {
+                assert!(!e.message.contains(rust), "a Rust name in {shown}");
+            }
         }
+    }
+
+    #[test]
+    fn type_errors_and_duplicates_are_told_in_a_config_writers_words() {
+        let e = err("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\nchannels = 2\n");
+        assert!(
+            e.message.contains("a table like { min = 1, max = 2 }"),
+            "{e}"
+        );
+        let e = err("[devices.n]\nkind = \"null\"\n[devices.n]\nkind = \"null\"\n");
+        assert!(e.message.contains("`devices.n` is defined twice"), "{e}");
+        let e = err("[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\ngroup = -1\n");
+        assert!(
+            e.message.contains("a whole number from 0 to 4294967295"),
+            "{e}"
+        );
     }
 }
