@@ -8,14 +8,14 @@
 //! `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`. A bad
 //! request gets an error line, never a silent close.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -26,6 +26,15 @@ use crate::stream::PcmState;
 const MAX_LINE: usize = 4096;
 /// A client that sends nothing for this long is disconnected.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request, once its first byte came, must be whole within this.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// A client that does not read its reply within this is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clients served at once; the next is told so and closed.
+const MAX_CLIENTS: usize = 16;
+/// The largest reply `vsound ctl` reads, and how long it waits for all of it.
+const MAX_REPLY: usize = 4 << 20;
+const CTL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The running API server; dropping it stops it and removes the socket.
 pub struct ApiServer {
@@ -54,16 +63,35 @@ impl ApiServer {
         let thread = std::thread::Builder::new()
             .name("vsound-api".into())
             .spawn(move || {
+                let clients = Arc::new(AtomicUsize::new(0));
                 for conn in listener.incoming() {
                     if stop2.load(Ordering::SeqCst) {
                         return;
                     }
                     match conn {
-                        Ok(c) => {
+                        Ok(mut c) => {
+                            if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                                clients.fetch_sub(1, Ordering::SeqCst);
+                                let _ = c.set_write_timeout(Some(Duration::from_millis(100)));
+                                let mut line = error(format!(
+                                    "too many clients (at most {MAX_CLIENTS} at once)"
+                                ))
+                                .to_string();
+                                line.push('\n');
+                                let _ = c.write_all(line.as_bytes());
+                                continue;
+                            }
                             let st = state.clone();
-                            let _ = std::thread::Builder::new()
+                            let counter = clients.clone();
+                            let spawned = std::thread::Builder::new()
                                 .name("vsound-api-conn".into())
-                                .spawn(move || serve(c, &st));
+                                .spawn(move || {
+                                    serve(c, &st);
+                                    counter.fetch_sub(1, Ordering::SeqCst);
+                                });
+                            if spawned.is_err() {
+                                clients.fetch_sub(1, Ordering::SeqCst);
+                            }
                         }
                         Err(e) => log::warn!("management API: accept: {e}"),
                     }
@@ -89,27 +117,105 @@ impl Drop for ApiServer {
     }
 }
 
-fn serve(conn: UnixStream, state: &DaemonState) {
-    let _ = conn.set_read_timeout(Some(IDLE_TIMEOUT));
-    let Ok(mut out) = conn.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(conn);
-    let mut line = String::new();
+/// What reading one request line gave.
+enum Line {
+    Request(Vec<u8>),
+    TooLong,
+    /// EOF, an idle client, a request not finished in time, or an error.
+    Gone,
+}
+
+/// Reads one line: at most [`IDLE_TIMEOUT`] for its first byte, then at most
+/// [`REQUEST_DEADLINE`] for the rest (a slow writer cannot hold the thread).
+fn read_line(conn: &mut UnixStream, pending: &mut Vec<u8>) -> Line {
+    let mut deadline: Option<Instant> = None;
+    let mut buf = [0u8; 512];
     loop {
-        line.clear();
-        let reply = match Read::by_ref(&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_line(&mut line)
-        {
-            Ok(0) | Err(_) => return,
-            Ok(n) if n > MAX_LINE => error("request line too long"),
-            Ok(_) if line.trim().is_empty() => continue,
-            Ok(_) => handle(line.trim(), state),
+        if let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            return if line.len() > MAX_LINE + 1 {
+                Line::TooLong
+            } else {
+                Line::Request(line)
+            };
+        }
+        if pending.len() > MAX_LINE {
+            // Skip the rest of an over-long line.
+            pending.clear();
+            loop {
+                match read_some(conn, &mut buf, deadline) {
+                    Some(n) => {
+                        if let Some(end) = buf
+                            .get(..n)
+                            .and_then(|b| b.iter().position(|&x| x == b'\n'))
+                        {
+                            pending.extend_from_slice(buf.get(end + 1..n).unwrap_or_default());
+                            return Line::TooLong;
+                        }
+                    }
+                    None => return Line::Gone,
+                }
+            }
+        }
+        let timeout = match deadline {
+            None => IDLE_TIMEOUT,
+            Some(d) => d.saturating_duration_since(Instant::now()),
+        };
+        if timeout.is_zero() {
+            return Line::Gone;
+        }
+        match read_some(conn, &mut buf, Some(Instant::now() + timeout)) {
+            Some(n) => {
+                if deadline.is_none() && n > 0 {
+                    deadline = Some(Instant::now() + REQUEST_DEADLINE);
+                }
+                pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+            }
+            None => return Line::Gone,
+        }
+    }
+}
+
+/// One read, waiting at most until `deadline`; `None` at EOF, timeout or
+/// error.
+fn read_some(conn: &mut UnixStream, buf: &mut [u8], deadline: Option<Instant>) -> Option<usize> {
+    let left = deadline.map_or(IDLE_TIMEOUT, |d| {
+        d.saturating_duration_since(Instant::now())
+    });
+    if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+        return None;
+    }
+    loop {
+        match conn.read(buf) {
+            Ok(0) => return None,
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn serve(mut conn: UnixStream, state: &DaemonState) {
+    if conn.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut pending = Vec::with_capacity(MAX_LINE);
+    loop {
+        let reply = match read_line(&mut conn, &mut pending) {
+            Line::Gone => return,
+            Line::TooLong => error(format!("request line longer than {MAX_LINE} bytes")),
+            Line::Request(bytes) => match std::str::from_utf8(&bytes) {
+                Err(e) => error(format!(
+                    "request is not UTF-8 (byte {} of the line)",
+                    e.valid_up_to()
+                )),
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => handle(text.trim(), state),
+            },
         };
         let mut text = reply.to_string();
         text.push('\n');
-        if out.write_all(text.as_bytes()).is_err() {
+        if conn.write_all(text.as_bytes()).is_err() {
             return;
         }
     }
@@ -230,16 +336,34 @@ fn status(state: &DaemonState) -> Value {
 /// `vsound ctl`: sends one request and prints the reply. Returns whether
 /// the daemon answered ok.
 pub fn ctl(path: &Path, request: &Value) -> Result<Value, String> {
+    let deadline = Instant::now() + CTL_DEADLINE;
     let mut conn = UnixStream::connect(path)
         .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = conn.set_write_timeout(Some(CTL_DEADLINE));
     let mut text = request.to_string();
     text.push('\n');
     conn.write_all(text.as_bytes())
         .map_err(|e| format!("cannot send the request: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(conn)
-        .read_line(&mut line)
-        .map_err(|e| format!("no answer: {e}"))?;
+    // One deadline for the whole reply, and a bound on its size: a slow or
+    // hostile server cannot hold `ctl` or fill its memory.
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = reply.iter().position(|&b| b == b'\n') {
+            reply.truncate(end);
+            break;
+        }
+        if reply.len() > MAX_REPLY {
+            return Err(format!("the answer is longer than {MAX_REPLY} bytes"));
+        }
+        match read_some(&mut conn, &mut buf, Some(deadline)) {
+            Some(n) => reply.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            None if Instant::now() >= deadline => {
+                return Err(format!("no whole answer within {CTL_DEADLINE:?}"))
+            }
+            None => return Err("the daemon closed the connection without an answer".into()),
+        }
+    }
+    let line = String::from_utf8_lossy(&reply);
     serde_json::from_str(line.trim()).map_err(|e| format!("bad answer `{}`: {e}", line.trim()))
 }
