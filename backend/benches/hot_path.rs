@@ -89,7 +89,7 @@ fn fixture() -> Fixture {
 }
 
 fn parse(chain: &Chain, dir: Direction) -> IoMessage {
-    IoMessage::parse(chain.clone(), dir).unwrap().1
+    IoMessage::parse(chain.clone(), dir, 1024).unwrap().1
 }
 
 fn benches(c: &mut Criterion) {
@@ -103,7 +103,7 @@ fn benches(c: &mut Criterion) {
         ("rx_split", &f.rx_split, Direction::Input),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| IoMessage::parse(black_box(chain.clone()), dir).is_ok())
+            b.iter(|| IoMessage::parse(black_box(chain.clone()), dir, 1024).is_ok())
         });
     }
     g.finish();

@@ -330,7 +330,11 @@ fn status(state: &DaemonState) -> Value {
     let connected = state
         .vmm_connected
         .load(std::sync::atomic::Ordering::SeqCst);
-    json!({ "vmm_connected": connected, "devices": devices, "streams": streams })
+    let guest_errors: serde_json::Map<String, Value> = crate::ratelimit::ALL
+        .iter()
+        .map(|l| (l.name.to_string(), json!(l.total())))
+        .collect();
+    json!({ "vmm_connected": connected, "devices": devices, "streams": streams, "counters": guest_errors })
 }
 
 /// `vsound ctl`: sends one request and prints the reply. Returns whether

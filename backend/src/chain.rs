@@ -20,6 +20,8 @@ pub const MAX_MESSAGE_BYTES: u64 = 64 << 20;
 pub enum ChainError {
     #[error("Descriptor chain longer than {MAX_MESSAGE_BYTES} bytes")]
     TooLong,
+    #[error("Descriptor chain of more than {0} descriptors (the queue size)")]
+    TooManyDescriptors(u16),
     #[error("Readable descriptor after a writable one")]
     ReadableAfterWritable,
     #[error("Access of {len} bytes at offset {offset} beyond the {part_len}-byte part")]
@@ -41,11 +43,16 @@ pub struct ChainLayout {
 
 impl ChainLayout {
     /// Measures a chain (readable descriptors must all come first, as the
-    /// virtio spec requires).
-    pub fn of(chain: &Chain) -> Result<ChainLayout, ChainError> {
+    /// virtio spec requires) of at most `max_descriptors` (the queue size:
+    /// a driver must not make longer chains, spec 2.7.5.3.1; an indirect
+    /// table could otherwise hold 65,535 and every access walks them).
+    pub fn of(chain: &Chain, max_descriptors: u16) -> Result<ChainLayout, ChainError> {
         let mut readable = 0u64;
         let mut writable = 0u64;
-        for desc in chain.clone() {
+        for (n, desc) in chain.clone().enumerate() {
+            if n >= usize::from(max_descriptors) {
+                return Err(ChainError::TooManyDescriptors(max_descriptors));
+            }
             let len = u64::from(desc.len());
             if desc.is_write_only() {
                 writable = writable.checked_add(len).ok_or(ChainError::TooLong)?;
@@ -236,10 +243,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_chain_of_more_descriptors_than_the_queue_size_is_refused() {
+        let data = [0u8; 16];
+        // 8 readable + 1 writable descriptors.
+        let chain = make_chain(&data, &[2, 4, 6, 8, 10, 12, 14], 8, &[]);
+        assert!(ChainLayout::of(&chain, 9).is_ok());
+        assert_eq!(
+            ChainLayout::of(&chain, 8),
+            Err(ChainError::TooManyDescriptors(8))
+        );
+    }
+
+    #[test]
     fn reads_and_writes_cross_descriptor_boundaries_at_odd_offsets() {
         let data: Vec<u8> = (0..100u8).collect();
         let chain = make_chain(&data, &[1, 3, 7, 50], 40, &[5, 13]);
-        let layout = ChainLayout::of(&chain).unwrap();
+        let layout = ChainLayout::of(&chain, 64).unwrap();
         assert_eq!(
             layout,
             ChainLayout {

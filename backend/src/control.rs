@@ -55,15 +55,21 @@ fn read_req<T: ByteValued>(req: &[u8]) -> Option<T> {
 /// Handles one control chain and returns it to the guest.
 pub fn handle_control(dev: &SoundDevice, queue: &dyn Virtqueue, pass: &RingPass<'_>, chain: Chain) {
     let head = chain.head_index();
-    let layout = match ChainLayout::of(&chain) {
+    let layout = match ChainLayout::of(&chain, queue.size()) {
         Ok(l) => l,
         Err(e) => {
-            log::warn!("control request refused: {e}");
+            crate::warn_limited!(
+                crate::ratelimit::CONTROL_REFUSED,
+                "control request refused: {e}"
+            );
             return queue.complete(pass, head, 0);
         }
     };
     if layout.writable < 4 {
-        log::warn!("control request without room for a status");
+        crate::warn_limited!(
+            crate::ratelimit::CONTROL_REFUSED,
+            "control request without room for a status"
+        );
         return queue.complete(pass, head, 0);
     }
     let mut req = [0u8; MAX_REQUEST];
@@ -98,7 +104,10 @@ pub fn handle_control(dev: &SoundDevice, queue: &dyn Virtqueue, pass: &RingPass<
 
 fn dispatch(dev: &SoundDevice, req: &[u8], writable: u64) -> Response {
     let Some(hdr) = read_req::<Hdr>(req) else {
-        log::warn!("control request shorter than its header");
+        crate::warn_limited!(
+            crate::ratelimit::CONTROL_REFUSED,
+            "control request shorter than its header"
+        );
         return Response::status(Status::BadMsg);
     };
     let code = match RequestCode::try_from(hdr.code.to_native()) {
@@ -489,6 +498,9 @@ mod tests {
         fn gate(&self) -> &crate::queue::RingGate {
             &self.1
         }
+        fn size(&self) -> u16 {
+            1024
+        }
         fn pop(&self, _pass: &RingPass<'_>) -> Option<Chain> {
             None
         }
@@ -545,7 +557,7 @@ mod tests {
                 vec![]
             };
             let chain = make_chain(&req, &rs, resp, &ws);
-            let layout = ChainLayout::of(&chain).unwrap();
+            let layout = ChainLayout::of(&chain, 1024).unwrap();
             let before = rec.0.lock().unwrap().len();
             let pass = rec.gate().enter().unwrap();
             handle_control(&dev, rec.as_ref(), &pass, chain.clone());

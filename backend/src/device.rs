@@ -331,7 +331,7 @@ impl SoundDevice {
         let Some(q) = self.queue(queue) else {
             return;
         };
-        let (stream_id, msg) = match IoMessage::parse(chain, dir) {
+        let (stream_id, msg) = match IoMessage::parse(chain, dir, q.size()) {
             Ok(x) => x,
             Err(refused) => return io::refuse(q.as_ref(), pass, refused),
         };

@@ -86,7 +86,7 @@ impl EventQueue {
                 break;
             };
             let head = chain.head_index();
-            let len = match ChainLayout::of(&chain) {
+            let len = match ChainLayout::of(&chain, queue.size()) {
                 Ok(layout) if layout.writable >= 8 => {
                     match chain::write_at(&chain, &layout, 0, ev.as_slice()) {
                         Ok(()) => 8,

@@ -38,16 +38,21 @@ pub enum Refused {
 impl IoMessage {
     /// Reads a message's header. Returns the stream id it names and the
     /// message, whose payload is measured for the queue's direction.
-    pub fn parse(chain: Chain, dir: Direction) -> Result<(u32, IoMessage), Refused> {
-        let layout = match ChainLayout::of(&chain) {
+    pub fn parse(
+        chain: Chain,
+        dir: Direction,
+        max_descriptors: u16,
+    ) -> Result<(u32, IoMessage), Refused> {
+        let layout = match ChainLayout::of(&chain, max_descriptors) {
             Ok(l) => l,
             Err(e) => {
-                log::warn!("I/O message refused: {e}");
+                crate::warn_limited!(crate::ratelimit::IO_REFUSED, "I/O message refused: {e}");
                 return Err(Refused::NoStatus(chain));
             }
         };
         if layout.writable < STATUS_LEN {
-            log::warn!(
+            crate::warn_limited!(
+                crate::ratelimit::IO_REFUSED,
                 "I/O message without room for a status ({} writable bytes)",
                 layout.writable
             );

@@ -23,6 +23,7 @@ pub mod hotplug;
 pub mod io;
 pub mod pacer;
 pub mod queue;
+pub mod ratelimit;
 pub mod sigbus;
 pub mod stream;
 pub mod vhost_user;

@@ -25,6 +25,8 @@ pub type Chain = DescriptorChain<GuestMemoryLoadGuard<Mem>>;
 pub trait Virtqueue: Send + Sync {
     /// The ring's run state.
     fn gate(&self) -> &RingGate;
+    /// The queue size: no chain may have more descriptors.
+    fn size(&self) -> u16;
     /// Takes the next chain the driver made available, if any.
     fn pop(&self, pass: &RingPass<'_>) -> Option<Chain>;
     /// Puts a chain on the used ring with `len` bytes written, and notifies

@@ -572,6 +572,10 @@ impl Virtqueue for VringQueue {
         &self.vring.ctl.gate
     }
 
+    fn size(&self) -> u16 {
+        self.vring.get_ref().get_queue().size()
+    }
+
     fn pop(&self, pass: &RingPass<'_>) -> Option<Chain> {
         debug_assert!(pass.is_for(self.gate()));
         let mem = self.vring.mem.memory();
@@ -758,7 +762,10 @@ impl VhostUserBackend for VsoundBackend {
 
     fn set_config(&self, _offset: u32, _buf: &[u8]) -> io::Result<()> {
         // The config space is read-only for the driver (spec 5.14.4).
-        log::warn!("driver wrote the read-only config space; ignored");
+        crate::warn_limited!(
+            crate::ratelimit::CONFIG_WRITES,
+            "driver wrote the read-only config space; ignored"
+        );
         Ok(())
     }
 

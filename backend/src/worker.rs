@@ -557,7 +557,12 @@ impl StreamRuntime {
                 HostIo::Failed
             }
             Err(e) => {
-                log::warn!("stream {}: device {}: {e}", self.id, self.device.name);
+                crate::warn_limited!(
+                    crate::ratelimit::HOST_CALL_FAILED,
+                    "stream {}: device {}: {e}",
+                    self.id,
+                    self.device.name
+                );
                 self.endpoint.give_back(lent);
                 HostIo::Failed
             }
