@@ -61,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         action: CtlAction,
     },
+    /// Record a pad's playback to WAV files, or play a WAV file into its
+    /// capture.
+    Pad(crate::pad_tool::PadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +138,7 @@ pub fn run() -> ExitCode {
                 }
             }
         }
+        Some(Command::Pad(args)) => crate::pad_tool::run(args),
         None => run_daemon(cli.run),
     }
 }

@@ -8,6 +8,7 @@
 //! - [`device`]: the device core, independent of the transport.
 //! - [`hotplug`]: host devices coming and going; [`api`]: the management API.
 //! - [`vhost_user`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`].
+//! - [`pad_tool`]: `vsound pad record`/`play`, clients of a pad device.
 
 pub mod api;
 pub mod chain;
@@ -22,6 +23,7 @@ pub mod gate;
 pub mod hotplug;
 pub mod io;
 pub mod pacer;
+pub mod pad_tool;
 pub mod queue;
 pub mod ratelimit;
 pub mod sigbus;
