@@ -660,6 +660,8 @@ struct Playback {
     header: Option<[u8; WAV_HEADER_LEN]>,
     /// The header is due before the next frames.
     header_pending: bool,
+    /// The sink was closed: what is queued is still sent, then this goes.
+    closing: bool,
 }
 
 impl Playback {
@@ -978,7 +980,7 @@ impl HostDevice for PadDevice {
         };
         let ring = Ring::new(ring_bytes(params), params.frame_bytes())?;
         let mut st = lock(&self.shared.state);
-        if st.playback.is_some() {
+        if st.playback.as_ref().is_some_and(|p| !p.closing) {
             return Err(DeviceError::Unsupported(format!(
                 "pad {} already has a playback stream open",
                 self.shared.name
@@ -988,11 +990,18 @@ impl HostDevice for PadDevice {
         // (a stream restarted with the same parameters goes on in the same
         // WAV stream).
         let header_pending = st.connected && header.is_some() && header != st.last_header;
-        st.playback = Some(Playback {
+        let replaced = st.playback.replace(Playback {
             ring,
             header,
             header_pending,
+            closing: false,
         });
+        if let Some(old) = replaced.as_ref().filter(|p| p.has_output()) {
+            bump(
+                &self.shared.counters.playback_dropped_bytes,
+                old.ring.frames_len(),
+            );
+        }
         if self.shared.fill == Fill::Silence {
             let now = Instant::now();
             let covered_until = st.fill.as_ref().map_or(now, |f| f.covered_until);
@@ -1018,7 +1027,7 @@ impl HostDevice for PadDevice {
                 ""
             }
         );
-        if header_pending {
+        if header_pending || self.shared.fill == Fill::Silence {
             self.shared.wake.signal();
         }
         Ok(Box::new(PadSink {
@@ -1140,8 +1149,23 @@ impl PlaybackSink for PadSink {
 }
 
 impl Drop for PadSink {
+    /// What the guest played and the client has not been sent yet is still
+    /// sent (the pad thread removes the stream once it is out).
     fn drop(&mut self) {
-        let old = lock(&self.shared.state).playback.take();
+        let old = {
+            let mut st = lock(&self.shared.state);
+            let sending = st.connected && !st.output_closed;
+            match st.playback.as_mut() {
+                Some(pb) if sending && pb.has_output() => {
+                    pb.closing = true;
+                    None
+                }
+                _ => st.playback.take(),
+            }
+        };
+        if old.is_none() {
+            self.shared.wake.signal();
+        }
         drop(old);
     }
 }
@@ -1395,12 +1419,21 @@ impl PadThread {
         if self.shared.capture_mode != CaptureMode::Pipe || c.reading {
             return;
         }
-        let drained = {
+        // Recorded: nothing left but (with a capture stream open) less than
+        // one of its frames, which no recording can take.
+        let (drained, listening) = {
             let st = lock(&self.shared.state);
-            st.output_closed && st.inbox.as_ref().is_none_or(|r| r.len() == 0)
+            let frame = u64::from(st.capture_frame.unwrap_or(1).max(1));
+            let left = st.inbox.as_ref().map_or(0, Ring::len);
+            let drained = left == 0 || (st.capture_frame.is_some() && left < frame);
+            // A half-closed client that listens to an open playback stream
+            // stays; one that only wrote is let go, so it sees EOF when the
+            // guest has recorded everything.
+            let open = st.playback.as_ref().is_some_and(|p| !p.closing);
+            (drained, !st.output_closed && open)
         };
-        if drained {
-            self.disconnect("the client closed; everything it wrote was recorded");
+        if drained && !listening {
+            self.disconnect("the client's input is over and everything it wrote was recorded");
         }
     }
 
@@ -1461,6 +1494,19 @@ impl PadThread {
                 Ok(n) => self.deliver(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A client that closed with playback unread in its buffer
+                // resets the connection: in pipe mode that is its end of
+                // input, and what it wrote is still recorded.
+                Err(e)
+                    if self.shared.capture_mode == CaptureMode::Pipe
+                        && e.kind() == io::ErrorKind::ConnectionReset =>
+                {
+                    c.reading = false;
+                    c.hup = true;
+                    lock(&self.shared.state).input_done = true;
+                    self.close_output();
+                    return true;
+                }
                 Err(e) => {
                     self.disconnect(&format!("read error: {e}"));
                     return false;
@@ -1567,10 +1613,13 @@ impl PadThread {
         }
         pb.header_pending = false;
         len += pb.ring.pop(self.out.get_mut(len..).unwrap_or_default());
+        let gone = pb.closing && !pb.has_output();
         if sent_header.is_some() {
             st.last_header = sent_header;
         }
+        let old = if gone { st.playback.take() } else { None };
         drop(st);
+        drop(old);
         self.out_start = 0;
         self.out_end = len;
         len > 0
@@ -1694,6 +1743,9 @@ impl PadThread {
         self.client = None;
         let mut st = lock(&self.shared.state);
         st.connected = false;
+        if st.playback.as_ref().is_some_and(|p| p.closing) {
+            st.playback = None;
+        }
         let unrecorded = st.inbox.take().map_or(0, |r| r.len());
         st.input_done = false;
         st.output_closed = false;
@@ -2276,8 +2328,8 @@ mod tests {
     fn a_client_that_closes_its_write_side_still_gets_playback() -> TestResult {
         let fx = pad_with("")?;
         let mut client = fx.connect()?;
-        client.shutdown(Shutdown::Write)?;
         let mut sink = fx.pad.open_playback(&params(Format::S16, 48000, 2))?;
+        client.shutdown(Shutdown::Write)?;
         wait_for("the half-close", || {
             // Still attached, so writes keep succeeding.
             sink.write(&[0; 4]).is_ok() && fx.pad.stats().playback_bytes >= 4
@@ -2287,6 +2339,47 @@ mod tests {
         let mut got = [1u8; 4];
         client.read_exact(&mut got)?;
         assert_eq!(got, [0; 4]);
+        Ok(())
+    }
+
+    /// A client that only writes (no playback stream is open) and then
+    /// half-closes learns that the guest recorded everything: the pad lets
+    /// it go, and it reads EOF.
+    #[test]
+    fn a_half_closed_writer_is_let_go_once_its_input_is_recorded() -> TestResult {
+        let fx = pad_with("")?;
+        let mut client = fx.connect()?;
+        let data = pattern(40_000, 4);
+        client.write_all(&data)?;
+        client.shutdown(Shutdown::Write)?;
+        thread::sleep(Duration::from_millis(100));
+        assert!(fx.pad.is_attached(), "let go before its input was recorded");
+        let p = params(Format::S16, 48000, 2);
+        let mut source = fx.pad.open_capture(&p)?;
+        let got = record(source.as_mut(), data.len(), p.period_bytes as usize);
+        assert!(got == data, "capture bytes differ");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest)?;
+        assert!(rest.is_empty());
+        wait_for("the detach", || !fx.pad.is_attached())?;
+        Ok(())
+    }
+
+    /// A sink closed right after its last write: those frames still reach
+    /// the client.
+    #[test]
+    fn frames_written_just_before_the_sink_closes_are_still_sent() -> TestResult {
+        let fx = pad_with("")?;
+        let client = fx.connect()?;
+        let p = params(Format::S16, 48000, 2);
+        let data = pattern(p.period_bytes as usize * 4, 6);
+        let reader = read_on_thread(&client, data.len())?;
+        let mut sink = fx.pad.open_playback(&p)?;
+        sink.write(&data)?;
+        drop(sink);
+        assert!(joined(reader)? == data, "the tail was lost");
+        // The closed stream is gone once sent: a new one opens.
+        wait_for("the stream to go", || fx.pad.open_playback(&p).is_ok())?;
         Ok(())
     }
 

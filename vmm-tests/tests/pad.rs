@@ -925,9 +925,11 @@ fn with_fill_silence_a_one_second_pause_reaches_the_client_as_one_second_of_sile
     let gap_ms = gap.len() as f64 * 1000.0 / rate as f64;
     eprintln!("a 1 s pause reached the client as {gap_ms:.1} ms of silence");
     // STOP came after the 10th completion (the test thread may see it late,
-    // which only lengthens the pause), START 1 s after STOP.
+    // which only lengthens the pause), START 1 s after STOP. The pad dates
+    // frames by when they are written, so a late tick before the pause can
+    // shorten it by that lateness (992 ms seen on a loaded machine).
     assert!(
-        (995.0..=1100.0).contains(&gap_ms),
+        (975.0..=1100.0).contains(&gap_ms),
         "a 1 s pause came out as {gap_ms:.1} ms"
     );
     pad.alive();
