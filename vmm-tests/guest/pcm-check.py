@@ -2,10 +2,13 @@
 """pcm-check.py: compare PCM a host device received with what the guest played.
 
 Usage:
-  pcm-check.py exact EXPECT GOT --frame N [--lead-silence BYTES] [--max-tail BYTES]
+  pcm-check.py exact EXPECT GOT --frame N [--lead-silence BYTES|auto] [--min-lead BYTES]
+                 [--max-tail BYTES]
       GOT must be BYTES zero bytes (default 0), then EXPECT byte for byte, then at most
       --max-tail zero bytes (default 0): the guest kernel fills the rest of the last
-      period with silence when aplay drains.
+      period with silence when aplay drains. --lead-silence auto: any number of zero
+      frames (at least --min-lead bytes) before EXPECT (e.g. a recording that began
+      before the host fed the file); EXPECT's first frame must not be silence.
   pcm-check.py prefix EXPECT GOT --frame N [--min-bytes N]
       GOT must be the first len(GOT) bytes of EXPECT, whole frames, at least --min-bytes.
   pcm-check.py substring EXPECT GOT --frame N [--max-tail BYTES] [--min-bytes N] [--to-end]
@@ -23,6 +26,14 @@ Usage:
       --min-bytes: the pieces hold at least that many of the file's bytes; --from-start:
       the first piece is the file's start; --to-end: the last one reaches its end;
       --max-pieces: at most that many pieces.
+  pcm-check.py sequence EXPECT1,EXPECT2,... GOT --frame N [--gap-ms MS[,MS...]
+                 --tolerance-ms MS]
+      GOT (e.g. what a pad's listener got with fill = "silence") must be zero frames,
+      EXPECT1 byte for byte, zero frames, EXPECT2 byte for byte, ..., zero frames: each
+      file whole, in order, nothing else. Each file must start with a frame that is not
+      silence (it is found at the first non-zero frame after the previous one). Prints
+      the silence before, between and after the files; --gap-ms: the silence between
+      file K and K+1 must last the K-th MS, within --tolerance-ms (needs --rate).
   pcm-check.py locate EXPECT HEXBYTES
       print where the bytes HEXBYTES (e.g. "0a 1b 2c ...") first occur in EXPECT.
 
@@ -75,8 +86,30 @@ def check_tail(args, tail, where):
              % (nz, len(tail), where, tail[nz]))
 
 
+def first_frame_nonzero(expect, f, what):
+    if not any(expect[:f]):
+        fail("%s starts with a silent frame: it cannot be found after silence by its first frame" % what)
+
+
+def nonzero_frame_at(data, pos, f):
+    """Offset of the first frame at or after pos (frame-aligned) with a non-zero byte, or -1."""
+    m = NONZERO.search(data, pos)
+    if m is None:
+        return -1
+    return m.start() - m.start() % f
+
+
 def cmd_exact(args, expect, got):
-    lead = args.lead_silence
+    if args.lead_silence == "auto":
+        first_frame_nonzero(expect, args.frame, args.expect)
+        lead = nonzero_frame_at(got, 0, args.frame)
+        if lead < 0:
+            fail("all %d bytes%s are silence" % (len(got), ms(args, len(got))))
+        if lead < args.min_lead:
+            fail("the file starts at received byte %d%s: less than the %d bytes%s of leading silence expected"
+                 % (lead, ms(args, lead), args.min_lead, ms(args, args.min_lead)))
+    else:
+        lead = int(args.lead_silence)
     if len(got) < lead + len(expect):
         d = first_diff(got[lead:], expect)
         fail("got %d bytes%s, expected %d of silence + %d of PCM%s; first difference at PCM byte %d"
@@ -96,8 +129,9 @@ def cmd_exact(args, expect, got):
              % (d, d // args.frame, ms(args, d), body[d:d + 8].hex(" "), expect[d:d + 8].hex(" "),
                 at, lead))
     check_tail(args, got[lead + len(expect):], "the PCM")
-    print("pcm-check: ok: %d bytes = %d bytes of silence + the file's %d bytes%s exactly + %d bytes of silence"
-          % (len(got), lead, len(expect), ms(args, len(expect)), len(got) - lead - len(expect)))
+    tail = len(got) - lead - len(expect)
+    print("pcm-check: ok: %d bytes = %d bytes%s of silence + the file's %d bytes%s exactly + %d bytes%s of silence"
+          % (len(got), lead, ms(args, lead), len(expect), ms(args, len(expect)), tail, ms(args, tail)))
 
 
 def cmd_prefix(args, expect, got):
@@ -207,14 +241,69 @@ def cmd_pieces(args, expect, got):
     print("pcm-check: ok: " + summary)
 
 
+def cmd_sequence(args, expects, got):
+    f = args.frame
+    if len(got) % f:
+        fail("%d bytes is not whole %d-byte frames" % (len(got), f))
+    gaps = [float(g) for g in args.gap_ms.split(",")] if args.gap_ms else []
+    if gaps and not args.rate:
+        fail("--gap-ms needs --rate")
+    if len(gaps) > max(len(expects) - 1, 0):
+        fail("%d gaps given for %d files" % (len(gaps), len(expects)))
+    cursor = 0
+    parts = []  # (name, received offset, length, silence before it)
+    for path, expect in expects:
+        name = path.rsplit("/", 1)[-1]
+        first_frame_nonzero(expect, f, name)
+        at = nonzero_frame_at(got, cursor, f)
+        if at < 0:
+            fail("only silence after received byte %d%s, where %s should come next (%s)"
+                 % (cursor, ms(args, cursor), name, layout(args, parts, cursor, len(got))))
+        body = got[at:at + len(expect)]
+        if body != expect:
+            d = first_diff(body, expect)
+            fail("%s does not follow the silence at received byte %d%s: byte %d of it (frame %d%s) differs: "
+                 "got %s, expected %s; its first bytes are at received offset %d (%s)"
+                 % (name, at, ms(args, at), d, d // f, ms(args, d), body[d:d + 8].hex(" "),
+                    expect[d:d + 8].hex(" "), got.find(expect[:256], cursor), layout(args, parts, at, len(got))))
+        parts.append((name, at, len(expect), at - cursor))
+        cursor = at + len(expect)
+    rest = nonzero_frame_at(got, cursor, f)
+    if rest >= 0:
+        fail("received byte %d%s, after the last file, is not silence (%s ...) (%s)"
+             % (rest, ms(args, rest), got[rest:rest + 8].hex(" "), layout(args, parts, cursor, len(got))))
+    summary = layout(args, parts, cursor, len(got))
+    for k, want in enumerate(gaps):
+        have = parts[k + 1][3] * 1000.0 / args.rate
+        if abs(have - want) > args.tolerance_ms:
+            fail("the silence between %s and %s lasts %.1f ms, expected %.1f +- %.0f ms (%s)"
+                 % (parts[k][0], parts[k + 1][0], have, want, args.tolerance_ms, summary))
+    checked = "".join("; gap %d: %.1f ms, expected %.1f ms (%+.1f ms, within +- %.0f)"
+                      % (k + 1, parts[k + 1][3] * 1000.0 / args.rate, want,
+                         parts[k + 1][3] * 1000.0 / args.rate - want, args.tolerance_ms)
+                      for k, want in enumerate(gaps))
+    print("pcm-check: ok: %s%s" % (summary, checked))
+
+
+def layout(args, parts, end, total):
+    """What was found so far: silence, file, silence, file, ... up to end, then the rest."""
+    out = []
+    for name, at, n, before in parts:
+        out.append("%d bytes%s of silence" % (before, ms(args, before)))
+        out.append("%s exactly (%d bytes%s at %d)" % (name, n, ms(args, n), at))
+    out.append("%d bytes%s to the end" % (total - end, ms(args, total - end)))
+    return ", ".join(out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=["exact", "prefix", "substring", "pieces", "locate"])
+    p.add_argument("mode", choices=["exact", "prefix", "substring", "pieces", "sequence", "locate"])
     p.add_argument("expect")
     p.add_argument("got")
     p.add_argument("--frame", type=int, default=1)
     p.add_argument("--rate", type=float, default=0, help="bytes per second")
-    p.add_argument("--lead-silence", type=int, default=0)
+    p.add_argument("--lead-silence", default="0", help="bytes, or auto")
+    p.add_argument("--min-lead", type=int, default=0)
     p.add_argument("--max-tail", type=int, default=0)
     p.add_argument("--min-bytes", type=int, default=0)
     p.add_argument("--to-end", action="store_true")
@@ -222,7 +311,18 @@ def main():
     p.add_argument("--max-pieces", type=int, default=0)
     p.add_argument("--offset-ms", type=float)
     p.add_argument("--tolerance-ms", type=float, default=500)
+    p.add_argument("--gap-ms", help="sequence: the silences between the files, comma-separated")
     args = p.parse_args()
+    if args.lead_silence != "auto" and not args.lead_silence.isdigit():
+        p.error("--lead-silence takes a number of bytes or auto")
+    if args.mode == "sequence":
+        expects = [(name, open(name, "rb").read()) for name in args.expect.split(",")]
+        try:
+            got = open(args.got, "rb").read()
+        except FileNotFoundError:
+            fail("%s: nothing received (no such file)" % args.got)
+        cmd_sequence(args, expects, got)
+        return
     expect = open(args.expect, "rb").read()
     if args.mode == "locate":
         key = bytes.fromhex(args.got)

@@ -16,7 +16,8 @@
 # pad-playback-s16, pad-playback-s32-mono, pad-playback-float-6ch, pad-capture,
 # alsa-file, two-groups, vmm-restart, driver-reload, hot-remove-silence,
 # hot-remove-error, jacks, pause-resume-playback, pause-resume-capture,
-# system-reset-playback, reboot-playback, daemon-restart-replug.
+# system-reset-playback, reboot-playback, daemon-restart-replug, pad-recipe-feed-first,
+# pad-recipe-record-first, pad-fill-silence-gap.
 # Host-side helpers: pad-client.py (records/feeds a pad, reacts to the guest console),
 # pcm-check.py (compares received PCM with the file played), qmp.py (QEMU's monitor:
 # pause, resume, reset the VM, unplug and plug a device). The test signals are made once
@@ -40,17 +41,21 @@ DATA=$WORK/data
 DAEMON_PID=
 GUEST_CMD=() GUEST_PID= QMP_OPTS=()
 BG_PIDS=()     # pad clients and background guests of the current case
+BG_PGIDS=()    # process groups of the case (setsid: a shell pipeline and its members)
 CASE_NAME='' CDIR='' OUT=''
 
-kill_bg() { # stop every background process of the case, by pid
+kill_bg() { # stop every background process of the case, by pid (and process group id)
     local pid
+    for pid in "${BG_PGIDS[@]}"; do
+        kill -TERM -- "-$pid" 2>/dev/null || true
+    done
     for pid in "${BG_PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${BG_PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    BG_PIDS=()
+    BG_PIDS=() BG_PGIDS=()
 }
 forget_pid() { # forget_pid PID: drop a reaped pid from BG_PIDS
     local p keep=()
@@ -220,9 +225,12 @@ wait_for_text() {
 }
 
 # pcm MODE EXPECT GOT [pcm-check options...]: pcm-check.py, its verdict into the output
+# (EXPECT: FILE1,FILE2,... for the sequence mode)
 pcm() {
     local rc=0
-    say "    $(basename "$3") vs $(basename "$2") ($1):"
+    local e names=()
+    for e in ${2//,/ }; do names+=("$(basename "$e")"); done
+    say "    $(basename "$3") vs ${names[*]} ($1):"
     python3 "$HERE/pcm-check.py" "$@" >"$CDIR/pcm-check.out" 2>&1 || rc=$?
     sed 's/^/      /' "$CDIR/pcm-check.out" >>"$OUT"
     return $rc
@@ -286,6 +294,16 @@ if not any(d[:4]):
 open(sys.argv[2], "wb").write(d)
 PY
         rm -f "$DATA/$p.raw.tmp" "$DATA/$p.wav"
+    done
+    # The README recipes' signals: a 3 s file fed to a pad's capture, a 100 ms beep (the
+    # tone is s16-1s); their first frames are not silence (the noise), checked below.
+    gen in3 3 48000 2 signed-integer 16 sine 440 sine 587
+    gen beep 0.1 48000 2 signed-integer 16 sine 1000 sine 1500
+    for p in in3 beep s16-1s; do
+        python3 -c 'import sys; sys.exit(not any(open(sys.argv[1], "rb").read(4)))' "$DATA/$p.raw" || {
+            echo "run-suite: $p.raw starts with a silent frame" >&2
+            exit 2
+        }
     done
 }
 
@@ -705,6 +723,172 @@ time.sleep(600)' "$CDIR/ctl.sock" 2>>"$CDIR/tell.log" &
     return $ok
 }
 
+# --- the README's pad recipes ------------------------------------------------------------
+# The README and configs/pad.toml give shell recipes for a pad: feed the guest's
+# microphone from a file with sox | socat, listen with socat. These cases run them as the
+# README writes them (taken from README.md, only the socket path changed), on the
+# repository's configs/pad.toml (only its two socket paths changed), with the guest's
+# own arecord/aplay.
+
+# readme_pad_config: $CDIR/pad.toml = the repository's configs/pad.toml with only its
+# [daemon] socket and pad0 path moved into the case's folder; prints its path
+readme_pad_config() {
+    local out=$CDIR/pad.toml n
+    sed -e "s#^socket = \"/tmp/vsound.sock\"\$#socket = \"$CDIR/vsound.sock\"#" \
+        -e "s#^path = \"/tmp/vsound-pad0.sock\"\$#path = \"$CDIR/pad0.sock\"#" "$REPO/configs/pad.toml" >"$out"
+    n=$(diff "$REPO/configs/pad.toml" "$out" | grep -c '^>') || true
+    [[ $n -eq 2 ]] || bad "configs/pad.toml: expected its socket and pad0 path on /tmp, changed $n lines" || return 1
+    echo "$out"
+}
+
+# readme_recipe START: the README's command that starts with START (inside backquotes),
+# its pad socket /tmp/vsound-pad0.sock (configs/pad.toml's) moved to $CDIR/pad0.sock
+readme_recipe() {
+    local cmd
+    cmd=$(grep -o "\`$1[^\`]*\`" "$REPO/README.md" | head -n 1 | tr -d '`')
+    [[ -n $cmd ]] || bad "no \`$1...\` in README.md" || return 1
+    [[ $cmd == *UNIX-CONNECT:/tmp/vsound-pad0.sock* ]] ||
+        bad "the README's '$cmd' is not on configs/pad.toml's /tmp/vsound-pad0.sock" || return 1
+    echo "${cmd//UNIX-CONNECT:\/tmp\/vsound-pad0.sock/UNIX-CONNECT:$CDIR/pad0.sock}"
+}
+
+# recipe_feed WAV: the README's recipe for feeding the guest's microphone,
+#   sox in.wav -t raw -r 48000 -e signed -b 16 -c 2 - | socat -u - UNIX-CONNECT:<pad0.sock>
+# verbatim (in.wav = a copy of WAV in $CDIR), in the background in its own process group;
+# when it ends, $CDIR/recipe.rc has the exit status of sox and of socat (PIPESTATUS) and
+# recipe.end the host time (ns); its stderr is in recipe.log. Connects on its own (the
+# pad's log says when).
+recipe_feed() {
+    local cmd
+    cmd=$(readme_recipe "sox in.wav ") || return 1
+    cp "$1" "$CDIR/in.wav"
+    rm -f "$CDIR/recipe.rc" "$CDIR/recipe.end"
+    say "    host: $cmd"
+    (cd "$CDIR" && exec setsid bash -c "$cmd"'
+echo "${PIPESTATUS[*]}" >recipe.rc
+date +%s%N >recipe.end' 2>"$CDIR/recipe.log") &
+    BG_PIDS+=($!)
+    BG_PGIDS+=($!)
+}
+
+# recipe_wait SECS: until the feeding recipe has ended (at most SECS s); checks that sox
+# and socat exited 0
+recipe_wait() {
+    local i rc
+    for ((i = 0; i < $1 * 20; i++)); do
+        [[ -s $CDIR/recipe.rc ]] && break
+        sleep 0.05
+    done
+    [[ -s $CDIR/recipe.rc ]] ||
+        bad "sox | socat still running $1 s after the guest ended (not all of in.wav taken?)" || return 1
+    rc=$(cat "$CDIR/recipe.rc")
+    say "    sox | socat exit status: $rc"
+    [[ $rc == "0 0" ]] || bad "sox | socat exited with '$rc' (sox, socat), not '0 0': $(head -n 2 "$CDIR/recipe.log")"
+}
+
+# recipe_capture WHEN: the two feeding cases. The daemon runs configs/pad.toml; the
+# guest records 4 s (cases/capture-dump.sh: `arecord -D hw:CARD=SoundCard,DEV=0 -f
+# S16_LE -r 48000 -c 2 -t raw -d 4`, exit 0 after 4 s with exactly 4 s of bytes, no
+# dmesg timeout) and passes the recording to the host over a virtio-serial port (md5
+# checked); the host starts the README's sox | socat recipe on the 3 s in3.wav at boot
+# (WHEN=first: as soon as the pad's socket exists; the guest is started once the pad
+# says its client attached) or once the guest says its capture runs (WHEN=record), and
+# sox and socat must exit 0 (socat once the pad took the last byte: the pad reads only
+# as fast as the guest records, so socat blocks until then). Prints when socat ended,
+# from the guest's "capture running" (host time).
+recipe_capture() {
+    local ok=0 cfg want got t_run t_end
+    cfg=$(readme_pad_config) || return 1
+    start_daemon "$cfg" || return 1
+    if [[ $1 == first ]]; then
+        recipe_feed "$DATA/in3.wav" || return 1
+        wait_for_text "$CDIR/daemon.log" "pad pad0: client attached" 10 || return 1
+    fi
+    guest_bg guest capture-dump.sh --env "CAPTURE_DUMP=$LIFE_DEV@4" -- \
+        -device virtio-serial-pci,id=vser0 -chardev "file,id=capdump,path=$CDIR/capture.raw" \
+        -device virtserialport,bus=vser0.0,chardev=capdump,name=vsound.capture
+    wait_for_text "$CDIR/guest.log" "VSOUND-INFO: capture running" 60 || return 1
+    t_run=$(date +%s%N)
+    if [[ $1 == first ]]; then
+        if [[ -s $CDIR/recipe.rc ]]; then
+            say "    sox | socat had already ended when the guest's capture started"
+        else
+            say "    sox | socat still blocked when the guest's capture started"
+        fi
+    else
+        recipe_feed "$DATA/in3.wav" || return 1
+    fi
+    guest_wait || ok=1
+    recipe_wait 5 || ok=1
+    if [[ -s $CDIR/recipe.end ]]; then
+        t_end=$(cat "$CDIR/recipe.end")
+        say "    socat ended $(((t_end - t_run) / 1000000)) ms after the guest's capture started (host time)"
+    fi
+    kill_bg
+    grep -a -o 'pad pad0: .*' "$CDIR/daemon.log" | sed 's/^/    daemon: /' >>"$OUT"
+    want=$(tr -d '\r' <"$CDIR/guest.log" | grep -a -o 'VSOUND-INFO: capture dump: .*md5 [0-9a-f]*' | awk '{ print $NF }')
+    [[ -n $want ]] || bad "the guest sent no recording" || return 1
+    got=$(md5sum <"$CDIR/capture.raw" | cut -d' ' -f1)
+    [[ $got == "$want" ]] ||
+        bad "the recording on the host (md5 $got, $(stat -c %s "$CDIR/capture.raw") bytes) is not the guest's (md5 $want)" ||
+        return 1
+    if [[ $1 == first ]]; then
+        # the whole file was waiting: it starts at the recording's first frame
+        pcm exact "$DATA/in3.raw" "$CDIR/capture.raw" --frame 4 --rate 192000 --max-tail 192000 || ok=1
+    else
+        pcm exact "$DATA/in3.raw" "$CDIR/capture.raw" --frame 4 --rate 192000 --lead-silence auto \
+            --min-lead 4 --max-tail 192000 || ok=1
+    fi
+    return $ok
+}
+
+# 11a. The README's feeding recipe, file first: sox | socat runs from the guest's boot on
+#      (before anything records) and blocks; the 4 s recording must be in3.wav's PCM
+#      exactly from its first frame (the pad kept what was written before the capture
+#      started, and lost nothing), then only silence (after socat closed, the pad
+#      recorded what it had, then detached: the rest of the recording is silence).
+case_pad_recipe_feed_first() { recipe_capture first; }
+
+# 11b. The README's feeding recipe, recording first: the host starts sox | socat only
+#      when the guest says its arecord runs; the recording must be silence (at least one
+#      frame), in3.wav's PCM exactly from its first frame, then silence.
+case_pad_recipe_record_first() { recipe_capture record; }
+
+# 11c. fill = "silence" (configs/pad-fill.toml, a raw S16 48 kHz stereo pad) keeps the
+#      listener's timeline: the host listens with the README's recipe, `socat -u
+#      UNIX-CONNECT:<pad0.sock> -`, into out.raw instead of aplay; the guest plays a
+#      100 ms beep, sleeps 1 s and plays 1 s of tone (two aplay runs, cases/play-gap.sh;
+#      each exits 0, in real time from its stream's START). The guest measures the pause
+#      between the two sounds on the device's timeline from the kernel's START timestamps
+#      of the two streams (START2 - START1 - 100 ms: the sleep plus aplay's own time, the
+#      silence aplay pads the beep's last period with, its drain and exit, the second
+#      aplay's start-up; 1.35-1.65 s here). out.raw must be silence, the beep exactly,
+#      silence, the tone exactly, silence, and the silence between the two must last what
+#      the guest measured, +- 30 ms. What it proves: without fill the pad sends only the
+#      guest's frames, and the tone follows the beep's padded last period directly (28 ms
+#      of silence between them with 2048-frame periods, measured); a fill that sent too
+#      much or too little silence, dropped some of the pause, or let silence overlap or
+#      cut the frames, shows up as a wrong gap or as a sound that is not bit-exact.
+case_pad_fill_silence_gap() {
+    local ok=0 cmd gap
+    start_daemon "$(config pad-fill.toml)" || return 1
+    cmd=$(readme_recipe "socat -u UNIX-CONNECT:") || return 1
+    cmd=${cmd%% | *} # the listener, without its player
+    say "    host: $cmd > out.raw"
+    (cd "$CDIR" && exec bash -c "exec $cmd >out.raw" 2>"$CDIR/listener.log") &
+    BG_PIDS+=($!)
+    wait_for_text "$CDIR/daemon.log" "pad pad0: client attached" 10 || return 1
+    guest guest play-gap.sh --data "$DATA/beep.wav" --data "$DATA/s16-1s.wav" \
+        --env "GAP_PLAY=$LIFE_DEV@/data/beep.wav@100@/data/s16-1s.wav@1000" --env GAP_SLEEP_MS=1000 || ok=1
+    kill_bg
+    grep -a -o 'pad pad0: .*' "$CDIR/daemon.log" | sed 's/^/    daemon: /' >>"$OUT"
+    gap=$(tr -d '\r' <"$CDIR/guest.log" | grep -a -o 'VSOUND-INFO: gap-ms [0-9.-]*' | awk '{ print $3 }')
+    [[ -n $gap ]] || bad "the guest measured no gap" || return 1
+    pcm sequence "$DATA/beep.raw,$DATA/s16-1s.raw" "$CDIR/out.raw" --frame 4 --rate 192000 \
+        --gap-ms "$gap" --tolerance-ms 30 || ok=1
+    return $ok
+}
+
 # --- runner ----------------------------------------------------------------------------
 CASES=(
     default-play-record
@@ -724,6 +908,9 @@ CASES=(
     system-reset-playback
     reboot-playback
     daemon-restart-replug
+    pad-recipe-feed-first
+    pad-recipe-record-first
+    pad-fill-silence-gap
 )
 # Cases that need daemon work still in progress (none now).
 PENDING_CASES=()
