@@ -17,7 +17,7 @@
 # alsa-file, two-groups, vmm-restart, driver-reload, hot-remove-silence,
 # hot-remove-error, jacks, pause-resume-playback, pause-resume-capture,
 # system-reset-playback, reboot-playback, daemon-restart-replug, pad-recipe-feed-first,
-# pad-recipe-record-first, pad-fill-silence-gap.
+# pad-recipe-record-first, pad-fill-silence-gap, pad-tool-round-trip.
 # Host-side helpers: pad-client.py (records/feeds a pad, reacts to the guest console),
 # pcm-check.py (compares received PCM with the file played), qmp.py (QEMU's monitor:
 # pause, resume, reset the VM, unplug and plug a device). The test signals are made once
@@ -889,6 +889,63 @@ case_pad_fill_silence_gap() {
     return $ok
 }
 
+# 11d. `vsound pad play` and `vsound pad record` (the README's helper commands) round-trip
+#      a file through the guest on configs/pad.toml: `vsound pad play pad0 in3.wav` runs
+#      from boot (before anything records; it must exit 0 once the guest has recorded
+#      everything) and the guest's 4 s arecord must be in3.wav's PCM exactly from its first
+#      frame; then `vsound pad record pad0 out.wav --seconds 2` runs while the guest plays
+#      s16.wav (2 s) with aplay: out.wav must be a valid WAV (S16, 48 kHz, 2 ch) whose data
+#      is s16.wav's PCM exactly.
+case_pad_tool_round_trip() {
+    local ok=0 cfg want got rc
+    cfg=$(readme_pad_config) || return 1
+    start_daemon "$cfg" || return 1
+    cp "$DATA/in3.wav" "$CDIR/in.wav"
+    say "    host: vsound pad --config pad.toml play pad0 in.wav"
+    ("$VSOUND_BIN" pad --config "$cfg" play pad0 "$CDIR/in.wav" >"$CDIR/play.out" 2>&1
+        echo $? >"$CDIR/play.rc") &
+    BG_PIDS+=($!)
+    wait_for_text "$CDIR/daemon.log" "pad pad0: client attached" 10 || return 1
+    guest_bg guest capture-dump.sh --env "CAPTURE_DUMP=$LIFE_DEV@4" -- \
+        -device virtio-serial-pci,id=vser0 -chardev "file,id=capdump,path=$CDIR/capture.raw" \
+        -device virtserialport,bus=vser0.0,chardev=capdump,name=vsound.capture
+    guest_wait || ok=1
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $CDIR/play.rc ]] && break
+        sleep 0.1
+    done
+    rc=$(cat "$CDIR/play.rc" 2>/dev/null || echo none)
+    say "    vsound pad play: exit $rc: $(tr '\n' ' ' <"$CDIR/play.out")"
+    [[ $rc == 0 ]] || bad "vsound pad play exited $rc" || ok=1
+    want=$(tr -d '\r' <"$CDIR/guest.log" | grep -a -o 'VSOUND-INFO: capture dump: .*md5 [0-9a-f]*' | awk '{ print $NF }')
+    got=$(md5sum <"$CDIR/capture.raw" | cut -d' ' -f1)
+    [[ -n $want && $got == "$want" ]] || bad "the recording did not reach the host intact" || return 1
+    pcm exact "$DATA/in3.raw" "$CDIR/capture.raw" --frame 4 --rate 192000 --max-tail 192000 || ok=1
+    kill_bg
+    # Record what the guest plays.
+    say "    host: vsound pad --config pad.toml record pad0 out.wav --seconds 2"
+    ("$VSOUND_BIN" pad --config "$cfg" record pad0 "$CDIR/out.wav" --seconds 2 >"$CDIR/record.out" 2>&1
+        echo $? >"$CDIR/record.rc") &
+    BG_PIDS+=($!)
+    wait_for_text "$CDIR/daemon.log" "pad pad0: client attached" 10 || return 1
+    guest guest pcm-io.sh --data "$DATA/s16.wav" --env "PLAY=$LIFE_DEV@/data/s16.wav@2000" || ok=1
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $CDIR/record.rc ]] && break
+        sleep 0.1
+    done
+    rc=$(cat "$CDIR/record.rc" 2>/dev/null || echo none)
+    say "    vsound pad record: exit $rc: $(tr '\n' ' ' <"$CDIR/record.out")"
+    [[ $rc == 0 ]] || bad "vsound pad record exited $rc" || ok=1
+    kill_bg
+    [[ -s $CDIR/out.wav ]] || bad "no out.wav" || return 1
+    say "    out.wav: $(soxi -t "$CDIR/out.wav") $(soxi -r "$CDIR/out.wav") Hz $(soxi -c "$CDIR/out.wav") ch $(soxi -b "$CDIR/out.wav") bit, $(soxi -s "$CDIR/out.wav") frames"
+    [[ $(soxi -r "$CDIR/out.wav") == 48000 && $(soxi -c "$CDIR/out.wav") == 2 && $(soxi -b "$CDIR/out.wav") == 16 ]] ||
+        bad "out.wav is not S16 48 kHz stereo" || ok=1
+    sox "$CDIR/out.wav" -t raw "$CDIR/out.raw" || bad "sox cannot read out.wav" || return 1
+    pcm exact "$DATA/s16.raw" "$CDIR/out.raw" --frame 4 --rate 192000 --max-tail 192000 || ok=1
+    return $ok
+}
+
 # --- runner ----------------------------------------------------------------------------
 CASES=(
     default-play-record
@@ -910,6 +967,7 @@ CASES=(
     daemon-restart-replug
     pad-recipe-feed-first
     pad-recipe-record-first
+    pad-tool-round-trip
     pad-fill-silence-gap
 )
 # Cases that need daemon work still in progress (none now).
