@@ -146,3 +146,41 @@ put("api", "detach_attach", b'{"cmd":"detach","device":"null0"}\n{"cmd":"status"
 put("api", "errors", b'{"cmd":"detach"}\n{"cmd":"fly"}\n{}\nnot json\n\n{"cmd":"attach","device":"nope"}')
 put("api", "long_line", b" " * 4200 + b'{"cmd":"status"}\n{"cmd":"status"}\n')
 put("api", "not_utf8", b'{"cmd":"status"}\n\xff\xfe\n{"cmd":"status"}\n')
+
+# ---- vhost_user with fds: guest memory, a running control ring, a kick ----
+SET_MEM_TABLE = 5
+USER = 0x10_0000_0000
+
+
+def fdframe(req, body=b""):  # flag 0x10: fds attached
+    return bytes([req, 0x10, len(body)]) + body
+
+
+def mem_write(offset, data):
+    out = b""
+    for i in range(0, len(data), 255):
+        chunk = data[i:i + 255]
+        out += bytes([0xf0]) + u32(offset + i) + bytes([len(chunk)]) + chunk
+    return out
+
+
+def desc(addr, length, flags, nxt):
+    return u64(addr) + u32(length) + u16(flags) + u16(nxt)
+
+
+def vring_addr(q, desc_a, used_a, avail_a):
+    return u32(q) + u32(0) + u64(USER + desc_a) + u64(USER + used_a) + u64(USER + avail_a) + u64(0)
+
+
+mem_table = u32(1) + u32(0) + u64(0) + u64(1 << 20) + u64(USER) + u64(0)
+q0 = (frame(SET_VRING_NUM, u32(0) + u32(64))
+      + frame(SET_VRING_ADDR, vring_addr(0, 0x0, 0x1000, 0x400))
+      + frame(SET_VRING_BASE, u32(0) + u32(0))
+      + fdframe(SET_VRING_CALL, u64(0)) + fdframe(SET_VRING_KICK, u64(0))
+      + frame(SET_VRING_ENABLE, u32(0) + u32(1)))
+guest = (mem_write(0x0, desc(0x2000, 16, 1, 1) + desc(0x3000, 68, 2, 0))
+         + mem_write(0x400, u16(0) + u16(1) + u16(0))
+         + mem_write(0x2000, u32(0x0100) + query(0, 2, 32)))
+put("vhost_user", "running_control_ring",
+    b"\x00" + handshake + fdframe(SET_MEM_TABLE, mem_table) + q0 + guest + b"\xf1\x00" + b"\xf2" * 3
+    + frame(GET_VRING_BASE, u32(0) + u32(0)))

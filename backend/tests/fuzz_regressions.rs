@@ -62,7 +62,11 @@ fn an_over_long_api_line_is_refused_whole() {
 #[ignore = "finding (fuzz api): a non-UTF-8 API line closes the connection without an error line"]
 fn a_non_utf8_api_line_gets_an_error_line() {
     let (replies, _) = exchange(b"\xff\n{\"cmd\":\"status\"}\n");
-    assert_eq!(replies.len(), 2, "an error line, then the status: {replies:?}");
+    assert_eq!(
+        replies.len(),
+        2,
+        "an error line, then the status: {replies:?}"
+    );
     assert_eq!(replies[0]["ok"], false);
     assert_eq!(replies[1]["ok"], true);
 }

@@ -60,13 +60,22 @@ fn api() -> &'static Api {
     })
 }
 
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 fn check_reply(v: &Value, what: &str) {
     let ok = v
         .get("ok")
         .and_then(Value::as_bool)
         .unwrap_or_else(|| panic!("{what}: no boolean `ok` in {v}"));
     if ok {
-        assert!(v.get("result").is_some(), "{what}: ok without a result: {v}");
+        assert!(
+            v.get("result").is_some(),
+            "{what}: ok without a result: {v}"
+        );
     } else {
         assert!(
             v.get("error").and_then(Value::as_str).is_some(),
@@ -131,6 +140,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // 2. The bytes through the server.
+    let threads_before = threads();
     let mut c = UnixStream::connect(&api.path).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // The server may close early (a bad line): EPIPE is fine.
@@ -144,6 +154,17 @@ fuzz_target!(|data: &[u8]| {
             "the server did not answer within 10 s"
         );
     }
+    drop(c);
+    // The server's thread for this connection exits once it closed (and
+    // before the next input: LeakSanitizer would see its thread-locals).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while threads() > threads_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection's thread is left behind"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
     let text = std::str::from_utf8(&out).expect("replies are UTF-8");
     let mut replies = 0;
     for line in text.split_terminator('\n') {
@@ -151,7 +172,10 @@ fuzz_target!(|data: &[u8]| {
         check_reply(&v, "server");
         replies += 1;
     }
-    assert!(out.is_empty() || out.ends_with(b"\n"), "a reply is a whole line");
+    assert!(
+        out.is_empty() || out.ends_with(b"\n"),
+        "a reply is a whole line"
+    );
     let (expected, closed_on_bad_line, too_long) = model(data);
     assert_eq!(replies, expected, "replies to {} input bytes", data.len());
     if api.strict {

@@ -108,7 +108,11 @@ fn one_request(rig: &mut Rig, inp: &mut Input<'_>) {
     }
     if write_oom {
         descs.push(D {
-            addr: if flags & 0x40 != 0 { u64::MAX - 3 } else { MEM_SIZE - 2 },
+            addr: if flags & 0x40 != 0 {
+                u64::MAX - 3
+            } else {
+                MEM_SIZE - 2
+            },
             len: 64,
             write: true,
             in_mem: false,
@@ -172,7 +176,14 @@ fn one_request(rig: &mut Rig, inp: &mut Input<'_>) {
         ring.write_desc(&rig.mem, 0, ITAB, 16 * u32::from(n), F_INDIRECT, 0);
     } else {
         for (i, d) in descs.iter().enumerate() {
-            ring.write_desc(&rig.mem, i as u16, d.addr, d.len, flags_of(i, d), next_of(i));
+            ring.write_desc(
+                &rig.mem,
+                i as u16,
+                d.addr,
+                d.len,
+                flags_of(i, d),
+                next_of(i),
+            );
         }
     }
 
@@ -182,13 +193,24 @@ fn one_request(rig: &mut Rig, inp: &mut Input<'_>) {
     assert_eq!(head, 0);
 
     // What the device must have done.
-    let writable: u64 = descs.iter().filter(|d| d.write).map(|d| u64::from(d.len)).sum();
+    let writable: u64 = descs
+        .iter()
+        .filter(|d| d.write)
+        .map(|d| u64::from(d.len))
+        .sum();
     let total: u64 = descs.iter().map(|d| u64::from(d.len)).sum();
     let first_w = descs.iter().position(|d| d.write);
     let order_bad = first_w.is_some_and(|w| descs[w..].iter().any(|d| !d.write));
     // A loop visits its descriptors again, up to the queue size.
-    let bound = if looped { writable * u64::from(CTL_QUEUE_SIZE) } else { writable };
-    assert!(u64::from(len) <= bound, "used {len} > writable {writable} (flags {flags:#x})");
+    let bound = if looped {
+        writable * u64::from(CTL_QUEUE_SIZE)
+    } else {
+        writable
+    };
+    assert!(
+        u64::from(len) <= bound,
+        "used {len} > writable {writable} (flags {flags:#x})"
+    );
     if !looped {
         let status_in_mem = {
             let mut room = 0u64;
@@ -225,7 +247,10 @@ fn one_request(rig: &mut Rig, inp: &mut Input<'_>) {
     for (addr, bytes) in &readable_content {
         let mut now = vec![0u8; bytes.len()];
         m.read_slice(&mut now, GuestAddress(*addr)).unwrap();
-        assert_eq!(&now, bytes, "a readable descriptor at {addr:#x} was written");
+        assert_eq!(
+            &now, bytes,
+            "a readable descriptor at {addr:#x} was written"
+        );
     }
 }
 

@@ -144,7 +144,11 @@ impl Run<'_> {
                 // An indirect descriptor inside an indirect table.
                 flags |= F_INDIRECT;
             }
-            let next = if mangle { u16::from(inp.u8() % 10) } else { u16::from(i) + 1 };
+            let next = if mangle {
+                u16::from(inp.u8() % 10)
+            } else {
+                u16::from(i) + 1
+            };
             if i + 1 < m || (mangle && k & 0x08 != 0) {
                 flags |= F_NEXT;
             }
@@ -249,7 +253,11 @@ impl Run<'_> {
                 let mut buf = vec![0u8; 0];
                 for _ in 0..inp.u8() % 4 {
                     let op = inp.u8();
-                    let offset = if op & 0x80 != 0 { inp.u32() } else { u32::from(inp.u16()) };
+                    let offset = if op & 0x80 != 0 {
+                        inp.u32()
+                    } else {
+                        u32::from(inp.u16())
+                    };
                     let len = usize::from(inp.u16() % 0x2000);
                     buf.resize(len, 0xab);
                     if op & 1 == 0 {
@@ -277,9 +285,17 @@ impl Run<'_> {
         req[4..8].copy_from_slice(&stream.to_le_bytes());
         let sel = inp.u8();
         if sel & 0x80 != 0 {
-            req[8..].copy_from_slice(&inp.bytes(16).iter().copied().chain([0; 16]).take(16).collect::<Vec<u8>>());
+            req[8..].copy_from_slice(
+                &inp.bytes(16)
+                    .iter()
+                    .copied()
+                    .chain([0; 16])
+                    .take(16)
+                    .collect::<Vec<u8>>(),
+            );
         } else {
-            let format = [Format::S16, Format::S24, Format::S32, Format::Float][usize::from(sel % 4)];
+            let format =
+                [Format::S16, Format::S24, Format::S32, Format::Float][usize::from(sel % 4)];
             let rate = [44_100, 48_000, 96_000][usize::from((sel >> 2) % 3)];
             let channels = 1 + (sel >> 4) % 2;
             let frame = format.sample_bytes() * u32::from(channels);
@@ -310,12 +326,20 @@ impl Run<'_> {
             }
             4 => {
                 let r = if op & 0x10 != 0 { RX } else { TX };
-                let dir = if op & 0x20 != 0 { Direction::Input } else { Direction::Output };
+                let dir = if op & 0x20 != 0 {
+                    Direction::Input
+                } else {
+                    Direction::Output
+                };
                 self.direct(inp, r, dir);
             }
             5 => {
                 let sub = inp.u8();
-                let stream = if sub & 0x80 != 0 { 2 } else { u32::from(sub & 1) };
+                let stream = if sub & 0x80 != 0 {
+                    2
+                } else {
+                    u32::from(sub & 1)
+                };
                 let st = match (sub >> 1) % 5 {
                     0 => self.set_params(inp, stream),
                     1 => self.rig.pcm(PREPARE, stream),
@@ -326,12 +350,20 @@ impl Run<'_> {
                 assert!(valid_status(st), "status {st:#x}");
             }
             6 => {
-                let qi = if op & 0x10 != 0 { QueueIndex::Rx } else { QueueIndex::Tx };
+                let qi = if op & 0x10 != 0 {
+                    QueueIndex::Rx
+                } else {
+                    QueueIndex::Tx
+                };
                 let gate = self.rig.queue(qi).gate();
                 if gate.is_started() {
                     gate.stop(vsound::pacer::now_ns(), Duration::from_secs(1));
                 } else {
-                    let resumed = if op & 0x20 != 0 { gate.stopped_at() } else { None };
+                    let resumed = if op & 0x20 != 0 {
+                        gate.stopped_at()
+                    } else {
+                        None
+                    };
                     self.rig.dev.start_ring(qi, resumed);
                     self.rig.dev.poll_io(qi);
                 }
@@ -379,7 +411,11 @@ impl Run<'_> {
                 assert_eq!(self.rig.pcm(RELEASE, s), 0x8000, "RELEASE of stream {s}");
             }
         }
-        assert_eq!(self.rig.dev.shared.drop_deferred(), 0, "completions left deferred");
+        assert_eq!(
+            self.rig.dev.shared.drop_deferred(),
+            0,
+            "completions left deferred"
+        );
         let mem = self.rig.mem.clone();
         for r in [TX, RX, EV] {
             let ring = ring_of(r);
@@ -430,7 +466,10 @@ impl Run<'_> {
             .unwrap();
         const CHUNK: usize = 4096;
         for c in 0..len / CHUNK {
-            let (a, b) = (&now[c * CHUNK..][..CHUNK], &self.expected[c * CHUNK..][..CHUNK]);
+            let (a, b) = (
+                &now[c * CHUNK..][..CHUNK],
+                &self.expected[c * CHUNK..][..CHUNK],
+            );
             if a == b {
                 continue;
             }
@@ -450,7 +489,9 @@ impl Run<'_> {
                 );
                 // Anything up to the end of that range may change.
                 let end = merged[k - 1].1;
-                i = (end - CMP_START).saturating_sub((c * CHUNK) as u64).min(CHUNK as u64) as usize;
+                i = (end - CMP_START)
+                    .saturating_sub((c * CHUNK) as u64)
+                    .min(CHUNK as u64) as usize;
             }
         }
     }
@@ -467,8 +508,11 @@ fuzz_target!(|data: &[u8]| {
         let m = rig.mem.memory();
         for r in [1, 2, 3] {
             let ring = &rig.rings[r];
-            m.write_slice(&vec![0u8; 16 * usize::from(ring.size)], GuestAddress(ring.desc))
-                .unwrap();
+            m.write_slice(
+                &vec![0u8; 16 * usize::from(ring.size)],
+                GuestAddress(ring.desc),
+            )
+            .unwrap();
         }
         m.write_slice(&vec![0u8; ITAB_LEN as usize], GuestAddress(ITAB))
             .unwrap();

@@ -130,7 +130,14 @@ impl GuestRing {
         flags: u16,
         next: u16,
     ) {
-        write_desc_at(mem, self.desc + 16 * u64::from(idx % self.size), addr, len, flags, next);
+        write_desc_at(
+            mem,
+            self.desc + 16 * u64::from(idx % self.size),
+            addr,
+            len,
+            flags,
+            next,
+        );
     }
 
     /// Makes the chain at `head` available.
@@ -330,7 +337,12 @@ impl Rig {
         r.write_desc(&self.mem, 1, CTL_BUF + 0x1000, 4, F_WRITE, 0);
         let used = self.control_chain(0);
         assert_eq!(used, vec![(0, 4)], "the rig's own request");
-        u32::from_le(self.mem.memory().read_obj(GuestAddress(CTL_BUF + 0x1000)).unwrap())
+        u32::from_le(
+            self.mem
+                .memory()
+                .read_obj(GuestAddress(CTL_BUF + 0x1000))
+                .unwrap(),
+        )
     }
 
     /// A PCM request without parameters (PREPARE, RELEASE, START, STOP).
@@ -346,7 +358,8 @@ impl Rig {
     /// what is on the used rings.
     pub fn reset(&mut self) {
         for q in &self.queues {
-            q.gate().stop(vsound::pacer::now_ns(), std::time::Duration::from_secs(1));
+            q.gate()
+                .stop(vsound::pacer::now_ns(), std::time::Duration::from_secs(1));
         }
         for d in &self.state.devices {
             d.admin_attach();
