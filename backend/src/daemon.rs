@@ -93,7 +93,7 @@ impl DaemonState {
             .upgrade()
     }
 
-    fn set_current(&self, dev: Weak<SoundDevice>) {
+    pub(crate) fn set_current(&self, dev: Weak<SoundDevice>) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = dev;
     }
 

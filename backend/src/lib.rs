@@ -19,6 +19,8 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gate;
 pub mod hotplug;
 pub mod io;

@@ -1,0 +1,196 @@
+#![no_main]
+//! The management API: each input line through `api::handle` on a real
+//! `DaemonState` (default config, with a current `SoundDevice` so that
+//! `status` reports live streams), and the whole input as bytes through
+//! the real server (`ApiServer::start` on a temporary socket: its framing
+//! with over-long, non-UTF-8 and unterminated lines).
+//!
+//! Checked: never a panic; every reply is one JSON object with a boolean
+//! `ok`, an `error` string when not ok and a `result` when ok; the server
+//! answers exactly the lines its framing reads (a model of it below), then
+//! closes. Host devices are attached again after each input.
+//!
+//! `VSOUND_FUZZ_STRICT_API=1` also checks the module's documented contract
+//! ("a request line longer than 4096 bytes is refused", "a bad request gets
+//! an error line, never a silent close"); see fuzz/README.md for why it is
+//! off by default.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use vsound::api::{handle, ApiServer};
+use vsound::config::Config;
+use vsound::daemon::DaemonState;
+use vsound::device::SoundDevice;
+
+const MAX_LINE: usize = 4096;
+
+struct Api {
+    state: Arc<DaemonState>,
+    _dev: Arc<SoundDevice>,
+    _server: ApiServer,
+    path: std::path::PathBuf,
+    strict: bool,
+}
+
+static API: OnceLock<Api> = OnceLock::new();
+
+fn api() -> &'static Api {
+    API.get_or_init(|| {
+        vsound_fuzz::ignore_sigpipe();
+        let config = Config::default_config().unwrap();
+        let state = DaemonState::new(&config).unwrap();
+        let dev = SoundDevice::new(&config, &state.devices).unwrap();
+        vsound::fuzzing::set_current_device(&state, &dev);
+        let dir = std::env::temp_dir().join(format!("vsound-fuzz-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        let server = ApiServer::start(&path, state.clone()).unwrap();
+        Api {
+            state,
+            _dev: dev,
+            _server: server,
+            path,
+            strict: std::env::var_os("VSOUND_FUZZ_STRICT_API").is_some(),
+        }
+    })
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn check_reply(v: &Value, what: &str) {
+    let ok = v
+        .get("ok")
+        .and_then(Value::as_bool)
+        .unwrap_or_else(|| panic!("{what}: no boolean `ok` in {v}"));
+    if ok {
+        assert!(
+            v.get("result").is_some(),
+            "{what}: ok without a result: {v}"
+        );
+    } else {
+        assert!(
+            v.get("error").and_then(Value::as_str).is_some(),
+            "{what}: not ok without an error: {v}"
+        );
+    }
+}
+
+/// What the server's framing reads from `data`: how many replies it sends
+/// before it closes, and whether it closes on a bad line (non-UTF-8) rather
+/// than at the end of the input.
+fn model(data: &[u8]) -> (usize, bool, usize) {
+    let mut rest = data;
+    let mut replies = 0;
+    let mut too_long = 0;
+    loop {
+        if rest.is_empty() {
+            return (replies, false, too_long);
+        }
+        let limit = rest.len().min(MAX_LINE + 1);
+        let n = match rest[..limit].iter().position(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None => limit,
+        };
+        let Ok(line) = std::str::from_utf8(&rest[..n]) else {
+            return (replies, true, too_long);
+        };
+        if n > MAX_LINE {
+            replies += 1;
+            too_long += 1;
+        } else if !line.trim().is_empty() {
+            replies += 1;
+        }
+        rest = &rest[n..];
+    }
+}
+
+/// The documented contract: one reply per non-blank line, whatever its
+/// length or encoding.
+fn strict_model(data: &[u8]) -> usize {
+    let mut lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines
+        .iter()
+        .filter(|l| l.len() >= MAX_LINE || !String::from_utf8_lossy(l).trim().is_empty())
+        .count()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let api = api();
+
+    // 1. Each line through `handle`.
+    for line in data.split(|&b| b == b'\n') {
+        if let Ok(text) = std::str::from_utf8(line) {
+            let reply = handle(text.trim(), &api.state);
+            check_reply(&reply, "handle");
+            // A reply is sent as one line.
+            assert!(!reply.to_string().contains('\n'));
+        }
+    }
+
+    // 2. The bytes through the server.
+    let threads_before = threads();
+    let mut c = UnixStream::connect(&api.path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may close early (a bad line): EPIPE is fine.
+    let _ = c.write_all(data);
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    if let Err(e) = c.read_to_end(&mut out) {
+        // A reset after an early close loses nothing we check.
+        assert!(
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+            "the server did not answer within 10 s"
+        );
+    }
+    drop(c);
+    // The server's thread for this connection exits once it closed (and
+    // before the next input: LeakSanitizer would see its thread-locals).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while threads() > threads_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection's thread is left behind"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let text = std::str::from_utf8(&out).expect("replies are UTF-8");
+    let mut replies = 0;
+    for line in text.split_terminator('\n') {
+        let v: Value = serde_json::from_str(line).expect("each reply is one JSON line");
+        check_reply(&v, "server");
+        replies += 1;
+    }
+    assert!(
+        out.is_empty() || out.ends_with(b"\n"),
+        "a reply is a whole line"
+    );
+    let (expected, closed_on_bad_line, too_long) = model(data);
+    assert_eq!(replies, expected, "replies to {} input bytes", data.len());
+    if api.strict {
+        assert!(
+            !closed_on_bad_line,
+            "a non-UTF-8 line closed the connection without an error line"
+        );
+        assert_eq!(
+            (replies, too_long > 0),
+            (strict_model(data), too_long > 0),
+            "an over-long line must get one reply, and its tail none"
+        );
+    }
+
+    for d in &api.state.devices {
+        d.admin_attach();
+    }
+});
