@@ -1004,14 +1004,19 @@ impl HostDevice for PadDevice {
         }
         if self.shared.fill == Fill::Silence {
             let now = Instant::now();
-            let covered_until = st.fill.as_ref().map_or(now, |f| f.covered_until);
+            // The client's timeline goes on: a pause being filled stays one
+            // (its held-back part is sent before the new stream's frames).
+            let (covered_until, idle) = st
+                .fill
+                .as_ref()
+                .map_or((now, false), |f| (f.covered_until, f.idle));
             st.fill = Some(FillClock {
                 format: params.format,
                 frame: u64::from(params.frame_bytes()),
                 bytes_per_second: params.bytes_per_second(),
                 header,
                 covered_until,
-                idle: false,
+                idle,
             });
         }
         drop(st);
@@ -1195,7 +1200,13 @@ impl CaptureSource for PadSource {
             // lets the pad thread read on (it stops when the inbox is full).
             let was_full = inbox.len() >= inbox.capacity();
             let frame = u64::from(self.frame.max(1));
-            let whole = round_down(inbox.len().min(buf.len() as u64), frame);
+            let mut whole = round_down(inbox.len().min(buf.len() as u64), frame);
+            // Part of a buffer while the client still writes: all silence
+            // now and the data whole in a later buffer, rather than data,
+            // a hole of silence, and the rest of the data.
+            if whole < buf.len() as u64 && !input_done {
+                whole = 0;
+            }
             let n = inbox.pop(buf.get_mut(..whole as usize).unwrap_or_default());
             wake = (was_full && n > 0) || (input_done && inbox.len() < frame);
             n
@@ -2219,6 +2230,51 @@ mod tests {
         // The silence goes on after the stream closed.
         assert!(got[second + period..].iter().all(|&b| b == 0));
         assert!(fx.pad.stats().playback_fill_bytes > 0);
+        Ok(())
+    }
+
+    /// A pause that ends with a new stream (RELEASE, then PREPARE/START)
+    /// keeps its length too.
+    #[test]
+    fn fill_silence_keeps_a_pause_between_two_streams_its_length() -> TestResult {
+        let fx = pad_with("fill = \"silence\"")?;
+        let client = fx.connect()?;
+        let p = params(Format::S16, 48000, 2);
+        let rate = p.bytes_per_second() as usize;
+        let period = p.period_bytes as usize;
+        let total = 2 * period + rate / 2 + rate / 5;
+        let reader = read_on_thread(&client, total)?;
+        let tone = vec![0x55u8; period];
+        let mut sink = fx.pad.open_playback(&p)?;
+        sink.write(&tone)?;
+        wait_for("sent", || sink.latency_bytes() == 0)?;
+        drop(sink);
+        thread::sleep(Duration::from_millis(500));
+        // A new stream writes at once, before the next fill tick.
+        let mut sink = fx.pad.open_playback(&p)?;
+        sink.write(&tone)?;
+        wait_for("sent", || sink.latency_bytes() == 0)?;
+        let got = joined(reader)?;
+        let first = got.iter().position(|&b| b == 0x55).ok_or("no tone")?;
+        let end_first = first
+            + got[first..]
+                .iter()
+                .position(|&b| b != 0x55)
+                .ok_or("one tone")?;
+        let second = end_first
+            + got[end_first..]
+                .iter()
+                .position(|&b| b == 0x55)
+                .ok_or("no second tone")?;
+        let gap_ms = (second - end_first) as f64 * 1000.0 / rate as f64;
+        // The pause starts when the first period ends (10 ms after it was
+        // written) and ends when the second is written: the 500 ms sleep
+        // minus those 10 ms plus the few ms to see it sent. Without the
+        // held-back silence it came out 20-30 ms shorter.
+        assert!(
+            (485.0..=520.0).contains(&gap_ms),
+            "a 500 ms pause between two streams came out as {gap_ms:.1} ms"
+        );
         Ok(())
     }
 
