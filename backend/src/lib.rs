@@ -8,6 +8,7 @@
 //! - [`device`]: the device core, independent of the transport.
 //! - [`hotplug`]: host devices coming and going; [`api`]: the management API.
 //! - [`vhost_user`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`].
+//! - [`sandbox`]: the seccomp allow-lists.
 
 pub mod api;
 pub mod chain;
@@ -23,6 +24,7 @@ pub mod hotplug;
 pub mod io;
 pub mod pacer;
 pub mod queue;
+pub mod sandbox;
 pub mod sigbus;
 pub mod stream;
 pub mod vhost_user;
