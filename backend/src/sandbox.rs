@@ -724,7 +724,10 @@ mod imp {
     fn process_rules(host: bool) -> Rules {
         let mut r = base();
         for k in ThreadKind::ALL {
-            r.merge(&kind_rules(k, host));
+            // ALSA monitors exist only with ALSA devices (host).
+            if host || k != ThreadKind::AlsaMonitor {
+                r.merge(&kind_rules(k, host));
+            }
         }
         r.merge(&spawn());
         r.merge(&events());
@@ -1162,6 +1165,16 @@ mod tests {
         for k in ThreadKind::ALL {
             assert!(!imp::rules_for(Some(k), true).allows(libc::SYS_bind));
             assert!(!imp::rules_for(Some(k), true).allows(libc::SYS_listen));
+        }
+        // Without a host device, no thread needs what sound-server clients
+        // do.
+        for nr in [
+            libc::SYS_shmget,
+            libc::SYS_memfd_create,
+            libc::SYS_timerfd_create,
+        ] {
+            assert!(!imp::rules_for(None, false).allows(nr), "{nr}");
+            assert!(imp::rules_for(None, true).allows(nr), "{nr}");
         }
         // Without a host device, the threads that parse guest data cannot
         // open files or sockets.
