@@ -55,7 +55,9 @@
 //!   fork a server (dmix's) cannot work with the sandbox on.
 //!
 //! The lists were found by tracing the integration suite and the guest
-//! suite (`strace -f`), alsa-lib's `file` plugin included; argument checks
+//! suite (`strace -f`), alsa-lib's `file` plugin included, and checked with
+//! PipeWire 0.3's ALSA plugin (`pcm = "pipewire"`: playback, capture, the
+//! server restarted under a running stream) in `log` mode; argument checks
 //! keep `mmap`/`mprotect` from making anonymous memory executable
 //! (everywhere) or any memory (outside the host device group), `socket` to
 //! `AF_UNIX`, `prctl`, `fcntl` and `tgkill` (`abort` only) to the few
@@ -631,6 +633,8 @@ mod imp {
         ]);
         r.allow_arg(SYS_socket, 0, &[AF_UNIX as u64]);
         r.allow_arg(SYS_socketpair, 0, &[AF_UNIX as u64]);
+        // libpipewire reads the capability bounding set.
+        r.allow_arg(SYS_prctl, 0, &[PR_CAPBSET_READ as u64]);
         // Plugins are loaded with dlopen: files mapped executable (never
         // anonymous memory).
         r.allow_if(
