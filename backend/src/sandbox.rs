@@ -57,7 +57,8 @@
 //! The lists were found by tracing the integration suite and the guest
 //! suite (`strace -f`), alsa-lib's `file` plugin included, and checked with
 //! PipeWire 0.3's ALSA plugin (`pcm = "pipewire"`: playback, capture, the
-//! server restarted under a running stream) in `log` mode; argument checks
+//! server restarted under a running stream; no session manager, so nothing
+//! was linked to a sink) in `log` and `on` mode; argument checks
 //! keep `mmap`/`mprotect` from making anonymous memory executable
 //! (everywhere) or any memory (outside the host device group), `socket` to
 //! `AF_UNIX`, `prctl`, `fcntl` and `tgkill` (`abort` only) to the few
@@ -81,6 +82,10 @@
 //!   which goes on as if the kernel lacked it. For finding what a new
 //!   device or configuration needs.
 //! - `off`: nothing is installed.
+//!
+//! `RUST_BACKTRACE` is ignored under the sandbox: symbolizing a panic's
+//! backtrace opens files, and the panic would end as a forbidden `openat`
+//! instead of its message.
 //!
 //! One exception in both modes: glibc opens a few files lazily, from
 //! whichever thread first needs them (`/proc/sys/vm/overcommit_memory` the
@@ -806,6 +811,7 @@ mod imp {
         }
         let _ = PROGRAMS.set(programs);
         fix_arena_limit();
+        no_panic_backtraces();
         set_handler(mode).map_err(SandboxError::Signal)?;
         seccompiler::apply_filter_all_threads(&clone3)
             .map_err(|e| SandboxError::Install(e.to_string()))?;
@@ -842,6 +848,19 @@ mod imp {
             let max = c_int::try_from(cpus.saturating_mul(8)).unwrap_or(c_int::MAX);
             // SAFETY: mallopt only sets a malloc parameter.
             unsafe { libc::mallopt(libc::M_ARENA_MAX, max) };
+        }
+    }
+
+    /// A panic's backtrace is symbolized from the executable's file, which
+    /// a sandboxed thread may not open: the panic would end as a forbidden
+    /// `openat` instead of its message. Runs before any thread, and before
+    /// std first reads the variable (at the first panic).
+    fn no_panic_backtraces() {
+        for var in ["RUST_BACKTRACE", "RUST_LIB_BACKTRACE"] {
+            if std::env::var_os(var).is_some_and(|v| v != "0") {
+                log::info!("seccomp sandbox: {var} ignored (a backtrace reads files)");
+                std::env::set_var(var, "0");
+            }
         }
     }
 
