@@ -63,6 +63,8 @@ impl ApiServer {
         let thread = std::thread::Builder::new()
             .name("vsound-api".into())
             .spawn(move || {
+                // Its connection threads inherit the filter.
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Api);
                 let clients = Arc::new(AtomicUsize::new(0));
                 for conn in listener.incoming() {
                     if stop2.load(Ordering::SeqCst) {

@@ -42,6 +42,16 @@ pub struct RunArgs {
     /// Serve this many VMM connections, then exit (default: forever).
     #[arg(long, value_name = "N", hide = true)]
     max_connections: Option<usize>,
+
+    /// The seccomp sandbox: `on` ends the daemon at a forbidden system call
+    /// (exit code 159, the call named on stderr), `log` makes it fail with
+    /// ENOSYS and names it once, `off` installs nothing.
+    #[arg(long, value_name = "MODE", default_value_t = crate::sandbox::Mode::On)]
+    seccomp: crate::sandbox::Mode,
+
+    /// Test only: install the sandbox, make a forbidden call, exit.
+    #[arg(long, value_name = "WHAT", hide = true)]
+    seccomp_selftest: Option<crate::sandbox::SelfTest>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +174,13 @@ fn run_daemon(args: RunArgs) -> ExitCode {
         log::warn!("{w}");
     }
     let api = args.api_socket.as_deref().or(config.api_socket.as_deref());
+    if let Err(e) = crate::sandbox::install(args.seccomp, &config) {
+        log::error!("{e} (--seccomp=off runs without the sandbox)");
+        return ExitCode::FAILURE;
+    }
+    if let Some(which) = args.seccomp_selftest {
+        return crate::sandbox::selftest(which);
+    }
     match daemon::run(&config, &socket, api, args.max_connections) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -164,7 +164,7 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
     let conn = Connection::new(device.clone()).map_err(DaemonError::Backend)?;
     let backend = Arc::new(VsoundBackend::new(conn.clone()).map_err(DaemonError::Backend)?);
     let mut daemon = conn
-        .build(|| VhostUserDaemon::new("vsound".into(), backend, mem))
+        .build(|| VhostUserDaemon::new(crate::sandbox::REQUEST_THREAD.into(), backend, mem))
         .map_err(DaemonError::Vhost)?;
     daemon.start(listener).map_err(DaemonError::Vhost)?;
     if let Some(h) = daemon.shutdown_handle() {
@@ -177,7 +177,10 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
     let ended = std::thread::scope(|scope| {
         let watch = std::thread::Builder::new()
             .name("vsound-watch".into())
-            .spawn_scoped(scope, || conn.watch(HANDSHAKE_TIMEOUT));
+            .spawn_scoped(scope, || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Watch);
+                conn.watch(HANDSHAKE_TIMEOUT)
+            });
         if let Err(e) = &watch {
             log::warn!("no watch thread for this connection: {e}");
         }

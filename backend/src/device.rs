@@ -156,6 +156,7 @@ impl SoundDevice {
         let wd = std::thread::Builder::new()
             .name("vsound-watchdog".into())
             .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Watchdog);
                 let mut period = WATCHDOG_IDLE_PERIOD;
                 while !stopping.sleep(period) {
                     period = match weak.upgrade() {
@@ -180,7 +181,10 @@ impl SoundDevice {
         let s2 = s.clone();
         let h = std::thread::Builder::new()
             .name(format!("vsound-s{}", s.id))
-            .spawn(move || s2.run(generation))
+            .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Stream);
+                s2.run(generation)
+            })
             .map_err(DeviceError::Spawn)?;
         let key = (usize::try_from(s.id).unwrap_or(usize::MAX), generation);
         self.workers

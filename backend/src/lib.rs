@@ -9,6 +9,7 @@
 //! - [`hotplug`]: host devices coming and going; [`api`]: the management API.
 //! - [`vhost_user`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`].
 //! - [`pad_tool`]: `vsound pad record`/`play`, clients of a pad device.
+//! - [`sandbox`]: the seccomp allow-lists.
 
 pub mod api;
 pub mod chain;
@@ -28,6 +29,7 @@ pub mod pacer;
 pub mod pad_tool;
 pub mod queue;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod sigbus;
 pub mod stream;
 pub mod vhost_user;

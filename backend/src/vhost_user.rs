@@ -708,6 +708,7 @@ impl VhostUserBackend for VsoundBackend {
     /// `controls` past the end, gets garbage, and fails its probe with
     /// -ENOMEM (seen with Linux 6.12 under QEMU 10.0).
     fn features(&self) -> u64 {
+        crate::sandbox::enter_library_thread();
         self.conn.greet();
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -722,10 +723,12 @@ impl VhostUserBackend for VsoundBackend {
     /// also when a paused VM resumes with buffers in flight. A new driver is
     /// recognised by its rings (see [`Vring`]).
     fn acked_features(&self, features: u64) {
+        crate::sandbox::enter_library_thread();
         log::debug!("features acked: {features:#x}");
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        crate::sandbox::enter_library_thread();
         self.conn.greet();
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
@@ -734,6 +737,7 @@ impl VhostUserBackend for VsoundBackend {
     }
 
     fn reset_device(&self) {
+        crate::sandbox::enter_library_thread();
         log::info!("VHOST_USER_RESET_DEVICE");
         // The library disabled every ring first; stop any that still runs.
         self.conn.stop_all();
@@ -742,10 +746,12 @@ impl VhostUserBackend for VsoundBackend {
     }
 
     fn set_event_idx(&self, enabled: bool) {
+        crate::sandbox::enter_library_thread();
         self.event_idx.store(enabled, Ordering::Relaxed);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        crate::sandbox::enter_library_thread();
         let cfg = self.device().config_space();
         let bytes = cfg.as_slice();
         let start = usize::try_from(offset)
@@ -761,6 +767,7 @@ impl VhostUserBackend for VsoundBackend {
     }
 
     fn set_config(&self, _offset: u32, _buf: &[u8]) -> io::Result<()> {
+        crate::sandbox::enter_library_thread();
         // The config space is read-only for the driver (spec 5.14.4).
         crate::warn_limited!(
             crate::ratelimit::CONFIG_WRITES,
@@ -770,6 +777,7 @@ impl VhostUserBackend for VsoundBackend {
     }
 
     fn update_memory(&self, mem: GM) -> io::Result<()> {
+        crate::sandbox::enter_library_thread();
         // `mem` is the atomic the library just updated, `self.mem` too.
         let check = Self::check_memory(&mem.memory());
         if check.is_ok() {
@@ -810,6 +818,7 @@ impl VhostUserBackend for VsoundBackend {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        crate::sandbox::enter_library_thread();
         // The library marked the ring not ready just before: its gate is
         // closed and every writer has left (see `Vring::update`).
         log::debug!("GET_VRING_BASE({queue_index})");
@@ -826,6 +835,8 @@ impl VhostUserBackend for VsoundBackend {
         vrings: &[Vring],
         _thread: usize,
     ) -> io::Result<()> {
+        // The queue thread's filter, at its first event.
+        crate::sandbox::enter_library_thread();
         if evset != EventSet::IN {
             log::warn!("queue event {device_event}: unexpected event set {evset:?}");
             return Ok(());

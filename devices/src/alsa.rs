@@ -610,7 +610,10 @@ where
         .collect();
     thread::Builder::new()
         .name(format!("alsa-{tag}"))
-        .spawn(move || shared.monitor(probe))
+        .spawn(move || {
+            crate::thread_started(crate::DeviceThread::AlsaMonitor);
+            shared.monitor(probe)
+        })
         .map_err(|e| format!("cannot start the monitor thread of ALSA device `{name}`: {e}"))
 }
 

@@ -26,6 +26,31 @@ pub mod registry;
 
 pub use format::{Format, StreamParams};
 
+/// The threads devices run, as told to [`set_thread_hook`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceThread {
+    /// A pad's socket thread (`pad-NAME`).
+    Pad,
+    /// An ALSA device's monitor thread (`alsa-NAME`).
+    AlsaMonitor,
+}
+
+static THREAD_HOOK: std::sync::OnceLock<fn(DeviceThread)> = std::sync::OnceLock::new();
+
+/// Sets what every device thread calls first, on itself (the daemon's
+/// seccomp sandbox installs the thread's filter). Only the first call
+/// counts; returns whether this one did.
+pub fn set_thread_hook(hook: fn(DeviceThread)) -> bool {
+    THREAD_HOOK.set(hook).is_ok()
+}
+
+/// Called by a device thread before anything else.
+fn thread_started(kind: DeviceThread) {
+    if let Some(hook) = THREAD_HOOK.get() {
+        hook(kind);
+    }
+}
+
 /// Which way a stream's frames go, seen from the host device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamDirection {

@@ -885,7 +885,10 @@ impl PadDevice {
             .collect();
         let thread = thread::Builder::new()
             .name(thread_name)
-            .spawn(move || worker.run())
+            .spawn(move || {
+                crate::thread_started(crate::DeviceThread::Pad);
+                worker.run()
+            })
             .map_err(PadError::Thread)?;
         log::info!("pad {name}: listening on {}", socket.path.display());
         Ok(PadDevice {
