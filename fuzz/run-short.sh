@@ -46,9 +46,20 @@ for t in $targets; do
     mkdir -p "$work/corpus/$t"
     log="$work/$t.log"
     ok=1
-    # The regressions first: each input once.
-    if [ -d "regressions/$t" ] && [ -n "$(ls -A "regressions/$t")" ]; then
-        if ! "$bin/$t" -runs=1 regressions/"$t"/* >"$work/$t.regressions.log" 2>&1; then
+    # The regressions first: each input once. `open-*` inputs reproduce a
+    # finding not fixed yet (see README.md): skipped, named.
+    inputs=()
+    if [ -d "regressions/$t" ]; then
+        for f in regressions/"$t"/*; do
+            [ -f "$f" ] || continue
+            case "$(basename "$f")" in
+                open-*) echo "run-short: $t: skipping $f (open finding, see fuzz/README.md)" ;;
+                *) inputs+=("$f") ;;
+            esac
+        done
+    fi
+    if [ ${#inputs[@]} -gt 0 ]; then
+        if ! "$bin/$t" -runs=1 -timeout=30 "${inputs[@]}" >"$work/$t.regressions.log" 2>&1; then
             ok=0
             echo "run-short: $t: a regression input fails (see $work/$t.regressions.log)"
         fi
