@@ -137,6 +137,15 @@ fn pipe() -> OwnedFd {
     }
 }
 
+/// `VSOUND_FUZZ_MASK_EVENT_IDX=1`: the frontend never acks EVENT_IDX.
+/// Without it the open finding 1 of README.md (the queue thread spins on a
+/// broken avail index, only with EVENT_IDX) is found within seconds from
+/// the seeds; `run-short.sh` sets this until that fix lands.
+fn mask_event_idx() -> bool {
+    static MASK: OnceLock<bool> = OnceLock::new();
+    *MASK.get_or_init(|| std::env::var_os("VSOUND_FUZZ_MASK_EVENT_IDX").is_some())
+}
+
 fn actions(data: &[u8], memfd: &OwnedFd) -> Vec<Action> {
     let mut inp = Input::new(data);
     let mode = inp.u8();
@@ -168,6 +177,10 @@ fn actions(data: &[u8], memfd: &OwnedFd) -> Vec<Action> {
         let len = if fl & 0x40 != 0 { usize::from(inp.u16() % 2048) } else { usize::from(inp.u8()) };
         let mut body = inp.bytes(len).to_vec();
         body.resize(len, 0);
+        if request == 2 && mask_event_idx() && body.len() >= 8 {
+            // SET_FEATURES without VIRTIO_RING_F_EVENT_IDX (bit 29).
+            body[3] &= !(1 << 5);
+        }
         let size = if fl & 0x20 != 0 { inp.u32() } else { len as u32 };
         let mut bytes = Vec::with_capacity(12 + len);
         bytes.extend_from_slice(&u32::from(request).to_le_bytes());
