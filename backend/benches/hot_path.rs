@@ -114,13 +114,13 @@ fn benches(c: &mut Criterion) {
         ("read_pcm/tx_contiguous", &f.tx_contiguous),
         ("read_pcm/tx_split", &f.tx_split),
     ] {
-        let msg = parse(chain, Direction::Output);
+        let mut msg = parse(chain, Direction::Output);
         assert_eq!(msg.payload(), PERIOD);
         g.bench_function(name, |b| {
             b.iter(|| msg.read_pcm(0, black_box(&mut scratch)).is_ok())
         });
     }
-    let msg = parse(&f.rx_split, Direction::Input);
+    let mut msg = parse(&f.rx_split, Direction::Input);
     assert_eq!(msg.payload(), PERIOD);
     g.bench_function("write_pcm/rx_split", |b| {
         b.iter(|| msg.write_pcm(0, black_box(&scratch)).is_ok())
@@ -156,7 +156,7 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(u64::from(PERIOD)));
     g.bench_function("tx_split", |b| {
         b.iter(|| {
-            let m = parse(black_box(&f.tx_split), Direction::Output);
+            let mut m = parse(black_box(&f.tx_split), Direction::Output);
             let ok = m.read_pcm(0, &mut scratch).is_ok();
             let pass = f.tx.gate().enter().unwrap();
             m.complete(&f.tx, &pass, Direction::Output, Status::Ok, 0, 0);

@@ -699,7 +699,7 @@ impl StreamRuntime {
             self.finish_tick(next, &negotiated, shared);
             return false;
         };
-        if let Some(msg) = finished {
+        if let Some(mut msg) = finished {
             let (status, bytes) = match dir {
                 Direction::Output if msg.failed() => (Status::IoErr, 0),
                 Direction::Output => (Status::Ok, 0),
