@@ -738,6 +738,12 @@ impl PlaybackSink for AlsaSink {
     /// the guest's frames. The daemon hands a period over when it is due,
     /// just as the PCM finishes the one before: without a cushion, any
     /// lateness would underrun.
+    ///
+    /// A large message comes in several writes of whole frames: ALSA counts
+    /// frames, so they add up to one write of it (the cushion goes ahead of
+    /// the first only; frames the PCM has no room for are dropped either
+    /// way). One difference: each write recovers one xrun, where a single
+    /// write gives up on the rest after its first.
     fn write(&mut self, frames: &[u8]) -> Result<(), DeviceError> {
         let AlsaSink { stream: s, silence } = self;
         if s.gone {
@@ -779,13 +785,15 @@ struct AlsaSource {
 }
 
 impl AlsaSource {
-    /// Reads what the PCM has into `buf`; returns the bytes filled.
+    /// Reads what the PCM has into `buf`, a part of a read with `more`
+    /// bytes after it (see [`CaptureSource::read_part`]); returns the bytes
+    /// filled.
     ///
     /// After each (re)start of the PCM, nothing is read until it holds this
-    /// read plus a period: the daemon asks for a period when it is due, just
-    /// as the PCM captures it; without a cushion, a read a little early
-    /// would find a partial period.
-    fn read_available(&mut self, buf: &mut [u8]) -> Result<usize, DeviceError> {
+    /// read (all of its parts) plus a period: the daemon asks for a period
+    /// when it is due, just as the PCM captures it; without a cushion, a
+    /// read a little early would find a partial period.
+    fn read_available(&mut self, buf: &mut [u8], more: usize) -> Result<usize, DeviceError> {
         let s = &mut self.stream;
         if s.gone {
             return Err(DeviceError::Gone);
@@ -794,7 +802,7 @@ impl AlsaSource {
         let whole = buf.len() / fb * fb;
         if !s.primed {
             // Leave a period of room, or the PCM overruns while it fills.
-            let need = (whole / fb)
+            let need = (whole.saturating_add(more) / fb)
                 .saturating_add(s.period)
                 .min(s.buffer.saturating_sub(s.period))
                 .max(1);
@@ -838,11 +846,17 @@ impl CaptureSource for AlsaSource {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<(), DeviceError> {
-        let result = self.read_available(buf);
+        self.read_part(buf, 0).map(|_| ())
+    }
+
+    /// A part that finds the PCM empty (or not primed) comes back short,
+    /// which ends the read: the rest is silence, as in one read.
+    fn read_part(&mut self, buf: &mut [u8], more: usize) -> Result<usize, DeviceError> {
+        let result = self.read_available(buf, more);
         let filled = *result.as_ref().unwrap_or(&0);
         self.format
             .fill_silence(buf.get_mut(filled..).unwrap_or_default());
-        result.map(|_| ())
+        result
     }
 
     fn latency_bytes(&self) -> u32 {

@@ -134,6 +134,12 @@ pub trait PlaybackSink: Send {
     /// Hands over interleaved frames in the negotiated format. Never blocks;
     /// frames the device cannot take now are dropped and counted by the
     /// device (the daemon keeps the guest's clock).
+    ///
+    /// A guest message larger than the daemon's copy buffer comes in
+    /// several calls, in order, back to back, each a whole number of frames
+    /// but the last (a message need not end on a frame): they must add up
+    /// to what one call with the whole message would do. An error ends the
+    /// message: the daemon does not hand over the rest.
     fn write(&mut self, frames: &[u8]) -> Result<(), DeviceError>;
     /// Bytes queued in the host path ahead of what the guest just wrote.
     fn latency_bytes(&self) -> u32;
@@ -151,6 +157,27 @@ pub trait CaptureSource: Send {
     /// Fills `buf` completely with interleaved frames in the negotiated
     /// format; what the device has not produced is silence. Never blocks.
     fn read(&mut self, buf: &mut [u8]) -> Result<(), DeviceError>;
+    /// One part of a read the daemon makes in parts: a guest message larger
+    /// than the daemon's copy buffer is recorded in chunks of whole frames,
+    /// in order, back to back, `more` bytes of the same read still to come
+    /// after this part (0: the last part, or a read in one part).
+    ///
+    /// Fills `buf` as [`read`](Self::read) does and returns how many of its
+    /// bytes are captured frames (a whole number of frames); the rest of
+    /// `buf` is silence. A part that comes back short (fewer bytes than
+    /// `buf` holds whole frames) ends the read: the daemon makes the `more`
+    /// bytes after it silence itself, without calling again, as one read
+    /// would have ended with silence once the device had nothing more. An
+    /// error ends the read too (the message is then answered IO_ERR).
+    ///
+    /// The default reads each part on its own and counts it all captured;
+    /// a device whose read depends on its whole size (ALSA waits for that
+    /// read plus a period before the first one; the pad counts one
+    /// underrun per read) overrides it.
+    fn read_part(&mut self, buf: &mut [u8], more: usize) -> Result<usize, DeviceError> {
+        let _ = more;
+        self.read(buf).map(|()| buf.len())
+    }
     /// Bytes captured and waiting in the host path.
     fn latency_bytes(&self) -> u32;
     /// Overruns the device itself had (and recovered from) so far; the

@@ -1198,6 +1198,13 @@ impl CaptureSource for PadSource {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.read_part(buf, 0).map(|_| ())
+    }
+
+    /// One underrun per read, however many parts: a part that finds the
+    /// input short ends the read (the daemon makes the `more` bytes after
+    /// it silence, counted here as silence of this read).
+    fn read_part(&mut self, buf: &mut [u8], more: usize) -> Result<usize, DeviceError> {
         let shared = &*self.shared;
         let mut st = lock(&shared.state);
         let connected = st.connected;
@@ -1227,13 +1234,15 @@ impl CaptureSource for PadSource {
         let rest = buf.get_mut(n..).unwrap_or_default();
         if !rest.is_empty() {
             self.format.fill_silence(rest);
-            bump(&shared.counters.capture_silence_bytes, rest.len() as u64);
+            // The read ends here: what is left of it is silence too.
+            let silence = (rest.len() as u64).saturating_add(more as u64);
+            bump(&shared.counters.capture_silence_bytes, silence);
             if connected && !input_done {
                 bump(&shared.counters.capture_underruns, 1);
             }
         }
         if connected {
-            Ok(())
+            Ok(n)
         } else {
             Err(DeviceError::Gone)
         }
@@ -2034,6 +2043,53 @@ mod tests {
         source.read(&mut got)?;
         assert_eq!(got, [0, 0x80, 0, 0x80, 0, 0x80, 0, 0x80]);
         assert_eq!(fx.pad.stats().capture_underruns, 1);
+        Ok(())
+    }
+
+    /// A read the daemon makes in parts (a large guest message, in chunks)
+    /// counts as one read: the same bytes, one underrun, the same silence.
+    #[test]
+    fn a_capture_read_in_parts_counts_as_one_read() -> TestResult {
+        let fx = pad_with("")?;
+        let mut client = fx.connect()?;
+        let p = params(Format::U16, 48000, 2);
+        let mut source = fx.pad.open_capture(&p)?;
+        // 750 frames of input for a read of 1,024 frames in parts of 256.
+        let data = pattern(3000, 9);
+        client.write_all(&data)?;
+        wait_for("the capture bytes", || {
+            source.latency_bytes() as usize == data.len()
+        })?;
+        let total = 4096;
+        let mut got = vec![7u8; total];
+        let mut at = 0;
+        for part in got.chunks_mut(1024) {
+            at += part.len();
+            let filled = source.read_part(part, total - at)?;
+            if filled < part.len() {
+                // Short: the read ends (the daemon fills the rest).
+                assert_eq!(filled, 3000 - (at - 1024));
+                break;
+            }
+        }
+        assert_eq!(at, 3072, "the short part ended the read");
+        assert!(got[..3000] == data[..], "capture bytes differ");
+        assert!(got[3000..3072].chunks(2).all(|s| s == [0, 0x80]));
+        let stats = fx.pad.stats();
+        assert_eq!(stats.capture_underruns, 1, "one read, one underrun");
+        assert_eq!(stats.capture_silence_bytes, (total - 3000) as u64);
+
+        // The same read in one part counts the same.
+        client.write_all(&data)?;
+        wait_for("the capture bytes", || {
+            source.latency_bytes() as usize == data.len()
+        })?;
+        let mut whole = vec![7u8; total];
+        source.read(&mut whole)?;
+        assert!(whole[..3000] == data[..]);
+        let stats = fx.pad.stats();
+        assert_eq!(stats.capture_underruns, 2);
+        assert_eq!(stats.capture_silence_bytes, 2 * (total - 3000) as u64);
         Ok(())
     }
 
