@@ -46,10 +46,12 @@ pub const DETACH_WAIT: Duration = Duration::from_millis(10);
 /// watchdog); the stream gets a new worker and the device is removed.
 pub const HANG_NS: u64 = 50_000_000;
 
-/// Initial size of the copy buffer (grows, rarely, for larger messages).
-const SCRATCH_BYTES: usize = 64 * 1024;
-/// The largest copy buffer (a guest cannot make us allocate more).
-const MAX_SCRATCH_BYTES: usize = 16 << 20;
+/// Size of a worker's copy buffer between guest memory and the host
+/// device, allocated once when the worker starts and never grown: a message
+/// of any size (up to the stream's buffer) moves through it in chunks of
+/// whole frames, so the daemon's memory does not depend on what guests
+/// send (1,024 streams of 16 MiB messages would otherwise be 16 GiB).
+pub const SCRATCH_BYTES: usize = 64 * 1024;
 
 /// How often a running stream retries opening a device that came back.
 const REOPEN_INTERVAL_NS: u64 = 100_000_000;
@@ -237,27 +239,76 @@ pub struct StreamRuntime {
     reopen_now: AtomicBool,
 }
 
-/// What a worker keeps between ticks, outside the stream lock.
+/// What a worker keeps between ticks, outside the stream lock (its copy
+/// buffer is apart, see [`StreamRuntime::run`]).
 struct WorkerLocal {
-    /// Copy buffer between guest memory and the host device.
-    scratch: Vec<u8>,
     /// No reopen attempt before this time.
     next_open_ns: u64,
     generation: u64,
     /// The endpoint's own xrun count, as last seen.
     device_xruns: u64,
-    /// Frames recorded into `scratch` for a message whose ring stopped
-    /// before it could be completed: used when the ring runs again.
-    rx_stash: Option<RxStash>,
+    /// A message whose ring stopped while the worker was moving it in
+    /// chunks: where it got to, to go on from when the ring runs again
+    /// (rx: the chunk recorded last waits in the copy buffer).
+    resume: Option<Resume>,
 }
 
-/// A capture waiting in the copy buffer for its ring to run again.
+/// How far the worker got with message `head` of `epoch`, `len` bytes.
+///
+/// rx: the message's frames are recorded chunk by chunk, each read from
+/// the device with no message and no pass held, then written into the
+/// message under a pass; `offset` bytes are in guest memory, and `pending`
+/// more wait in the copy buffer (read from the device, not yet written).
+/// tx: `offset` bytes were handed to the sink; `pending` bytes read from
+/// guest memory wait in the copy buffer for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct RxStash {
+struct Resume {
     epoch: u64,
     head: u16,
     len: usize,
-    ok: bool,
+    offset: usize,
+    pending: usize,
+    /// rx: where the rest of the message comes from.
+    source: RxSource,
+    /// rx: guest memory refused a copy (IO_ERR, nothing more written).
+    fault: bool,
+}
+
+impl Resume {
+    fn new(epoch: u64, head: u16, len: usize) -> Resume {
+        Resume {
+            epoch,
+            head,
+            len,
+            offset: 0,
+            pending: 0,
+            source: RxSource::Device,
+            fault: false,
+        }
+    }
+}
+
+/// Where the rest of an rx message being recorded comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RxSource {
+    /// The capture source.
+    Device,
+    /// Silence: the device had nothing more for this read (status OK, as
+    /// when one read comes back with silence at its end).
+    Dry,
+    /// Silence over the whole message, from its start: the device failed
+    /// (status IO_ERR, as when one read fails).
+    Failed,
+}
+
+/// The largest number of bytes of whole frames the copy buffer holds: no
+/// chunk splits a frame (but the last of a message that does not end on
+/// one).
+fn chunk_bytes(params: &StreamParams, scratch: usize) -> usize {
+    match usize::try_from(params.frame_bytes()) {
+        Ok(frame) if frame > 0 && frame <= scratch => scratch - scratch % frame,
+        _ => scratch,
+    }
 }
 
 /// The outcome of one host call.
@@ -405,14 +456,20 @@ impl StreamRuntime {
         let shared = self.shared.clone();
         tighten_timer_slack();
         let mut local = WorkerLocal {
-            scratch: vec![0u8; SCRATCH_BYTES],
             next_open_ns: 0,
             generation,
             device_xruns: 0,
-            rx_stash: None,
+            resume: None,
         };
+        // The copy buffer: allocated here, once, never grown.
+        let mut scratch = vec![0u8; SCRATCH_BYTES].into_boxed_slice();
         loop {
             if self.replaced(&local) {
+                return;
+            }
+            // A tx message its ring stopped in the middle of plays on as
+            // soon as the ring runs again.
+            if self.resume_playback(&shared, &mut local, &mut scratch) {
                 return;
             }
             let (due, state, negotiated) = {
@@ -459,7 +516,7 @@ impl StreamRuntime {
                     continue;
                 }
             }
-            if self.tick(&shared, &mut local) {
+            if self.tick(&shared, &mut local, &mut scratch) {
                 return;
             }
         }
@@ -502,17 +559,21 @@ impl StreamRuntime {
     }
 
     /// One host call on the lent endpoint, timed for the hang watchdog.
+    /// With `may_open`, an endpoint that is not there is opened first (a
+    /// message's first chunk; the rest of a message never goes to an
+    /// endpoint opened in its middle).
     fn host_call(
         &self,
         local: &mut WorkerLocal,
         params: &StreamParams,
+        may_open: bool,
         f: impl FnOnce(&mut Endpoint) -> Result<u32, DeviceError>,
     ) -> HostIo {
         let device_xruns = |ep: &Endpoint| match ep {
             Endpoint::Playback(s) => s.xruns(),
             Endpoint::Capture(s) => s.xruns(),
         };
-        if !self.endpoint.is_attached() {
+        if may_open && !self.endpoint.is_attached() {
             if let HostIo::Replaced = self.try_open(params, local) {
                 return HostIo::Replaced;
             }
@@ -584,24 +645,173 @@ impl StreamRuntime {
         }
     }
 
-    fn ensure_scratch(local: &mut WorkerLocal, len: usize) -> usize {
-        let len = len.min(MAX_SCRATCH_BYTES);
-        if local.scratch.len() < len {
-            // Only when a message is larger than any before.
-            local.scratch.resize(len, 0);
+    /// Takes the stream's current message out of the lock for a
+    /// guest-memory copy (`busy` set), if it still is message `head` of
+    /// `epoch` (and, if `started`, the stream still runs).
+    fn take_current(&self, epoch: u64, head: u16, started: bool) -> Option<IoMessage> {
+        let mut inner = self.lock();
+        if inner.epoch != epoch || (started && inner.state != PcmState::Started) {
+            return None;
         }
-        len
+        if inner.current.as_ref().map(IoMessage::head) != Some(head) {
+            return None;
+        }
+        let msg = inner.current.take();
+        inner.busy = msg.is_some();
+        msg
+    }
+
+    /// Puts back a message [`StreamRuntime::take_current`] took, or, if the
+    /// stream let go of it meanwhile (a teardown that gave up waiting for
+    /// `busy`), returns it IO_ERR.
+    fn put_back(&self, msg: IoMessage, epoch: u64) {
+        let orphan = {
+            let mut inner = self.lock();
+            inner.busy = false;
+            if inner.epoch == epoch && inner.current.is_none() {
+                inner.current = Some(msg);
+                None
+            } else {
+                Some(msg)
+            }
+        };
+        self.idle.notify_all();
+        if let Some(m) = orphan {
+            self.complete_all([m], Status::IoErr);
+        }
+    }
+
+    /// Marks message `head` of `epoch` failed if it still is the current one
+    /// (its frames did not all reach the device).
+    fn mark_current_failed(&self, epoch: u64, head: u16) {
+        let mut inner = self.lock();
+        if inner.epoch == epoch {
+            if let Some(m) = inner.current.as_mut().filter(|m| m.head() == head) {
+                m.mark_failed();
+            }
+        }
+    }
+
+    /// Plays a tx message on from `at`, chunk by chunk: each chunk is read
+    /// from guest memory under a pass with the message taken out of the
+    /// lock, then handed to the sink holding neither. Returns
+    /// [`HostIo::Replaced`] if this worker must exit.
+    ///
+    /// A ring that stops between chunks parks the rest in `local.resume`;
+    /// it plays as soon as the ring runs again (`resume_playback`), before
+    /// the message completes at its due time (which the pause moved). A
+    /// chunk that reaches no device
+    /// (or cannot be read) fails the message (IO_ERR) and ends it: the sink
+    /// is not given the rest.
+    fn play(
+        &self,
+        local: &mut WorkerLocal,
+        scratch: &mut [u8],
+        queue: Option<&Arc<dyn Virtqueue>>,
+        params: &StreamParams,
+        mut at: Resume,
+    ) -> HostIo {
+        let chunk = chunk_bytes(params, scratch.len());
+        loop {
+            if at.pending == 0 {
+                if at.offset >= at.len {
+                    return HostIo::Done;
+                }
+                let Some(q) = queue else {
+                    return HostIo::Done;
+                };
+                let Some(pass) = q.gate().enter() else {
+                    local.resume = Some(at);
+                    return HostIo::Done;
+                };
+                let Some(mut msg) = self.take_current(at.epoch, at.head, false) else {
+                    // Taken away (RELEASE, reset): it is answered already.
+                    return HostIo::Done;
+                };
+                let n = chunk.min(at.len - at.offset);
+                let read = match (scratch.get_mut(..n), u32::try_from(at.offset)) {
+                    (Some(buf), Ok(offset)) => msg.read_pcm(offset, buf).is_ok(),
+                    _ => false,
+                };
+                if !read {
+                    msg.mark_failed();
+                }
+                self.put_back(msg, at.epoch);
+                drop(pass);
+                if !read {
+                    return HostIo::Done;
+                }
+                at.pending = n;
+            }
+            let Some(buf) = scratch.get(..at.pending) else {
+                return HostIo::Failed;
+            };
+            // Only a message's first chunk may open the endpoint: one that
+            // went away meanwhile (a removal) fails the rest.
+            let first = at.offset == 0;
+            let io = self.host_call(local, params, first, |ep| match ep {
+                Endpoint::Playback(sink) => sink.write(buf).map(|()| sink.latency_bytes()),
+                Endpoint::Capture(_) => Err(DeviceError::Gone),
+            });
+            match io {
+                HostIo::Done => {
+                    at.offset += at.pending;
+                    at.pending = 0;
+                }
+                HostIo::Replaced => return HostIo::Replaced,
+                HostIo::Failed => {
+                    // The frames reached no device: the guest is told.
+                    self.mark_current_failed(at.epoch, at.head);
+                    return HostIo::Failed;
+                }
+            }
+        }
+    }
+
+    /// Plays on a tx message its ring stopped in the middle of, if the ring
+    /// runs again. Returns true if this worker was replaced and must exit.
+    fn resume_playback(
+        &self,
+        shared: &Shared,
+        local: &mut WorkerLocal,
+        scratch: &mut [u8],
+    ) -> bool {
+        if self.direction() != Direction::Output || local.resume.is_none() {
+            return false;
+        }
+        let queue = shared.queue(self.queue_index()).cloned();
+        if queue.as_ref().is_some_and(|q| !q.gate().is_started()) {
+            return false;
+        }
+        let Some(at) = local.resume.take() else {
+            return false;
+        };
+        let Some(n) = self.lock().negotiated else {
+            return false;
+        };
+        matches!(
+            self.play(local, scratch, queue.as_ref(), &n.params, at),
+            HostIo::Replaced
+        )
     }
 
     /// One due time. Returns true if this worker was replaced and must exit.
     ///
     /// Nothing happens while the stream's ring is stopped; the ring is
     /// written only under a pass of its gate, taken after the host call of
-    /// a capture and given back before the host call of a playback.
-    fn tick(&self, shared: &Shared, local: &mut WorkerLocal) -> bool {
+    /// a capture chunk and given back before the host call of a playback
+    /// chunk.
+    fn tick(&self, shared: &Shared, local: &mut WorkerLocal, scratch: &mut [u8]) -> bool {
         let dir = self.direction();
         let queue = shared.queue(self.queue_index()).cloned();
         if queue.as_ref().is_some_and(|q| !q.gate().is_started()) {
+            return false;
+        }
+        // A tx message cut by a ring stop plays its rest before it completes.
+        if self.resume_playback(shared, local, scratch) {
+            return true;
+        }
+        if dir == Direction::Output && local.resume.is_some() {
             return false;
         }
         let (negotiated, current, epoch) = {
@@ -622,60 +832,96 @@ impl StreamRuntime {
             )
         };
         let params = negotiated.params;
-        let current_len = current.map_or(0, |(_, len)| len);
+        let chunk = chunk_bytes(&params, scratch.len());
 
-        // rx: record the finished message's frames first, holding no message
-        // (or take what was recorded for it before its ring stopped).
-        let mut rx_ok = false;
-        let mut rx_len = 0;
-        if dir == Direction::Input && current_len > 0 {
-            let wanted = Self::ensure_scratch(local, current_len);
-            let stash = local.rx_stash.take().filter(|st| {
-                current.is_some_and(|(head, _)| head == st.head)
-                    && st.epoch == epoch
-                    && st.len == wanted
-            });
-            if let Some(st) = stash {
-                rx_len = st.len;
-                rx_ok = st.ok;
-            } else {
-                rx_len = wanted;
-                let mut scratch = std::mem::take(&mut local.scratch);
-                let io = match scratch.get_mut(..rx_len) {
-                    Some(buf) => self.host_call(local, &params, |ep| match ep {
-                        Endpoint::Capture(src) => src.read(buf).map(|()| src.latency_bytes()),
-                        Endpoint::Playback(_) => Err(DeviceError::Gone),
-                    }),
-                    None => HostIo::Failed,
-                };
-                local.scratch = scratch;
-                match io {
-                    HostIo::Done => rx_ok = true,
-                    HostIo::Failed => {}
-                    HostIo::Replaced => return true,
-                }
-                if !rx_ok {
-                    if let Some(buf) = local.scratch.get_mut(..rx_len) {
+        // rx: record the finished message's frames first, chunk by chunk:
+        // each read from the device holding no message and no pass, then
+        // written into the message under a pass (all but the last here, the
+        // last with the completion below). A ring that stops between chunks
+        // parks the message where it got to (`local.resume`, the chunk read
+        // last still in `scratch`): it goes on from there when the ring runs
+        // again, with no frame recorded twice or lost.
+        let mut rx = None;
+        if let Some((head, len)) = current.filter(|&(_, len)| dir == Direction::Input && len > 0) {
+            let mut at = local
+                .resume
+                .take()
+                .filter(|r| r.head == head && r.epoch == epoch && r.len == len)
+                .unwrap_or(Resume::new(epoch, head, len));
+            loop {
+                if at.pending == 0 {
+                    let n = chunk.min(len - at.offset);
+                    let Some(buf) = scratch.get_mut(..n) else {
+                        return false;
+                    };
+                    if at.source == RxSource::Device {
+                        let more = len - at.offset - n;
+                        let mut filled = 0;
+                        let io = self.host_call(local, &params, at.offset == 0, |ep| match ep {
+                            Endpoint::Capture(src) => {
+                                filled = src.read_part(buf, more)?;
+                                Ok(src.latency_bytes())
+                            }
+                            Endpoint::Playback(_) => Err(DeviceError::Gone),
+                        });
+                        match io {
+                            // A short chunk ends the device's read: the rest
+                            // of the message is silence (status OK).
+                            HostIo::Done if filled < n => at.source = RxSource::Dry,
+                            HostIo::Done => {}
+                            HostIo::Replaced => return true,
+                            HostIo::Failed => {
+                                // Not recorded: IO_ERR, and silence over the
+                                // whole message, chunks already written too.
+                                at.source = RxSource::Failed;
+                                at.offset = 0;
+                                continue;
+                            }
+                        }
+                    } else {
                         params.format.fill_silence(buf);
                     }
+                    at.pending = n;
+                }
+                if at.fault || at.offset + at.pending >= len {
+                    break;
+                }
+                let Some(q) = queue.as_ref() else {
+                    return false;
+                };
+                let Some(pass) = q.gate().enter() else {
+                    local.resume = Some(at);
+                    return false;
+                };
+                let Some(mut msg) = self.take_current(epoch, head, true) else {
+                    // Stopped or taken away: recorded again, if at all,
+                    // at the next due time, as if nothing had been.
+                    return false;
+                };
+                let written = match (scratch.get(..at.pending), u32::try_from(at.offset)) {
+                    (Some(buf), Ok(offset)) => msg.write_pcm(offset, buf).is_ok(),
+                    _ => false,
+                };
+                self.put_back(msg, epoch);
+                drop(pass);
+                if written {
+                    at.offset += at.pending;
+                    at.pending = 0;
+                } else {
+                    // Guest memory refused the copy: IO_ERR, nothing more.
+                    at.fault = true;
                 }
             }
+            rx = Some(at);
         }
 
         // The ring may have stopped meanwhile: then nothing is written, and
-        // the frames recorded wait for it.
+        // the last chunk recorded waits for it.
         let pass = match &queue {
             Some(q) => match q.gate().enter() {
                 Some(p) => Some(p),
                 None => {
-                    if let Some((head, _)) = current.filter(|_| rx_len > 0) {
-                        local.rx_stash = Some(RxStash {
-                            epoch,
-                            head,
-                            len: rx_len,
-                            ok: rx_ok,
-                        });
-                    }
+                    local.resume = rx;
                     return false;
                 }
             },
@@ -704,58 +950,49 @@ impl StreamRuntime {
                 Direction::Output if msg.failed() => (Status::IoErr, 0),
                 Direction::Output => (Status::Ok, 0),
                 Direction::Input => {
-                    let n = (msg.payload() as usize).min(rx_len);
-                    let copied = local
-                        .scratch
-                        .get(..n)
-                        .is_some_and(|b| msg.write_pcm(0, b).is_ok());
-                    let complete = n == msg.payload() as usize;
-                    let ok = copied && complete && rx_ok;
+                    let ok = match rx.filter(|at| at.head == msg.head() && !at.fault) {
+                        Some(at) => {
+                            let written =
+                                match (scratch.get(..at.pending), u32::try_from(at.offset)) {
+                                    (Some(buf), Ok(offset)) => msg.write_pcm(offset, buf).is_ok(),
+                                    _ => false,
+                                };
+                            written && at.source != RxSource::Failed
+                        }
+                        None => false,
+                    };
                     (if ok { Status::Ok } else { Status::IoErr }, msg.payload())
                 }
             };
             msg.complete(queue.as_ref(), &pass, dir, status, latency, bytes);
         }
-        let mut tx_len = 0usize;
+        // tx: the next message's first chunk, read under this pass.
+        let mut tx = None;
         if dir == Direction::Output {
             if let Some(m) = next.as_mut() {
-                let n = Self::ensure_scratch(local, m.payload() as usize);
-                let read = match local.scratch.get_mut(..n) {
+                let len = m.payload() as usize;
+                let n = chunk.min(len);
+                let read = match scratch.get_mut(..n) {
                     Some(buf) => m.read_pcm(0, buf).is_ok(),
                     None => false,
                 };
                 if read {
-                    tx_len = n;
+                    let mut at = Resume::new(epoch, m.head(), len);
+                    at.pending = n;
+                    tx = Some(at);
                 } else {
                     m.mark_failed();
                 }
             }
         }
         drop(pass);
-        let head = next.as_ref().map(IoMessage::head);
         self.finish_tick(next, &negotiated, shared);
 
-        // tx: hand the frames to the device, the message back in `current`.
-        if tx_len > 0 {
-            let scratch = std::mem::take(&mut local.scratch);
-            let io = match scratch.get(..tx_len) {
-                Some(buf) => self.host_call(local, &params, |ep| match ep {
-                    Endpoint::Playback(sink) => sink.write(buf).map(|()| sink.latency_bytes()),
-                    Endpoint::Capture(_) => Err(DeviceError::Gone),
-                }),
-                None => HostIo::Failed,
-            };
-            local.scratch = scratch;
-            match io {
-                HostIo::Done => {}
-                HostIo::Replaced => return true,
-                HostIo::Failed => {
-                    // The frames reached no device: the guest is told.
-                    let mut inner = self.lock();
-                    if let Some(m) = inner.current.as_mut().filter(|m| Some(m.head()) == head) {
-                        m.mark_failed();
-                    }
-                }
+        // tx: hand the frames to the device, the message back in `current`
+        // (the rest of a large one chunk by chunk, see `play`).
+        if let Some(at) = tx {
+            if let HostIo::Replaced = self.play(local, scratch, Some(queue), &params, at) {
+                return true;
             }
         }
         false

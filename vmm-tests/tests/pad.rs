@@ -49,6 +49,17 @@ impl Pad {
 
     /// A pad with extra options (`capture = "live"`, `fill = "silence"`...).
     fn spawn_with(pad_options: &str) -> Pad {
+        Pad::spawn_streams(
+            pad_options,
+            "formats = [\"S16\", \"S32\", \"FLOAT\"]\n\
+             rates = [44100, 48000, 96000]\n\
+             channels = { min = 1, max = 8 }\n",
+        )
+    }
+
+    /// A pad with extra options whose two streams offer what `offer` says
+    /// (`formats`, `rates` and `channels` lines).
+    fn spawn_streams(pad_options: &str, offer: &str) -> Pad {
         let dir = tempfile::Builder::new()
             .prefix("vsound-pad-")
             .tempdir()
@@ -56,14 +67,7 @@ impl Pad {
         let path = dir.path().join("pad.sock");
         let streams = ["output", "input"]
             .iter()
-            .map(|dir| {
-                format!(
-                    "[[streams]]\ndirection = \"{dir}\"\ndevice = \"pad0\"\n\
-                     formats = [\"S16\", \"S32\", \"FLOAT\"]\n\
-                     rates = [44100, 48000, 96000]\n\
-                     channels = {{ min = 1, max = 8 }}\n"
-                )
-            })
+            .map(|dir| format!("[[streams]]\ndirection = \"{dir}\"\ndevice = \"pad0\"\n{offer}"))
             .collect::<Vec<_>>()
             .join("\n");
         let config = format!(
@@ -83,8 +87,12 @@ impl Pad {
     }
 
     fn driver(&self) -> SndDriver {
+        self.driver_with(&ConnectOptions::default())
+    }
+
+    fn driver_with(&self, opts: &ConnectOptions) -> SndDriver {
         self.daemon
-            .connect(&ConnectOptions::default())
+            .connect(opts)
             .unwrap_or_else(|e| panic!("{e}: {:?}", std::error::Error::source(&e)))
     }
 
@@ -849,6 +857,87 @@ fn a_client_closing_right_after_writing_loses_nothing_and_detaches_after_the_rec
     wait_jack(&mut snd, IN_JACK, false, TIMEOUT).unwrap();
     stop_and_release(&mut snd, IN);
     pad.alive();
+}
+
+/// Periods of over 4 MiB, 64 times what a worker's copy buffer holds, go
+/// through the daemon in chunks, both ways, bit-exact: S24 (in 4 bytes),
+/// 6 channels (24-byte frames, which do not divide the 64 KiB buffer),
+/// 384 kHz (9.2 MB/s: a period is 0.45 s), each message cut into
+/// descriptors of 40,009 bytes (so descriptor, chunk and frame boundaries
+/// all differ). Playback: three periods of noise reach the client exactly,
+/// on schedule. Capture (`capture = "live"`, whose ring holds a whole
+/// period: a pipe pad's 256 KiB inbox would hand it over in pieces): a
+/// period the client writes once the capture runs is recorded whole and
+/// bit-exact into the next rx buffer, between buffers of silence.
+#[test]
+fn periods_of_4_mib_play_and_record_bit_exact_through_chunks() {
+    let g = Geometry {
+        format: PcmFormat::S24,
+        rate: PcmRate::R384000,
+        channels: 6,
+        period_frames: (4 << 20) / 24 + 1,
+        periods: 2,
+    };
+    assert_ne!(65536 % g.frame_bytes(), 0);
+    let mut pad = Pad::spawn_streams(
+        "capture = \"live\"",
+        "formats = [\"S24\"]\nrates = [384000]\nchannels = { min = 6, max = 6 }\n",
+    );
+    let mut snd = pad.driver_with(&ConnectOptions {
+        memory_size: 64 << 20,
+        queue_size: 512,
+        ..ConnectOptions::default()
+    });
+    let mut c = attach(&pad, &mut snd);
+    let len = g.period_bytes();
+    // Header alone, then PCM descriptors of 40,009 bytes (the status of an
+    // rx message shares the last one).
+    let split: Vec<usize> = std::iter::once(4)
+        .chain((1..).map(|k| 4 + k * 40_009).take_while(|&at| at < 4 + len))
+        .collect();
+
+    prepare(&mut snd, OUT, &g);
+    let periods = noise_periods(&g, 3, 31);
+    let want = periods.concat();
+    let reader = read_exact_on_thread(&c, want.len());
+    for p in &periods {
+        snd.tx(OUT, p, &split).unwrap();
+    }
+    wait_drained(&mut snd, Queue::Tx, TIMEOUT).unwrap();
+    let (status, window) = start_timed(&mut snd, OUT).unwrap();
+    assert_eq!(status, Status::Ok, "START output");
+    let done = snd.wait_io_count(Queue::Tx, 3, TIMEOUT).unwrap();
+    assert_eq!(done.len(), 3, "tx completions");
+    check_statuses(&done, &[Status::Ok]).unwrap();
+    let pacing = check_pacing(&done, &g, window, PACING).unwrap();
+    let got = joined(reader);
+    stop_and_release(&mut snd, OUT);
+    if let Some(d) = difference(&got, &want) {
+        panic!("4 MiB periods are not played bit-exact: {d}");
+    }
+
+    prepare(&mut snd, IN, &g);
+    let pattern = capture_pattern(&g, 1, 32);
+    for _ in 0..3 {
+        snd.rx(IN, len, &split).unwrap();
+    }
+    wait_drained(&mut snd, Queue::Rx, TIMEOUT).unwrap();
+    let (status, _) = start_timed(&mut snd, IN).unwrap();
+    assert_eq!(status, Status::Ok, "START input");
+    let mut rx = snd.wait_io_count(Queue::Rx, 1, TIMEOUT).unwrap();
+    check_statuses(&rx, &[Status::Ok]).unwrap();
+    c.write_all(&pattern).unwrap();
+    rx.extend(snd.wait_io_count(Queue::Rx, 2, TIMEOUT).unwrap());
+    assert_eq!(rx.len(), 3, "rx completions");
+    check_statuses(&rx, &[Status::Ok]).unwrap();
+    check_capture(&rx, &g, &pattern);
+    assert!(
+        rx[1].data == pattern,
+        "the client's period is not the second rx buffer, whole"
+    );
+    stop_and_release(&mut snd, IN);
+    pad.alive();
+    eprintln!("{len}-byte periods: {}", pacing.summary());
 }
 
 /// `capture = "live"`: a source far ahead of the guest never blocks and the
