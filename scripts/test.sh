@@ -8,7 +8,9 @@
 # 3. unit tests and the vmm-tests integration tests, which drive a real
 #    vsound process through its vhost-user socket;
 # 4. the loom models of the attach/detach protocol and the ring gate (every interleaving);
-# 5. the guest suite: real Linux 6.12 guests under QEMU 10 attached to vsound.
+# 5. the guest suite: real Linux 6.12 guests under QEMU 10 attached to vsound;
+# 6. a short fuzz run: every fuzz target from its seeds for FUZZ_SECONDS
+#    (default 30) and every committed regression input once (fuzz/run-short.sh).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,3 +44,6 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_
 
 step "guest tests"
 vmm-tests/guest/run-suite.sh
+
+step "fuzzing (short run)"
+fuzz/run-short.sh

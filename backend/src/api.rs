@@ -9,15 +9,16 @@
 //! request gets an error line, never a silent close.
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use vsound_devices::unix_socket::{self, Access, SocketFile};
 
 use crate::daemon::DaemonState;
 use crate::stream::PcmState;
@@ -38,28 +39,32 @@ const CTL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The running API server; dropping it stops it and removes the socket.
 pub struct ApiServer {
-    path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The listening socket's fd, to wake the accept loop (`shutdown`).
+    listen_fd: RawFd,
     thread: Option<JoinHandle<()>>,
+    /// Removed when the server stops (none for an inherited socket).
+    _file: Option<SocketFile>,
 }
 
 impl ApiServer {
-    pub fn start(path: &Path, state: Arc<DaemonState>) -> io::Result<ApiServer> {
-        if path.exists() {
-            // A stale socket from an earlier run (a live one refuses).
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another daemon serves it",
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    /// Creates the socket at `path` (see [`unix_socket::listen`]: never a
+    /// live socket stolen, never a link followed) and serves it.
+    pub fn start(path: &Path, access: &Access, state: Arc<DaemonState>) -> io::Result<ApiServer> {
+        let (listener, file) = unix_socket::listen(path, access).map_err(io::Error::other)?;
         log::info!("management API on {}", path.display());
+        Self::serve_listener(listener, Some(file), state)
+    }
+
+    /// Serves an already listening socket (socket activation).
+    pub fn serve_listener(
+        listener: UnixListener,
+        file: Option<SocketFile>,
+        state: Arc<DaemonState>,
+    ) -> io::Result<ApiServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let listen_fd = listener.as_raw_fd();
         let thread = std::thread::Builder::new()
             .name("vsound-api".into())
             .spawn(move || {
@@ -95,14 +100,19 @@ impl ApiServer {
                                 clients.fetch_sub(1, Ordering::SeqCst);
                             }
                         }
-                        Err(e) => log::warn!("management API: accept: {e}"),
+                        Err(e) => {
+                            log::warn!("management API: accept: {e}");
+                            // Out of fds for a moment: do not spin.
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
                     }
                 }
             })?;
         Ok(ApiServer {
-            path: path.to_owned(),
             stop,
+            listen_fd,
             thread: Some(thread),
+            _file: file,
         })
     }
 }
@@ -110,12 +120,15 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = UnixStream::connect(&self.path);
+        // Wakes the accept loop (accept fails with EINVAL from now on),
+        // whatever happened to the socket file.
+        // SAFETY: the listener is owned by the thread, alive until joined.
+        unsafe {
+            libc::shutdown(self.listen_fd, libc::SHUT_RDWR);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -251,7 +264,14 @@ pub fn handle(line: &str, state: &DaemonState) -> Value {
             } else {
                 dev.admin_attach()
             };
-            json!({ "ok": true, "result": { "device": name, "changed": changed, "attached": dev.is_present() } })
+            // Attaching a device that went away by itself: probe it now.
+            let probing = cmd == "attach" && dev.probe_now();
+            json!({ "ok": true, "result": {
+                "device": name,
+                "changed": changed,
+                "probing": probing,
+                "attached": dev.is_present(),
+            } })
         }
         ("", _) => error("missing \"cmd\" (status, detach, attach)"),
         (other, _) => error(format!(

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG};
-use crate::daemon::{self, SocketSpec};
+use crate::daemon::{self, ApiSpec, SocketSpec};
+
+/// The vhost-user socket when neither the command line nor the
+/// configuration names one.
+pub const DEFAULT_SOCKET: &str = "/tmp/vsound.sock";
 
 /// vsound: a vhost-user virtio-sound device daemon.
 #[derive(Debug, Parser)]
@@ -30,8 +34,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "socket_fd")]
     socket: Option<PathBuf>,
 
-    /// An inherited, listening vhost-user socket fd, instead of --socket.
-    #[arg(long, value_name = "N")]
+    /// An inherited, listening vhost-user socket fd, instead of --socket
+    /// (3 or above). Under systemd socket activation (`LISTEN_FDS`) the
+    /// passed socket is used without this option.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     socket_fd: Option<i32>,
 
     /// Serve the management API on this Unix socket (overrides
@@ -165,15 +171,59 @@ fn run_daemon(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let socket = match (args.socket_fd, &args.socket, &config.socket) {
-        (Some(fd), _, _) => SocketSpec::Fd(fd),
-        (None, Some(p), _) | (None, None, Some(p)) => SocketSpec::Path(p.clone()),
-        (None, None, None) => SocketSpec::Path(PathBuf::from("/tmp/vsound.sock")),
+    // Before any thread exists: every thread inherits the blocked mask.
+    let signals = match crate::signals::SignalFd::block() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("cannot handle SIGTERM/SIGINT/SIGHUP: {e}");
+            None
+        }
     };
+    // systemd's sockets, unless the command line names others.
+    let activation = if args.socket_fd.is_none() && args.socket.is_none() {
+        match crate::inherit::from_systemd() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("vsound: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let activated = activation.as_ref().and_then(|a| a.vhost_user);
+    let socket = match (args.socket_fd, &args.socket, activated, &config.socket) {
+        (Some(fd), _, _, _) => match crate::inherit::check_listener(fd) {
+            Ok(fd) => SocketSpec::Fd(fd),
+            Err(e) => {
+                eprintln!("vsound: --socket-fd: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, Some(p), _, _) => SocketSpec::Path(p.clone()),
+        (None, None, Some(fd), _) => SocketSpec::Fd(fd),
+        (None, None, None, Some(p)) => SocketSpec::Path(p.clone()),
+        (None, None, None, None) => SocketSpec::Path(PathBuf::from(DEFAULT_SOCKET)),
+    };
+    if let SocketSpec::Path(p) = &socket {
+        if let Err(e) = vsound_devices::unix_socket::check_path(p) {
+            eprintln!("vsound: --socket: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     for w in &config.warnings {
         log::warn!("{w}");
     }
-    let api = args.api_socket.as_deref().or(config.api_socket.as_deref());
+    let api = match (
+        &args.api_socket,
+        activation.as_ref().and_then(|a| a.api),
+        &config.api_socket,
+    ) {
+        (Some(p), _, _) => Some(ApiSpec::Path(p.clone())),
+        (None, Some(fd), _) => Some(ApiSpec::Fd(fd)),
+        (None, None, Some(p)) => Some(ApiSpec::Path(p.clone())),
+        (None, None, None) => None,
+    };
     if let Err(e) = crate::sandbox::install(args.seccomp, &config) {
         log::error!("{e} (--seccomp=off runs without the sandbox)");
         return ExitCode::FAILURE;
@@ -181,7 +231,13 @@ fn run_daemon(args: RunArgs) -> ExitCode {
     if let Some(which) = args.seccomp_selftest {
         return crate::sandbox::selftest(which);
     }
-    match daemon::run(&config, &socket, api, args.max_connections) {
+    match daemon::serve(
+        &config,
+        &socket,
+        api.as_ref(),
+        args.max_connections,
+        signals,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let mut msg = e.to_string();

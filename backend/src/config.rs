@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
+use vsound_devices::unix_socket::{self, Access};
 use vsound_devices::{registry, Format};
 
 use crate::constants::{rate_code, Direction, CHMAP_MAX_SIZE};
@@ -56,8 +57,36 @@ enum RawDirection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
-    socket: Option<PathBuf>,
-    api_socket: Option<PathBuf>,
+    #[serde(default, deserialize_with = "some_path")]
+    socket: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_mode", deserialize_with = "unix_socket::de_mode")]
+    socket_mode: u32,
+    #[serde(default, deserialize_with = "unix_socket::de_owner")]
+    socket_owner: Option<u32>,
+    #[serde(default, deserialize_with = "unix_socket::de_group")]
+    socket_group: Option<u32>,
+    #[serde(default, deserialize_with = "some_path")]
+    api_socket: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_mode", deserialize_with = "unix_socket::de_mode")]
+    api_socket_mode: u32,
+    #[serde(default, deserialize_with = "unix_socket::de_owner")]
+    api_socket_owner: Option<u32>,
+    #[serde(default, deserialize_with = "unix_socket::de_group")]
+    api_socket_group: Option<u32>,
+}
+
+fn default_mode() -> u32 {
+    unix_socket::DEFAULT_MODE
+}
+
+/// A socket path with where it is in the file (for conflicts between
+/// paths, found after parsing).
+fn some_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Spanned<PathBuf>>, D::Error> {
+    #[derive(Deserialize)]
+    struct P(#[serde(deserialize_with = "unix_socket::de_path")] PathBuf);
+    let s: Spanned<P> = Spanned::deserialize(d)?;
+    let span = s.span();
+    Ok(Some(Spanned::new(span, s.into_inner().0)))
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -119,7 +148,11 @@ pub struct StreamConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub socket: Option<PathBuf>,
+    /// Who may connect to the vhost-user socket (`socket_mode`, ...).
+    pub socket_access: Access,
     pub api_socket: Option<PathBuf>,
+    /// Who may use the management API (`api_socket_mode`, ...).
+    pub api_socket_access: Access,
     pub devices: Vec<DeviceConfig>,
     pub streams: Vec<StreamConfig>,
     /// Things that work but may surprise (printed by `check-config`,
@@ -333,6 +366,16 @@ impl Config {
             }
         })?;
 
+        // Every socket the daemon will create: (path, where, key).
+        let mut socket_paths: Vec<(PathBuf, Range<usize>, String)> = Vec::new();
+        for (p, key) in [
+            (&raw.daemon.socket, "daemon.socket"),
+            (&raw.daemon.api_socket, "daemon.api_socket"),
+        ] {
+            if let Some(p) = p {
+                socket_paths.push((p.get_ref().clone(), p.span(), key.to_owned()));
+            }
+        }
         let mut devices = Vec::new();
         for (name, table) in raw.devices {
             let span = table.span();
@@ -371,6 +414,12 @@ impl Config {
                     None => (span.clone(), key),
                 };
                 return Err(ctx.err(Some(at), &key, in_user_words(&m, &key)));
+            }
+            if kind == "pad" {
+                if let Some(p) = options.get("path").and_then(toml::Value::as_str) {
+                    let at = key_span(src, &span, "path").unwrap_or(span.clone());
+                    socket_paths.push((PathBuf::from(p), at, format!("{key}.path")));
+                }
             }
             devices.push(DeviceConfig {
                 name,
@@ -524,14 +573,71 @@ impl Config {
         }
 
         let warnings = check_pads(&ctx, &devices, &streams, &stream_spans)?;
+        check_socket_paths(&ctx, &socket_paths)?;
+        let d = raw.daemon;
         Ok(Config {
-            socket: raw.daemon.socket,
-            api_socket: raw.daemon.api_socket,
+            socket: d.socket.map(Spanned::into_inner),
+            socket_access: Access {
+                mode: d.socket_mode,
+                owner: d.socket_owner,
+                group: d.socket_group,
+            },
+            api_socket: d.api_socket.map(Spanned::into_inner),
+            api_socket_access: Access {
+                mode: d.api_socket_mode,
+                owner: d.api_socket_owner,
+                group: d.api_socket_group,
+            },
             devices,
             streams,
             warnings,
         })
     }
+}
+
+/// Each socket needs a path of its own in a directory that exists (the
+/// vhost-user socket, the API and every pad).
+fn check_socket_paths(
+    ctx: &Ctx<'_>,
+    paths: &[(PathBuf, Range<usize>, String)],
+) -> Result<(), ConfigError> {
+    for (i, (p, at, key)) in paths.iter().enumerate() {
+        if let Some((_, _, first)) = paths.iter().take(i).find(|(q, _, _)| same_path(p, q)) {
+            return Err(ctx.err(
+                Some(at.clone()),
+                key,
+                format!(
+                    "{} is already the path of `{first}`; each socket needs its own",
+                    p.display()
+                ),
+            ));
+        }
+        if let Err(e) = unix_socket::check_path(p) {
+            return Err(ctx.err(Some(at.clone()), key, e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// The same file: equal paths once `.` components and repeated slashes
+/// are dropped, or, when both directories exist, the same directory and
+/// name.
+fn same_path(a: &Path, b: &Path) -> bool {
+    if a.components().eq(b.components()) {
+        return true;
+    }
+    let (Some(an), Some(bn)) = (a.file_name(), b.file_name()) else {
+        return false;
+    };
+    let dir = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    an == bn
+        && match (std::fs::canonicalize(dir(a)), std::fs::canonicalize(dir(b))) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
 }
 
 /// A pad carries one stream per direction (two would need mixing), and a

@@ -2,7 +2,8 @@
 //! one after another on the same listening socket. Each connection gets a
 //! fresh [`SoundDevice`]; host devices (and a pad's socket) outlive it.
 
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -18,12 +19,13 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::GuestMemoryAtomic;
-use vsound_devices::registry;
+use vsound_devices::{registry, unix_socket};
 
 use crate::config::Config;
 use crate::device::SoundDevice;
 use crate::hotplug::ManagedDevice;
 use crate::queue::Mem;
+use crate::signals::{SignalFd, Stop};
 use crate::vhost_user::{Connection, VsoundBackend};
 
 /// Where the daemon listens.
@@ -39,8 +41,8 @@ pub enum SocketSpec {
 pub enum DaemonError {
     #[error("Device `{name}`: {message}")]
     Device { name: String, message: String },
-    #[error("Cannot listen on {0}")]
-    Listen(String, #[source] vhost::vhost_user::Error),
+    #[error("Cannot listen")]
+    Listen(#[source] unix_socket::SocketError),
     #[error("Cannot create the device")]
     Create(#[source] crate::device::DeviceError),
     #[error("Cannot create the vhost-user backend")]
@@ -97,38 +99,84 @@ impl DaemonState {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = dev;
     }
 
+    /// Probes every absent device now (SIGHUP); returns how many.
+    pub fn probe_absent(&self) -> usize {
+        self.devices.iter().filter(|d| d.probe_now()).count()
+    }
+
     pub fn device(&self, name: &str) -> Option<&Arc<ManagedDevice>> {
         self.devices.iter().find(|d| d.name == name)
     }
 }
 
+/// Where the management API listens.
+#[derive(Clone, Debug)]
+pub enum ApiSpec {
+    Path(PathBuf),
+    /// An already-bound, listening Unix socket (socket activation).
+    Fd(RawFd),
+}
+
 /// Serves VMM connections until `max_connections` is reached (forever when
-/// `None`).
+/// `None`). For tests and fuzzing: no signal handling (see [`serve`]).
 pub fn run(
     config: &Config,
     socket: &SocketSpec,
     api_socket: Option<&Path>,
     max_connections: Option<usize>,
 ) -> Result<(), DaemonError> {
+    let api = api_socket.map(|p| ApiSpec::Path(p.to_owned()));
+    serve(config, socket, api.as_ref(), max_connections, None)
+}
+
+/// Serves VMM connections until `max_connections` is reached, forever
+/// when `None`, or until SIGTERM/SIGINT when `signals` is given (see
+/// [`crate::signals`]). Every socket the daemon created is removed when
+/// it returns.
+pub fn serve(
+    config: &Config,
+    socket: &SocketSpec,
+    api: Option<&ApiSpec>,
+    max_connections: Option<usize>,
+    signals: Option<SignalFd>,
+) -> Result<(), DaemonError> {
     let state = DaemonState::new(config)?;
     if let Err(e) = crate::sigbus::install() {
         log::warn!("cannot guard guest memory against truncation: {e}");
     }
-    let _api = match api_socket {
-        Some(p) => Some(
-            crate::api::ApiServer::start(p, state.clone())
+    let stop = Arc::new(Stop::default());
+    if let Some(sig) = signals {
+        crate::signals::spawn(sig, stop.clone(), Arc::downgrade(&state))
+            .map_err(DaemonError::Backend)?;
+    }
+    let _api = match api {
+        Some(ApiSpec::Path(p)) => Some(
+            crate::api::ApiServer::start(p, &config.api_socket_access, state.clone())
                 .map_err(|e| DaemonError::Api(p.display().to_string(), e))?,
         ),
+        Some(ApiSpec::Fd(fd)) => {
+            // SAFETY: the caller checked that this inherited fd is a
+            // listening Unix socket, handed to us to own.
+            let l = unsafe { UnixListener::from_raw_fd(*fd) };
+            log::info!("management API on inherited fd {fd}");
+            Some(
+                crate::api::ApiServer::serve_listener(l, None, state.clone())
+                    .map_err(|e| DaemonError::Api(format!("fd {fd}"), e))?,
+            )
+        }
         None => None,
     };
-    let mut listener = match socket {
+    let (mut listener, _file) = match socket {
         SocketSpec::Path(p) => {
-            Listener::new(p, true).map_err(|e| DaemonError::Listen(p.display().to_string(), e))?
+            let (l, file) =
+                unix_socket::listen(p, &config.socket_access).map_err(DaemonError::Listen)?;
+            (Listener::from(l), Some(file))
         }
-        // SAFETY: the caller passed this fd to us on the command line as a
-        // listening socket we now own; nothing else in the process uses it.
-        SocketSpec::Fd(fd) => unsafe { Listener::from_raw_fd(*fd) },
+        // SAFETY: the caller checked that this inherited fd is a listening
+        // Unix socket we now own; nothing else in the process uses it.
+        SocketSpec::Fd(fd) => (unsafe { Listener::from_raw_fd(*fd) }, None),
     };
+    stop.set_listener(listener.as_raw_fd());
     log::info!(
         "vsound listening on {} ({} streams, {} devices)",
         match socket {
@@ -141,11 +189,12 @@ pub fn run(
     let mut served = 0usize;
     let mut backoff = RETRY_MIN;
     loop {
-        if max_connections.is_some_and(|m| served >= m) {
-            return Ok(());
+        if stop.requested() || max_connections.is_some_and(|m| served >= m) {
+            break;
         }
-        match serve_one(&state, &mut listener) {
+        match serve_one(&state, &mut listener, &stop) {
             Ok(()) => backoff = RETRY_MIN,
+            Err(_) if stop.requested() => break,
             // Out of threads or fds for a moment: never a reason to exit.
             Err(e) => {
                 log::error!("cannot serve a VMM connection: {e}; retrying in {backoff:?}");
@@ -155,9 +204,14 @@ pub fn run(
         }
         served += 1;
     }
+    stop.clear_listener();
+    if stop.requested() {
+        log::info!("stopped");
+    }
+    Ok(())
 }
 
-fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonError> {
+fn serve_one(state: &DaemonState, listener: &mut Listener, stop: &Stop) -> Result<(), DaemonError> {
     let mem = GuestMemoryAtomic::new(Mem::new());
     let device = SoundDevice::new(&state.config, &state.devices).map_err(DaemonError::Create)?;
     state.set_current(Arc::downgrade(&device));
@@ -170,6 +224,7 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
     if let Some(h) = daemon.shutdown_handle() {
         conn.set_shutdown(h);
     }
+    stop.set_connection(&conn);
     state
         .vmm_connected
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -195,7 +250,7 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
         )) => log::info!("VMM disconnected"),
         Err(e) => log::warn!("VMM connection ended: {e}"),
     }
-    if let Some(why) = conn.refused() {
+    if let Some(why) = conn.refused().filter(|_| !stop.requested()) {
         log::warn!("the connection was ended by the daemon: {why}");
     }
     state

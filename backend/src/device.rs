@@ -448,6 +448,24 @@ impl SoundDevice {
         log::info!("device reset: {dropped} buffers of the previous driver dropped");
     }
 
+    /// Completes every buffer the streams hold (IO_ERR: their frames were
+    /// not played or recorded), now or, for a stopped ring, when it runs
+    /// again. The streams keep their state. For a daemon that is stopping
+    /// while a guest runs: no buffer is left in the device. Returns how
+    /// many were completed or deferred.
+    pub fn return_held(&self) -> usize {
+        let mut n = 0;
+        for s in &self.streams {
+            let mut inner = s.lock_idle();
+            let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
+            drop(inner);
+            n += held.len();
+            s.complete_all(held, Status::IoErr);
+            s.wake();
+        }
+        n
+    }
+
     /// Stops every worker and closes every endpoint (end of connection).
     /// Waits at most [`JOIN_BOUND`] for the threads: one stuck in a device
     /// call is left behind (it exits if the call ever returns).

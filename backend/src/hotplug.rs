@@ -124,13 +124,25 @@ impl ManagedDevice {
     }
 
     /// Operator attach. Returns false if it was not detached by the operator.
+    /// Also clears a device marked hung (it is tried again).
     pub fn admin_attach(&self) -> bool {
-        if !self.admin_detached.swap(false, Ordering::SeqCst) {
+        let was_detached = self.admin_detached.swap(false, Ordering::SeqCst);
+        let was_hung = self.hung.swap(false, Ordering::SeqCst);
+        if !was_detached && !was_hung {
             return false;
         }
-        self.hung.store(false, Ordering::SeqCst);
         self.returned("attached by the operator");
         true
+    }
+
+    /// Probes an absent device now rather than at the end of its backoff
+    /// (SIGHUP, `vsound ctl attach`). False if it is present, detached by
+    /// the operator, or comes back by itself (a pad's client).
+    pub fn probe_now(&self) -> bool {
+        if self.admin_detached() || self.dev.is_attached() {
+            return false;
+        }
+        self.dev.probe_now()
     }
 
     /// A call into the device hung: treat it as removed.

@@ -9,7 +9,8 @@
 //! - [`hotplug`]: host devices coming and going; [`api`]: the management API.
 //! - [`vhost_user`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`].
 //! - [`pad_tool`]: `vsound pad record`/`play`, clients of a pad device.
-//! - [`sandbox`]: the seccomp allow-lists.
+//! - [`sandbox`]: the seccomp allow-lists; [`signals`]: SIGTERM/SIGINT/SIGHUP;
+//!   [`inherit`]: listening sockets handed over (`--socket-fd`, systemd).
 
 pub mod api;
 pub mod chain;
@@ -24,6 +25,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod gate;
 pub mod hotplug;
+pub mod inherit;
 pub mod io;
 pub mod pacer;
 pub mod pad_tool;
@@ -31,6 +33,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod sigbus;
+pub mod signals;
 pub mod stream;
 pub mod vhost_user;
 pub mod wire;

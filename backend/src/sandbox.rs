@@ -139,10 +139,12 @@ pub enum ThreadKind {
     Pad,
     /// An ALSA device's monitor (`alsa-NAME`).
     AlsaMonitor,
+    /// The signal thread (`vsound-signal`): SIGTERM, SIGINT, SIGHUP.
+    Signal,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Request,
         ThreadKind::Queue,
         ThreadKind::Stream,
@@ -151,6 +153,7 @@ impl ThreadKind {
         ThreadKind::Api,
         ThreadKind::Pad,
         ThreadKind::AlsaMonitor,
+        ThreadKind::Signal,
     ];
 
     fn index(self) -> usize {
@@ -167,6 +170,7 @@ impl ThreadKind {
             ThreadKind::Api => "api",
             ThreadKind::Pad => "pad",
             ThreadKind::AlsaMonitor => "alsa",
+            ThreadKind::Signal => "signal",
         }
     }
 }
@@ -724,6 +728,14 @@ mod imp {
                 r.merge(&events());
                 r.merge(&host_device());
             }
+            ThreadKind::Signal => {
+                // Reads the signalfd; a stop shuts the listening socket
+                // down, completes the held buffers (guest memory, the
+                // call eventfd) and ends the connection; an exit past
+                // the deadline removes the socket files.
+                r.merge(&events());
+                r.allow(&[SYS_shutdown, SYS_newfstatat, SYS_unlinkat]);
+            }
         }
         r
     }
@@ -757,6 +769,12 @@ mod imp {
             SYS_chmod,
             SYS_fchmod,
             SYS_fchmodat,
+            // Sockets are bound in a private directory, given their owner
+            // and renamed into place (vsound_devices::unix_socket).
+            SYS_fchownat,
+            SYS_mkdirat,
+            SYS_renameat2,
+            SYS_geteuid,
             SYS_unlink,
             SYS_unlinkat,
             SYS_openat,

@@ -145,6 +145,24 @@ impl Connection {
         }
     }
 
+    /// Ends the connection for a reason that is not the frontend's fault
+    /// (the daemon is stopping).
+    pub fn end(&self, reason: &str) {
+        let mut end = self.lock_end();
+        if end.reason.is_none() {
+            log::info!("ending the VMM connection: {reason}");
+            end.reason = Some(reason.to_owned());
+        }
+        if let Some(h) = &end.handle {
+            h.shutdown();
+        }
+    }
+
+    /// The device this connection serves.
+    pub fn device(&self) -> &Arc<SoundDevice> {
+        &self.device
+    }
+
     /// Why the connection was ended by the daemon, if it was.
     pub fn refused(&self) -> Option<String> {
         self.lock_end().reason.clone()

@@ -188,6 +188,14 @@ impl Drop for AlsaDevice {
 }
 
 impl HostDevice for AlsaDevice {
+    fn probe_now(&self) -> bool {
+        if self.is_attached() {
+            return false;
+        }
+        self.shared.request_probe();
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "alsa"
     }
