@@ -281,9 +281,9 @@ fn log_transition(s: &StreamRuntime, from: PcmState, to: PcmState, cmd: PcmComma
 }
 
 /// Validates PCM_SET_PARAMS against the driver requirements of virtio spec
-/// 5.14.6.6.3 (period_bytes divides buffer_bytes; format, rate, features and
-/// channels as advertised; padding zero): malformed or impossible values get
-/// BAD_MSG, unadvertised ones NOT_SUPP.
+/// 5.14.6.6.3 (`period_bytes` divides `buffer_bytes`; format, rate, features
+/// and channels as advertised; padding zero): malformed or impossible values
+/// get BAD_MSG, unadvertised ones NOT_SUPP.
 fn validate_params(s: &StreamRuntime, p: &PcmSetParams) -> Result<Negotiated, Status> {
     let c = &s.config;
     let buffer = p.buffer_bytes.to_native();

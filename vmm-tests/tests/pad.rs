@@ -384,7 +384,7 @@ fn one_pad_plays_and_records_at_the_same_time_bit_exact() {
 /// client gets whole frames in order, ending with the guest's very last one,
 /// after an unbroken run of at least the stream's buffer (the pad's ring must
 /// hold at least `buffer_bytes`: virtio spec 5.14.6.6.3, a device's
-/// intermediate buffer is no smaller than buffer_bytes).
+/// intermediate buffer is no smaller than `buffer_bytes`).
 ///
 /// FLOAT, 8 channels, 96 kHz (3 MB/s) so that 1.5 s far exceeds what the
 /// ring and the socket buffers can hold. The data are self-numbering 32-bit
