@@ -1,4 +1,4 @@
-//! The command line (design.md "Command line").
+//! The command line (README.md, "Command line").
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -280,8 +280,10 @@ fn log_transition(s: &StreamRuntime, from: PcmState, to: PcmState, cmd: PcmComma
     );
 }
 
-/// Validates PCM_SET_PARAMS (spec 5.14.6.6.3, virtio-snd.md §1.E item 16):
-/// malformed or impossible values get BAD_MSG, unadvertised ones NOT_SUPP.
+/// Validates PCM_SET_PARAMS against the driver requirements of virtio spec
+/// 5.14.6.6.3 (`period_bytes` divides `buffer_bytes`; format, rate, features
+/// and channels as advertised; padding zero): malformed or impossible values
+/// get BAD_MSG, unadvertised ones NOT_SUPP.
 fn validate_params(s: &StreamRuntime, p: &PcmSetParams) -> Result<Negotiated, Status> {
     let c = &s.config;
     let buffer = p.buffer_bytes.to_native();
@@ -388,7 +390,7 @@ fn prepare(s: &StreamRuntime) -> Status {
 }
 
 /// Policy `on_remove = "error"`: PREPARE and START answer IO_ERR while the
-/// device is away (design.md rule 6).
+/// device is away (docs/design.md, hot-removal rule 6).
 fn refuse_absent_device(s: &StreamRuntime) -> Option<Status> {
     if s.config.on_remove == OnRemove::Error && !s.device.is_present() {
         log::debug!("stream {}: device {} is away", s.id, s.device.name);

@@ -1,6 +1,6 @@
 //! Host devices as the daemon manages them: attached or not, why, since
 //! when, how many removals; and what happens to the guest when one goes or
-//! comes back (design.md "Safe hot-removal", rules 5–7).
+//! comes back (docs/design.md, "Safe hot-removal", rules 5–7).
 //!
 //! A device is *present* when the plugin says it is attached, no operator
 //! detached it (management API), and it has not been declared hung. The

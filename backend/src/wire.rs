@@ -151,7 +151,7 @@ unsafe impl ByteValued for PcmStatus {}
 // SAFETY: see above.
 unsafe impl ByteValued for Event {}
 
-// Sizes from spec 5.14.6 (see docs/virtio-snd.md §1.D).
+// Sizes from virtio spec 5.14.6 (the sound device's requests and structures).
 const _: () = assert!(std::mem::size_of::<VirtioSndConfig>() == 16);
 const _: () = assert!(std::mem::size_of::<Hdr>() == 4);
 const _: () = assert!(std::mem::size_of::<QueryInfo>() == 16);

@@ -1,6 +1,7 @@
-//! Hot-removal and hot-add through the real socket (design.md rules 5–7):
-//! a pad client that goes away mid-playback and mid-capture under both
-//! `on_remove` policies, the management API, and a host device that hangs.
+//! Hot-removal and hot-add through the real socket (docs/design.md,
+//! hot-removal rules 5–7): a pad client that goes away mid-playback and
+//! mid-capture under both `on_remove` policies, the management API, and a
+//! host device that hangs.
 //!
 //! Layout: pad0 carries stream 0 (output, jack 0) and stream 1 (input,
 //! jack 1); null0 carries stream 2 (output, jack 2), which must keep its
