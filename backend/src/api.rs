@@ -280,6 +280,25 @@ pub fn handle(line: &str, state: &DaemonState) -> Value {
     }
 }
 
+/// A Unix time as RFC 3339 (UTC, seconds).
+pub fn rfc3339(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(|| secs.to_string(), |t| t.to_string())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A time for `status`: when, and for how long until now.
+fn when(secs: u64) -> Value {
+    json!({ "at": rfc3339(secs), "for_seconds": now().saturating_sub(secs) })
+}
+
 fn status(state: &DaemonState) -> Value {
     let devices: Vec<Value> = state
         .devices
@@ -291,72 +310,117 @@ fn status(state: &DaemonState) -> Value {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), json!(v)))
                 .collect();
+            let last_error = d
+                .last_error()
+                .map(|(why, at)| json!({ "message": why, "at": rfc3339(at) }));
             json!({
                 "name": d.name,
                 "kind": d.kind(),
                 "attached": d.is_present(),
                 "operator_detached": d.admin_detached(),
-                "since": d.since(),
+                "since": when(d.since()),
                 "removals": d.removals(),
+                "last_error": last_error,
                 "counters": counters,
             })
         })
         .collect();
-    let current = state.current();
-    let streams: Vec<Value> = state
-        .config
-        .streams
-        .iter()
-        .enumerate()
-        .map(|(id, sc)| {
-            let device = state.devices.get(sc.device).map(|d| d.name.clone());
-            let rt = current.as_ref().and_then(|c| c.streams.get(id).cloned());
-            let (st, params, bytes, xruns, latency) = match &rt {
-                Some(s) => {
-                    let inner = s.lock();
-                    let params = inner.negotiated.map(|n| {
-                        json!({
-                            "format": n.params.format.name(),
-                            "rate": n.params.rate,
-                            "channels": n.params.channels,
-                            "period_bytes": n.params.period_bytes,
-                            "buffer_bytes": n.params.buffer_bytes,
-                            "features": n.features,
-                        })
-                    });
-                    let frames = inner.negotiated.map(|n| n.params.frame_bytes()).unwrap_or(1).max(1);
-                    (
-                        inner.state,
-                        params,
-                        inner.stats.bytes / u64::from(frames),
-                        inner.stats.xruns,
-                        inner.stats.latency_bytes,
-                    )
-                }
-                None => (PcmState::Idle, None, 0, 0, 0),
-            };
-            json!({
-                "id": id,
-                "direction": sc.direction.name(),
-                "group": sc.group,
-                "device": device,
-                "on_remove": match sc.on_remove { crate::config::OnRemove::Silence => "silence", crate::config::OnRemove::Error => "error" },
-                "state": st.to_string(),
-                "params": params,
-                "frames": bytes,
-                "xruns": xruns,
-                "latency_bytes": latency,
-            })
-        })
-        .collect();
+    // Between connections the current device is the next one's, not yet
+    // used: the last connection's figures are the ones to show.
     let connected = state
         .vmm_connected
         .load(std::sync::atomic::Ordering::SeqCst);
+    let current = state.current().filter(|_| connected);
+    let (streams, from) = match &current {
+        Some(dev) => (streams_json(state, dev), json!("this connection")),
+        None => match state.last_streams() {
+            Some((s, ended)) => (
+                s,
+                json!(format!("the last connection, ended {}", rfc3339(ended))),
+            ),
+            None => (streams_json_idle(state), json!("no connection yet")),
+        },
+    };
     let guest_errors: serde_json::Map<String, Value> = crate::ratelimit::ALL
         .iter()
         .map(|l| (l.name.to_string(), json!(l.total())))
         .collect();
-    json!({ "vmm_connected": connected, "devices": devices, "streams": streams, "counters": guest_errors })
+    json!({
+        "daemon": { "version": env!("CARGO_PKG_VERSION"), "since": when(state.started) },
+        "vmm_connected": connected,
+        "vmm_since": if connected { when(state.vmm_since()) } else { Value::Null },
+        "devices": devices,
+        "streams_from": from,
+        "streams": streams,
+        "counters": guest_errors,
+    })
+}
+
+fn stream_base(state: &DaemonState, id: usize) -> Option<serde_json::Map<String, Value>> {
+    let sc = state.config.streams.get(id)?;
+    let device = state.devices.get(sc.device).map(|d| d.name.clone());
+    let mut m = serde_json::Map::new();
+    m.insert("id".into(), json!(id));
+    m.insert("direction".into(), json!(sc.direction.name()));
+    m.insert("group".into(), json!(sc.group));
+    m.insert("device".into(), json!(device));
+    m.insert(
+        "on_remove".into(),
+        json!(match sc.on_remove {
+            crate::config::OnRemove::Silence => "silence",
+            crate::config::OnRemove::Error => "error",
+        }),
+    );
+    Some(m)
+}
+
+/// Every configured stream as the device of a connection has it.
+pub fn streams_json(state: &DaemonState, dev: &crate::device::SoundDevice) -> Vec<Value> {
+    (0..state.config.streams.len())
+        .filter_map(|id| {
+            let mut m = stream_base(state, id)?;
+            let Some(s) = dev.streams.get(id) else {
+                return Some(Value::Object(m));
+            };
+            let inner = s.lock();
+            let params = inner.negotiated.map(|n| {
+                json!({
+                    "format": n.params.format.name(),
+                    "rate": n.params.rate,
+                    "channels": n.params.channels,
+                    "period_bytes": n.params.period_bytes,
+                    "buffer_bytes": n.params.buffer_bytes,
+                    "features": n.features,
+                })
+            });
+            let st = &inner.stats;
+            m.insert("state".into(), json!(inner.state.to_string()));
+            m.insert("params".into(), json!(params));
+            m.insert("frames".into(), json!(st.frames));
+            m.insert(
+                "frames_without_device".into(),
+                json!(st.frames_without_device),
+            );
+            m.insert("xruns".into(), json!(st.xruns));
+            m.insert("latency_bytes".into(), json!(st.latency_bytes));
+            Some(Value::Object(m))
+        })
+        .collect()
+}
+
+fn streams_json_idle(state: &DaemonState) -> Vec<Value> {
+    (0..state.config.streams.len())
+        .filter_map(|id| {
+            let mut m = stream_base(state, id)?;
+            m.insert("state".into(), json!(PcmState::Idle.to_string()));
+            m.insert("params".into(), Value::Null);
+            m.insert("frames".into(), json!(0));
+            m.insert("frames_without_device".into(), json!(0));
+            m.insert("xruns".into(), json!(0));
+            m.insert("latency_bytes".into(), json!(0));
+            Some(Value::Object(m))
+        })
+        .collect()
 }
 
 /// `vsound ctl`: sends one request and prints the reply. Returns whether

@@ -8,9 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::daemon::{self, ApiSpec, SocketSpec};
 
-/// The vhost-user socket when neither the command line nor the
-/// configuration names one.
-pub const DEFAULT_SOCKET: &str = "/tmp/vsound.sock";
+pub use crate::config::DEFAULT_SOCKET;
 
 /// vsound: a vhost-user virtio-sound device daemon.
 #[derive(Debug, Parser)]
@@ -70,33 +68,10 @@ enum Command {
     /// Print the embedded default configuration.
     PrintDefaultConfig,
     /// Talk to a running daemon's management API.
-    Ctl {
-        /// The daemon's management socket.
-        #[arg(long, value_name = "PATH")]
-        api_socket: PathBuf,
-        #[command(subcommand)]
-        action: CtlAction,
-    },
+    Ctl(crate::ctl::CtlArgs),
     /// Record a pad's playback to WAV files, or play a WAV file into its
     /// capture.
     Pad(crate::pad_tool::PadArgs),
-}
-
-#[derive(Debug, Subcommand)]
-enum CtlAction {
-    /// Devices (attached or not, since when, removals) and streams (state,
-    /// parameters, device, frames moved, xruns, latency).
-    Status,
-    /// Detach a host device: its streams go on per their `on_remove` policy.
-    Detach {
-        /// The device name (`[devices.NAME]`).
-        device: String,
-    },
-    /// Attach a device detached with `detach`.
-    Attach {
-        /// The device name (`[devices.NAME]`).
-        device: String,
-    },
 }
 
 /// Runs the command line; only `main` turns the result into an exit code.
@@ -126,34 +101,7 @@ pub fn run() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Ctl { api_socket, action }) => {
-            let req = match &action {
-                CtlAction::Status => serde_json::json!({ "cmd": "status" }),
-                CtlAction::Detach { device } => {
-                    serde_json::json!({ "cmd": "detach", "device": device })
-                }
-                CtlAction::Attach { device } => {
-                    serde_json::json!({ "cmd": "attach", "device": device })
-                }
-            };
-            match crate::api::ctl(&api_socket, &req) {
-                Ok(reply) => {
-                    let ok = reply.get("ok").and_then(serde_json::Value::as_bool) == Some(true);
-                    let shown = serde_json::to_string_pretty(&reply).unwrap_or_default();
-                    if ok {
-                        println!("{shown}");
-                        ExitCode::SUCCESS
-                    } else {
-                        eprintln!("{shown}");
-                        ExitCode::FAILURE
-                    }
-                }
-                Err(e) => {
-                    eprintln!("vsound ctl: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Some(Command::Ctl(args)) => crate::ctl::run(args),
         Some(Command::Pad(args)) => crate::pad_tool::run(args),
         None => run_daemon(cli.run),
     }
@@ -221,6 +169,16 @@ fn run_daemon(args: RunArgs) -> ExitCode {
     ) {
         (Some(p), _, _) => Some(ApiSpec::Path(p.clone())),
         (None, Some(fd), _) => Some(ApiSpec::Fd(fd)),
+        // "auto": next to the vhost-user socket actually served.
+        (None, None, Some(_)) if config.api_socket_auto => {
+            match &socket {
+                SocketSpec::Path(s) => Some(ApiSpec::Path(crate::config::api_socket_next_to(s))),
+                SocketSpec::Fd(_) => {
+                    log::info!("api_socket = \"auto\" and an inherited vhost-user socket: no management API");
+                    None
+                }
+            }
+        }
         (None, None, Some(p)) => Some(ApiSpec::Path(p.clone())),
         (None, None, None) => None,
     };

@@ -65,8 +65,8 @@ struct RawDaemon {
     socket_owner: Option<u32>,
     #[serde(default, deserialize_with = "unix_socket::de_group")]
     socket_group: Option<u32>,
-    #[serde(default, deserialize_with = "some_path")]
-    api_socket: Option<Spanned<PathBuf>>,
+    #[serde(default, deserialize_with = "api_path")]
+    api_socket: Option<Spanned<ApiPath>>,
     #[serde(default = "default_mode", deserialize_with = "unix_socket::de_mode")]
     api_socket_mode: u32,
     #[serde(default, deserialize_with = "unix_socket::de_owner")]
@@ -77,6 +77,40 @@ struct RawDaemon {
 
 fn default_mode() -> u32 {
     unix_socket::DEFAULT_MODE
+}
+
+/// `api_socket`: a path, or `"auto"`: next to the vhost-user socket.
+#[derive(Clone, Debug)]
+enum ApiPath {
+    Auto,
+    Path(PathBuf),
+}
+
+fn api_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Spanned<ApiPath>>, D::Error> {
+    let s: Spanned<String> = Spanned::deserialize(d)?;
+    let span = s.span();
+    if s.get_ref() == "auto" {
+        return Ok(Some(Spanned::new(span, ApiPath::Auto)));
+    }
+    let p = unix_socket::de_path(serde::de::value::StrDeserializer::<D::Error>::new(
+        s.get_ref(),
+    ))?;
+    Ok(Some(Spanned::new(span, ApiPath::Path(p))))
+}
+
+/// The vhost-user socket when neither the command line nor the
+/// configuration names one.
+pub const DEFAULT_SOCKET: &str = "/tmp/vsound.sock";
+
+/// Where `api_socket = "auto"` puts the API next to the vhost-user socket
+/// `socket`: `-api` before a `.sock` extension (`/tmp/vsound.sock` ->
+/// `/tmp/vsound-api.sock`), else `.api` appended.
+pub fn api_socket_next_to(socket: &Path) -> PathBuf {
+    let s = socket.as_os_str().to_string_lossy();
+    match s.strip_suffix(".sock") {
+        Some(stem) => PathBuf::from(format!("{stem}-api.sock")),
+        None => PathBuf::from(format!("{s}.api")),
+    }
 }
 
 /// A socket path with where it is in the file (for conflicts between
@@ -151,6 +185,10 @@ pub struct Config {
     /// Who may connect to the vhost-user socket (`socket_mode`, ...).
     pub socket_access: Access,
     pub api_socket: Option<PathBuf>,
+    /// `api_socket = "auto"`: [`Config::api_socket`] was derived from the
+    /// configured vhost-user socket; a daemon told to listen elsewhere
+    /// puts it next to that socket instead ([`api_socket_next_to`]).
+    pub api_socket_auto: bool,
     /// Who may use the management API (`api_socket_mode`, ...).
     pub api_socket_access: Access,
     pub devices: Vec<DeviceConfig>,
@@ -368,13 +406,23 @@ impl Config {
 
         // Every socket the daemon will create: (path, where, key).
         let mut socket_paths: Vec<(PathBuf, Range<usize>, String)> = Vec::new();
-        for (p, key) in [
-            (&raw.daemon.socket, "daemon.socket"),
-            (&raw.daemon.api_socket, "daemon.api_socket"),
-        ] {
-            if let Some(p) = p {
-                socket_paths.push((p.get_ref().clone(), p.span(), key.to_owned()));
-            }
+        let api_socket = raw.daemon.api_socket.as_ref().map(|a| {
+            let path = match a.get_ref() {
+                ApiPath::Path(p) => p.clone(),
+                ApiPath::Auto => api_socket_next_to(
+                    raw.daemon
+                        .socket
+                        .as_ref()
+                        .map_or(Path::new(DEFAULT_SOCKET), |s| s.get_ref().as_path()),
+                ),
+            };
+            (path, a.span(), matches!(a.get_ref(), ApiPath::Auto))
+        });
+        if let Some(p) = &raw.daemon.socket {
+            socket_paths.push((p.get_ref().clone(), p.span(), "daemon.socket".to_owned()));
+        }
+        if let Some((p, span, _)) = &api_socket {
+            socket_paths.push((p.clone(), span.clone(), "daemon.api_socket".to_owned()));
         }
         let mut devices = Vec::new();
         for (name, table) in raw.devices {
@@ -582,7 +630,8 @@ impl Config {
                 owner: d.socket_owner,
                 group: d.socket_group,
             },
-            api_socket: d.api_socket.map(Spanned::into_inner),
+            api_socket_auto: api_socket.as_ref().is_some_and(|a| a.2),
+            api_socket: api_socket.map(|a| a.0),
             api_socket_access: Access {
                 mode: d.api_socket_mode,
                 owner: d.api_socket_owner,

@@ -61,6 +61,18 @@ pub struct DaemonState {
     current: Mutex<Weak<SoundDevice>>,
     /// A VMM is connected now.
     pub vmm_connected: std::sync::atomic::AtomicBool,
+    /// When the daemon started, and the current VMM connected (Unix s).
+    pub started: u64,
+    vmm_since: std::sync::atomic::AtomicU64,
+    /// The streams as the last connection left them (for `status` until
+    /// the next one), and when it ended.
+    last_streams: Mutex<Option<(Vec<serde_json::Value>, u64)>>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl DaemonState {
@@ -84,6 +96,9 @@ impl DaemonState {
             devices,
             current: Mutex::new(Weak::new()),
             vmm_connected: std::sync::atomic::AtomicBool::new(false),
+            started: unix_now(),
+            vmm_since: std::sync::atomic::AtomicU64::new(0),
+            last_streams: Mutex::new(None),
         }))
     }
 
@@ -93,6 +108,19 @@ impl DaemonState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .upgrade()
+    }
+
+    /// When the current VMM connected (Unix s).
+    pub fn vmm_since(&self) -> u64 {
+        self.vmm_since.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The streams as the last connection left them, and when it ended.
+    pub fn last_streams(&self) -> Option<(Vec<serde_json::Value>, u64)> {
+        self.last_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_current(&self, dev: Weak<SoundDevice>) {
@@ -226,6 +254,9 @@ fn serve_one(state: &DaemonState, listener: &mut Listener, stop: &Stop) -> Resul
     }
     stop.set_connection(&conn);
     state
+        .vmm_since
+        .store(unix_now(), std::sync::atomic::Ordering::SeqCst);
+    state
         .vmm_connected
         .store(true, std::sync::atomic::Ordering::SeqCst);
     log::info!("VMM connected");
@@ -253,6 +284,8 @@ fn serve_one(state: &DaemonState, listener: &mut Listener, stop: &Stop) -> Resul
     if let Some(why) = conn.refused().filter(|_| !stop.requested()) {
         log::warn!("the connection was ended by the daemon: {why}");
     }
+    *state.last_streams.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((crate::api::streams_json(state, &device), unix_now()));
     state
         .vmm_connected
         .store(false, std::sync::atomic::Ordering::SeqCst);

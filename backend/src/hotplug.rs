@@ -30,6 +30,8 @@ pub struct ManagedDevice {
     since: AtomicU64,
     /// The device of the current VMM connection, told of changes.
     current: Mutex<Option<Weak<SoundDevice>>>,
+    /// Why it was last removed, and when (Unix time, s).
+    last_error: Mutex<Option<(String, u64)>>,
 }
 
 fn unix_now() -> u64 {
@@ -50,6 +52,7 @@ impl ManagedDevice {
             removals: AtomicU64::new(0),
             since: AtomicU64::new(unix_now()),
             current: Mutex::new(None),
+            last_error: Mutex::new(None),
         });
         m.dev.set_listener(Arc::new(Listener(Arc::downgrade(&m))));
         m
@@ -91,9 +94,19 @@ impl ManagedDevice {
             .and_then(Weak::upgrade)
     }
 
+    /// Why the device was last removed, and when (Unix time, s).
+    pub fn last_error(&self) -> Option<(String, u64)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn removed(&self, why: &str) {
         self.removals.fetch_add(1, Ordering::SeqCst);
-        self.since.store(unix_now(), Ordering::SeqCst);
+        let now = unix_now();
+        self.since.store(now, Ordering::SeqCst);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((why.to_owned(), now));
         log::info!("device {}: removed ({why})", self.name);
         if let Some(d) = self.current() {
             d.device_removed(self.index);

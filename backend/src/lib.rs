@@ -6,7 +6,8 @@
 //! - [`control`], [`io`], [`events`]: the queues' protocols.
 //! - [`pacer`]: the real-time schedule.
 //! - [`device`]: the device core, independent of the transport.
-//! - [`hotplug`]: host devices coming and going; [`api`]: the management API.
+//! - [`hotplug`]: host devices coming and going; [`api`]: the management API;
+//!   [`ctl`]: its client (`vsound ctl`).
 //! - [`vhost_user`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`].
 //! - [`pad_tool`]: `vsound pad record`/`play`, clients of a pad device.
 //! - [`sandbox`]: the seccomp allow-lists; [`signals`]: SIGTERM/SIGINT/SIGHUP;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod constants;
 pub mod control;
+pub mod ctl;
 pub mod daemon;
 pub mod device;
 pub mod events;

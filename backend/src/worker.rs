@@ -67,12 +67,31 @@ pub enum Endpoint {
     Capture(Box<dyn CaptureSource>),
 }
 
-/// Counters reported by the daemon.
+/// Counters reported by the daemon (`vsound ctl status`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
-    pub bytes: u64,
+    /// Frames (in each message's own format) the guest played that a host
+    /// device took, or recorded from one.
+    pub frames: u64,
+    /// Frames that reached no device (played into nothing, or recorded as
+    /// silence: the device absent or failing).
+    pub frames_without_device: u64,
+    /// Gaps the guest heard: an underrun (overrun) in the middle of
+    /// playback (capture) that more buffers ended, and the device's own.
+    /// Running dry at the end of playback is not one.
     pub xruns: u64,
     pub latency_bytes: u32,
+}
+
+impl Stats {
+    fn count(&mut self, ok: bool, bytes: u32, frame_bytes: u32) {
+        let frames = u64::from(bytes / frame_bytes.max(1));
+        if ok {
+            self.frames = self.frames.saturating_add(frames);
+        } else {
+            self.frames_without_device = self.frames_without_device.saturating_add(frames);
+        }
+    }
 }
 
 /// What the stream lock protects.
@@ -714,7 +733,11 @@ impl StreamRuntime {
                     (if ok { Status::Ok } else { Status::IoErr }, msg.payload())
                 }
             };
+            let payload = msg.payload();
             msg.complete(queue.as_ref(), &pass, dir, status, latency, bytes);
+            self.lock()
+                .stats
+                .count(status == Status::Ok, payload, params.frame_bytes());
         }
         let mut tx_len = 0usize;
         if dir == Direction::Output {
@@ -770,14 +793,15 @@ impl StreamRuntime {
             let period = u64::from(negotiated.params.period_bytes);
             let advance = match &next {
                 Some(m) => {
-                    inner.in_xrun = false;
-                    inner.stats.bytes = inner.stats.bytes.saturating_add(u64::from(m.payload()));
+                    // More buffers after running dry: the guest heard a gap.
+                    if std::mem::take(&mut inner.in_xrun) && inner.state == PcmState::Started {
+                        inner.stats.xruns += 1;
+                    }
                     u64::from(m.payload())
                 }
                 None => {
                     if !inner.in_xrun {
                         inner.in_xrun = true;
-                        inner.stats.xruns += 1;
                         xrun = negotiated.features & pcm_features::EVT_XRUNS != 0;
                     }
                     period

@@ -25,7 +25,10 @@
 #
 # Environment: VSOUND_BIN; VSOUND_GUEST_CASES_PENDING=1 also runs cases listed in
 # PENDING_CASES (none now); VSOUND_SUITE_KEEP=1 keeps the work
-# folder (logs, received PCM) and prints its path; RUST_LOG (default debug).
+# folder (logs, received PCM) and prints its path; RUST_LOG (default debug);
+# VSOUND_SUITE_USER (default vsound-test): run as root, the suite runs every daemon as
+# this unprivileged user (created when missing: a system user in group audio), as a
+# service would; run as another user, the daemons run as that user.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,8 +39,27 @@ for tool in python3 sox soxi md5sum; do
     command -v "$tool" >/dev/null 2>&1 || { echo "run-suite: $tool not found" >&2; exit 2; }
 done
 
+# Files the suite makes (configs, test signals) are readable by the daemon's user.
+umask 022
+# The daemon never runs as root here (see VSOUND_SUITE_USER above).
+DAEMON_AS=() SUITE_USER=$(id -un)
+if [[ $(id -u) -eq 0 ]]; then
+    SUITE_USER=${VSOUND_SUITE_USER:-vsound-test}
+    if ! id -u "$SUITE_USER" >/dev/null 2>&1; then
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin --groups audio "$SUITE_USER"
+    fi
+    DAEMON_AS=(setpriv --reuid="$SUITE_USER" --regid="$SUITE_USER" --init-groups --)
+fi
+SUITE_UID=$(id -u "$SUITE_USER")
+echo "run-suite: the daemons run as $SUITE_USER (uid $SUITE_UID, groups $(id -Gn "$SUITE_USER" | tr ' ' ','))"
+
 WORK=$(mktemp -d /tmp/vsound-suite.XXXXXX)
+chmod 755 "$WORK"
 DATA=$WORK/data
+# A copy the user can run whatever the checkout's permissions (a clone under /root)
+install -m 755 "$VSOUND_BIN" "$WORK/vsound"
+DAEMON_BIN=$WORK/vsound
 DAEMON_PID=
 GUEST_CMD=() GUEST_PID= QMP_OPTS=()
 BG_PIDS=()     # pad clients and background guests of the current case
@@ -103,10 +125,16 @@ start_daemon() {
     rm -f "$sock"
     local args=(--socket "$sock")
     [[ -n $config ]] && args+=(--config "$config")
-    env RUST_LOG="${RUST_LOG:-debug}" "$@" "$VSOUND_BIN" "${args[@]}" >>"$CDIR/daemon.log" 2>&1 &
+    env RUST_LOG="${RUST_LOG:-debug}" "$@" "${DAEMON_AS[@]}" "$DAEMON_BIN" "${args[@]}" >>"$CDIR/daemon.log" 2>&1 &
     DAEMON_PID=$!
     for _ in $(seq 200); do
-        [[ -S $sock ]] && return 0
+        if [[ -S $sock ]]; then
+            # setpriv execs the daemon: the pid is the daemon's, its owner the user's
+            local uid
+            uid=$(stat -c %u "/proc/$DAEMON_PID" 2>/dev/null || echo '?')
+            [[ $uid == "$SUITE_UID" ]] || bad "vsound runs as uid $uid, not $SUITE_USER ($SUITE_UID)" || return 1
+            return 0
+        fi
         kill -0 "$DAEMON_PID" 2>/dev/null || break
         sleep 0.05
     done
@@ -980,6 +1008,8 @@ run_case() {
     CDIR=$WORK/$name
     OUT=$CDIR/out
     mkdir -p "$CDIR"
+    # the daemon creates its sockets (and ALSA file plugin output) here
+    chown "$SUITE_USER:" "$CDIR"
     : >"$OUT"
     t0=$(date +%s%N)
     "$fn" || ok=0

@@ -526,7 +526,7 @@ fn sighup_and_ctl_attach_probe_absent_devices_at_once() {
     .unwrap();
     wait_for(&api);
     let ctl = |args: &[&str]| -> serde_json::Value {
-        let mut all = vec!["ctl", "--api-socket", api.to_str().unwrap()];
+        let mut all = vec!["ctl", "--api-socket", api.to_str().unwrap(), "--json"];
         all.extend_from_slice(args);
         let o = run(&all);
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
