@@ -18,6 +18,7 @@
 //! - A device that goes away says so with [`DeviceError::Gone`].
 
 pub mod alsa;
+pub mod alsa_log;
 pub mod attach;
 mod format;
 pub mod null;

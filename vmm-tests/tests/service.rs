@@ -659,3 +659,67 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// An ALSA PCM missing for a while, with the default retry: alsa-lib's
+/// complaints reach the log through the daemon's logging, a bounded
+/// number of times, and the PCM is noticed about a second after it comes
+/// back (the retry is capped at 1 s).
+#[test]
+fn a_missing_pcm_is_noticed_soon_after_it_returns_and_alsa_noise_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let asound = dir.path().join("asound.conf");
+    fs::write(&asound, "").unwrap();
+    let api = dir.path().join("api.sock");
+    let toml = format!(
+        "[daemon]\napi_socket = \"{}\"\n\n[devices.x]\nkind = \"alsa\"\npcm = \"vsound_late\"\n\n[[streams]]\ndirection = \"output\"\ndevice = \"x\"\n",
+        api.display()
+    );
+    let mut d = Daemon::spawn_with(&DaemonOptions {
+        config_toml: Some(toml),
+        rust_log: "info".into(),
+        env: vec![(
+            "ALSA_CONFIG_PATH".to_owned(),
+            format!("/usr/share/alsa/alsa.conf:{}", asound.display()),
+        )],
+        ..DaemonOptions::default()
+    })
+    .unwrap();
+    wait_for(&api);
+    thread::sleep(Duration::from_secs(6));
+    let log = d.log();
+    let noise = log.lines().filter(|l| l.contains("alsa-lib")).count();
+    let raw = log.lines().filter(|l| l.starts_with("ALSA lib ")).count();
+    eprintln!("6 s absent: {noise} alsa-lib lines through the log, {raw} raw");
+    assert_eq!(raw, 0, "alsa-lib wrote to stderr itself:\n{log}");
+    assert!((1..=4).contains(&noise), "{noise} lines in 6 s:\n{log}");
+
+    fs::write(&asound, "pcm.vsound_late { type null }\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&asound)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(2_000_000))
+        .unwrap();
+    let back = Instant::now();
+    loop {
+        let o = run(&[
+            "ctl",
+            "--api-socket",
+            api.to_str().unwrap(),
+            "--json",
+            "status",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if v["result"]["devices"][0]["attached"] == true {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_millis(2500),
+            "not noticed within 2.5 s: {}",
+            d.log_tail(10)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("noticed {:?} after it came back", back.elapsed());
+    d.check_alive().unwrap();
+}
