@@ -43,10 +43,7 @@ fn setup(
     extra_devices: &str,
     extra_streams: &str,
 ) -> Setup {
-    let dir = tempfile::Builder::new()
-        .prefix("vsound-hp-")
-        .tempdir()
-        .unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-hp-").unwrap();
     let pad = dir.path().join("pad.sock");
     let api = dir.path().join("api.sock");
     let config = format!(

@@ -49,10 +49,7 @@ impl Pad {
 
     /// A pad with extra options (`capture = "live"`, `fill = "silence"`...).
     fn spawn_with(pad_options: &str) -> Pad {
-        let dir = tempfile::Builder::new()
-            .prefix("vsound-pad-")
-            .tempdir()
-            .unwrap();
+        let dir = vmm_tests::unprivileged::tempdir("vsound-pad-").unwrap();
         let path = dir.path().join("pad.sock");
         let streams = ["output", "input"]
             .iter()

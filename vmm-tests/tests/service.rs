@@ -25,8 +25,13 @@ fn vsound() -> PathBuf {
     Daemon::binary().unwrap()
 }
 
+/// The binary as the tests' daemons run (see `vmm_tests::unprivileged`).
+fn vsound_cmd() -> Command {
+    vmm_tests::unprivileged::command(&vsound()).unwrap()
+}
+
 fn run(args: &[&str]) -> Output {
-    Command::new(vsound())
+    vsound_cmd()
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -90,7 +95,7 @@ fn spawn(toml: String) -> Daemon {
 
 #[test]
 fn every_socket_gets_its_configured_mode_and_the_default_is_owner_only() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let d = spawn(pad_config(dir.path(), "", ""));
     wait_for(&dir.path().join("api.sock"));
     for p in [
@@ -124,10 +129,14 @@ fn every_socket_gets_its_configured_mode_and_the_default_is_owner_only() {
 fn owner_and_group_are_given_to_the_socket_files() {
     // SAFETY: no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    // As root, hand the files to nobody/nogroup; otherwise to ourselves
-    // (all an unprivileged daemon may do).
-    let (owner, group) = if uid == 0 { (65534, 65534) } else { (uid, gid) };
-    let dir = tempfile::tempdir().unwrap();
+    // A daemon running as root hands the files to nobody/nogroup; an
+    // unprivileged one (the tests' usual) to itself: all it may do.
+    let (owner, group) = match vmm_tests::unprivileged::daemon_user() {
+        Some(u) => (u.uid, u.gid),
+        None if uid == 0 => (65534, 65534),
+        None => (uid, gid),
+    };
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let d = spawn(pad_config(
         dir.path(),
         &format!(
@@ -144,7 +153,7 @@ fn owner_and_group_are_given_to_the_socket_files() {
         let m = fs::symlink_metadata(&p).unwrap();
         assert_eq!((m.uid(), m.gid()), (owner, group), "{}", p.display());
     }
-    let dir2 = tempfile::tempdir().unwrap();
+    let dir2 = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let bad = dir2.path().join("bad.toml");
     fs::write(
         &bad,
@@ -167,7 +176,7 @@ fn owner_and_group_are_given_to_the_socket_files() {
 #[test]
 fn a_symlink_at_any_socket_path_is_refused_and_its_target_keeps_its_mode() {
     for which in ["socket", "api", "pad"] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
         let victim = dir.path().join("victim");
         fs::write(&victim, b"secret").unwrap();
         fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
@@ -212,7 +221,7 @@ fn a_symlink_at_any_socket_path_is_refused_and_its_target_keeps_its_mode() {
 
 #[test]
 fn a_second_daemon_never_steals_a_live_socket() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let first = spawn(pad_config(dir.path(), "", ""));
     wait_for(&dir.path().join("api.sock"));
     // The same vhost-user socket.
@@ -257,10 +266,12 @@ fn a_second_daemon_never_steals_a_live_socket() {
 
 #[test]
 fn a_stale_socket_file_is_replaced() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let sock = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
-    let mut child = Command::new(vsound())
+    // As a stale socket of the daemon's own user would be: connectable.
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o777)).unwrap();
+    let mut child = vsound_cmd()
         .args(["--socket", sock.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -282,7 +293,7 @@ fn a_stale_socket_file_is_replaced() {
 
 #[test]
 fn check_config_refuses_conflicting_empty_and_unreachable_socket_paths() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let d = dir.path().display().to_string();
     let cases = [
         (
@@ -376,7 +387,7 @@ fn a_bad_socket_fd_is_refused_with_the_reason_never_a_panic() {
         ("1000".to_owned(), "not open"),
         (file_fd.to_string(), "not a socket"),
     ] {
-        let o = Command::new(vsound())
+        let o = vsound_cmd()
             .args(["--socket-fd", &fd, "--seccomp=off"])
             .stdin(Stdio::null())
             .output()
@@ -388,7 +399,7 @@ fn a_bad_socket_fd_is_refused_with_the_reason_never_a_panic() {
 }
 
 fn stops_cleanly_on(signal: i32) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let mut d = spawn(pad_config(dir.path(), "", ""));
     let api = dir.path().join("api.sock");
     let pad = dir.path().join("pad0.sock");
@@ -421,7 +432,7 @@ fn sigint_stops_the_daemon_and_removes_every_socket_file() {
 /// own path, which fails once the file is gone.
 #[test]
 fn a_stop_does_not_hang_when_the_api_socket_file_was_removed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let mut d = spawn(pad_config(dir.path(), "", ""));
     let api = dir.path().join("api.sock");
     wait_for(&api);
@@ -486,7 +497,7 @@ fn sigterm_with_a_vmm_connected_completes_every_held_buffer_then_exits() {
 /// SIGHUP make the daemon probe them at once.
 #[test]
 fn sighup_and_ctl_attach_probe_absent_devices_at_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     // The PCMs are not defined at first: alsa-lib reads its configuration
     // files again when they change, so defining one makes it appear.
     let asound = dir.path().join("asound.conf");
@@ -597,10 +608,11 @@ fn socket_activation_through_listen_fds_serves_the_passed_sockets() {
         eprintln!("systemd-socket-activate not installed: skipped");
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let sock = dir.path().join("activated.sock");
     let api = dir.path().join("activated-api.sock");
     let log = fs::File::create(dir.path().join("log")).unwrap();
+    let daemon = vsound_cmd();
     let mut child = Command::new(tool)
         .arg("-l")
         .arg(&sock)
@@ -608,7 +620,8 @@ fn socket_activation_through_listen_fds_serves_the_passed_sockets() {
         .arg("-l")
         .arg(&api)
         .arg("--fdname=api")
-        .arg(vsound())
+        .arg(daemon.get_program())
+        .args(daemon.get_args())
         .env("RUST_LOG", "info")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
@@ -616,6 +629,8 @@ fn socket_activation_through_listen_fds_serves_the_passed_sockets() {
         .unwrap();
     wait_for(&sock);
     wait_for(&api);
+    // What SocketMode= would do: the daemon's user may connect to the API.
+    fs::set_permissions(&api, fs::Permissions::from_mode(0o666)).unwrap();
     // systemd-socket-activate starts the daemon on the first connection.
     let mut snd = None;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -666,7 +681,7 @@ fn which(name: &str) -> Result<PathBuf, ()> {
 /// back (the retry is capped at 1 s).
 #[test]
 fn a_missing_pcm_is_noticed_soon_after_it_returns_and_alsa_noise_is_bounded() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let asound = dir.path().join("asound.conf");
     fs::write(&asound, "").unwrap();
     let api = dir.path().join("api.sock");

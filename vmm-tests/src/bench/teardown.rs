@@ -244,9 +244,7 @@ fn drain_clients(socks: Vec<UnixStream>, stop: &EventFd) -> io::Result<Instant> 
 }
 
 fn run_one(spec: &TargetSpec, opts: &TeardownOptions, k: u32) -> Result<TeardownRun> {
-    let dir = tempfile::Builder::new()
-        .prefix("vsound-bench-pads-")
-        .tempdir()?;
+    let dir = crate::unprivileged::tempdir("vsound-bench-pads-")?;
     let pads: Vec<_> = (0..k)
         .map(|i| dir.path().join(format!("pad{i}.sock")))
         .collect();
