@@ -250,6 +250,7 @@ pub fn handle(line: &str, state: &DaemonState) -> Value {
     let device = req.get("device").and_then(Value::as_str);
     match (cmd, device) {
         ("status", _) => json!({ "ok": true, "result": status(state) }),
+        ("volume" | "mute", _) => level(cmd, &req, state),
         ("detach" | "attach", None) => error(format!("`{cmd}` needs a \"device\"")),
         ("detach" | "attach", Some(name)) => {
             let Some(dev) = state.device(name) else {
@@ -273,10 +274,45 @@ pub fn handle(line: &str, state: &DaemonState) -> Value {
                 "attached": dev.is_present(),
             } })
         }
-        ("", _) => error("missing \"cmd\" (status, detach, attach)"),
+        ("", _) => error("missing \"cmd\" (status, detach, attach, volume, mute)"),
         (other, _) => error(format!(
-            "unknown command `{other}` (status, detach, attach)"
+            "unknown command `{other}` (status, detach, attach, volume, mute)"
         )),
+    }
+}
+
+/// `{"cmd":"volume","stream":N[,"db":D]}` (reads, or sets to the nearest
+/// 0.5 dB step in -60..=0) and `{"cmd":"mute","stream":N,"on":BOOL}`
+/// (`on: true` mutes).
+fn level(cmd: &str, req: &Value, state: &DaemonState) -> Value {
+    let Some(stream) = req
+        .get("stream")
+        .and_then(Value::as_u64)
+        .and_then(|n| usize::try_from(n).ok())
+    else {
+        return error(format!("`{cmd}` needs a \"stream\" (its id, a number)"));
+    };
+    let (db, on) = if cmd == "volume" {
+        match req.get("db") {
+            None | Some(Value::Null) => (None, None),
+            Some(v) => match v.as_f64() {
+                Some(d) => (Some(d), None),
+                None => return error("\"db\" must be a number"),
+            },
+        }
+    } else {
+        match req.get("on").and_then(Value::as_bool) {
+            Some(mute) => (None, Some(!mute)),
+            None => return error("`mute` needs \"on\": true or false"),
+        }
+    };
+    match state.set_level(stream, db, on) {
+        Ok((step, on)) => json!({ "ok": true, "result": {
+            "stream": stream,
+            "volume_db": crate::controls::step_db(step),
+            "muted": !on,
+        } }),
+        Err(e) => error(e),
     }
 }
 
@@ -403,9 +439,17 @@ pub fn streams_json(state: &DaemonState, dev: &crate::device::SoundDevice) -> Ve
             );
             m.insert("xruns".into(), json!(st.xruns));
             m.insert("latency_bytes".into(), json!(st.latency_bytes));
+            m.insert("volume".into(), volume_json(state, id));
             Some(Value::Object(m))
         })
         .collect()
+}
+
+fn volume_json(state: &DaemonState, id: usize) -> Value {
+    match state.controls.level(id) {
+        Some(l) => json!({ "db": crate::controls::step_db(l.step()), "muted": !l.is_on() }),
+        None => Value::Null,
+    }
 }
 
 fn streams_json_idle(state: &DaemonState) -> Vec<Value> {
@@ -418,6 +462,7 @@ fn streams_json_idle(state: &DaemonState) -> Vec<Value> {
             m.insert("frames_without_device".into(), json!(0));
             m.insert("xruns".into(), json!(0));
             m.insert("latency_bytes".into(), json!(0));
+            m.insert("volume".into(), volume_json(state, id));
             Some(Value::Object(m))
         })
         .collect()

@@ -69,6 +69,8 @@ struct RawDaemon {
     api_socket: Option<Spanned<ApiPath>>,
     #[serde(default = "default_mode", deserialize_with = "unix_socket::de_mode")]
     api_socket_mode: u32,
+    /// Where the volume levels are kept across daemon restarts.
+    state_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "unix_socket::de_owner")]
     api_socket_owner: Option<u32>,
     #[serde(default, deserialize_with = "unix_socket::de_group")]
@@ -142,6 +144,17 @@ struct RawStream {
     channels: Option<Spanned<RawChannels>>,
     #[serde(default)]
     on_remove: OnRemove,
+    /// Volume and mute controls for the guest (and `vsound ctl volume`).
+    #[serde(default)]
+    volume: bool,
+    /// The initial volume, in dB (-60..=0, in 0.5 dB steps).
+    volume_db: Option<Spanned<f64>>,
+    /// Whether the stream starts muted.
+    #[serde(default)]
+    muted: bool,
+    /// The controls' name: "NAME Playback Volume" (default "Master") or
+    /// "NAME Capture Volume" (default "Capture Volume").
+    control_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +189,18 @@ pub struct StreamConfig {
     pub channels_min: u8,
     pub channels_max: u8,
     pub on_remove: OnRemove,
+    /// `volume = true`: the stream's volume and mute controls.
+    pub volume: Option<VolumeConfig>,
+}
+
+/// A stream's controls as configured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VolumeConfig {
+    /// `control_name`, if given.
+    pub name: Option<String>,
+    /// The initial volume step (see [`crate::controls`]).
+    pub initial_step: u32,
+    pub muted: bool,
 }
 
 /// A validated configuration.
@@ -191,6 +216,8 @@ pub struct Config {
     pub api_socket_auto: bool,
     /// Who may use the management API (`api_socket_mode`, ...).
     pub api_socket_access: Access,
+    /// `[daemon] state_file`: the volume levels across restarts.
+    pub state_file: Option<PathBuf>,
     pub devices: Vec<DeviceConfig>,
     pub streams: Vec<StreamConfig>,
     /// Things that work but may surprise (printed by `check-config`,
@@ -605,7 +632,76 @@ impl Config {
                 }
             };
 
+            let volume = if s.volume {
+                if let Some(bad) = formats
+                    .iter()
+                    .find(|f| !crate::controls::format_takes_gain(**f))
+                {
+                    return Err(ctx.err(
+                        s.formats.as_ref().map(Spanned::span),
+                        &key("volume"),
+                        format!(
+                            "the daemon cannot apply a volume to {} frames; offer linear formats only",
+                            bad.name()
+                        ),
+                    ));
+                }
+                let initial_step = match &s.volume_db {
+                    None => crate::controls::MAX_STEP,
+                    Some(db) => {
+                        let v = *db.get_ref();
+                        let step = crate::controls::db_step(v);
+                        if !(-60.0..=0.0).contains(&v) || crate::controls::step_db(step) != v {
+                            return Err(ctx.err(
+                                Some(db.span()),
+                                &key("volume_db"),
+                                format!("{v} dB: must be between -60 and 0, in 0.5 dB steps"),
+                            ));
+                        }
+                        step
+                    }
+                };
+                let name = match &s.control_name {
+                    None => None,
+                    Some(n) => {
+                        let text = n.get_ref();
+                        // ALSA element names hold 43 bytes: NAME + " Playback Volume".
+                        if text.is_empty()
+                            || text.len() > 27
+                            || !text.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                        {
+                            return Err(ctx.err(
+                                Some(n.span()),
+                                &key("control_name"),
+                                "must be 1 to 27 printable ASCII characters (ALSA names hold 43 with \" Playback Volume\")",
+                            ));
+                        }
+                        Some(text.clone())
+                    }
+                };
+                Some(VolumeConfig {
+                    name,
+                    initial_step,
+                    muted: s.muted,
+                })
+            } else {
+                for (k, given) in [
+                    ("volume_db", s.volume_db.as_ref().map(Spanned::span)),
+                    ("control_name", s.control_name.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = given {
+                        return Err(ctx.err(
+                            Some(span),
+                            &key(k),
+                            format!("`{k}` needs `volume = true` on the stream"),
+                        ));
+                    }
+                }
+                None
+            };
+
             streams.push(StreamConfig {
+                volume,
                 direction: match s.direction {
                     RawDirection::Output => Direction::Output,
                     RawDirection::Input => Direction::Input,
@@ -632,6 +728,7 @@ impl Config {
             },
             api_socket_auto: api_socket.as_ref().is_some_and(|a| a.2),
             api_socket: api_socket.map(|a| a.0),
+            state_file: d.state_file,
             api_socket_access: Access {
                 mode: d.api_socket_mode,
                 owner: d.api_socket_owner,

@@ -63,6 +63,23 @@ enum CtlAction {
     },
     /// The status in the Prometheus text exposition format.
     Metrics,
+    /// Show a stream's volume, or set it (dB, -60..0, in 0.5 dB steps; the
+    /// guest's mixer shows the change).
+    Volume {
+        /// The stream id (its position in `[[streams]]`).
+        stream: u32,
+        /// The new level in dB (e.g. -6 or -12.5).
+        #[arg(allow_negative_numbers = true)]
+        db: Option<f64>,
+    },
+    /// Mute or unmute a stream.
+    Mute {
+        /// The stream id.
+        stream: u32,
+        /// `on` mutes, `off` lets it be heard.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 /// Where the API socket is, from the options.
@@ -104,6 +121,10 @@ pub fn run(args: CtlArgs) -> ExitCode {
         }
         CtlAction::Detach { device } => json!({ "cmd": "detach", "device": device }),
         CtlAction::Attach { device } => json!({ "cmd": "attach", "device": device }),
+        CtlAction::Volume { stream, db } => json!({ "cmd": "volume", "stream": stream, "db": db }),
+        CtlAction::Mute { stream, state } => {
+            json!({ "cmd": "mute", "stream": stream, "on": state == "on" })
+        }
     };
     if let CtlAction::Watch { interval_ms } = args.action {
         return watch(
@@ -135,6 +156,16 @@ pub fn run(args: CtlArgs) -> ExitCode {
         (_, true) => serde_json::to_string_pretty(&reply).unwrap_or_default(),
         (CtlAction::Status, false) => table(&result),
         (CtlAction::Metrics, _) => metrics(&result),
+        (CtlAction::Volume { .. } | CtlAction::Mute { .. }, false) => format!(
+            "stream {}: {} dB{}\n",
+            s(&result["stream"]),
+            s(&result["volume_db"]),
+            if result["muted"] == true {
+                ", muted"
+            } else {
+                ""
+            }
+        ),
         (_, false) => changed(&result),
     };
     print!("{shown}");
@@ -341,6 +372,7 @@ pub fn table(st: &Value) -> String {
         "WITHOUT DEVICE".into(),
         "XRUNS".into(),
         "LATENCY".into(),
+        "VOLUME".into(),
     ]];
     for x in st["streams"].as_array().into_iter().flatten() {
         rows.push(vec![
@@ -354,6 +386,11 @@ pub fn table(st: &Value) -> String {
             s(&x["frames_without_device"]),
             s(&x["xruns"]),
             format!("{} B", s(&x["latency_bytes"])),
+            match &x["volume"] {
+                Value::Null => "-".to_owned(),
+                v if v["muted"] == true => format!("{} dB, muted", s(&v["db"])),
+                v => format!("{} dB", s(&v["db"])),
+            },
         ]);
     }
     out.push_str(&columns(&rows));
@@ -516,6 +553,16 @@ pub fn metrics(st: &Value) -> String {
         streams
             .iter()
             .map(|x| (sl(x), num(&x["latency_bytes"])))
+            .collect(),
+    );
+    family(
+        "vsound_stream_volume_db",
+        "gauge",
+        "The stream's volume in dB (streams with controls).",
+        streams
+            .iter()
+            .filter(|x| !x["volume"].is_null())
+            .map(|x| (sl(x), num(&x["volume"]["db"])))
             .collect(),
     );
     family(

@@ -67,6 +67,9 @@ pub struct DaemonState {
     /// The streams as the last connection left them (for `status` until
     /// the next one), and when it ended.
     last_streams: Mutex<Option<(Vec<serde_json::Value>, u64)>>,
+    /// The volume and mute controls: every connection's device uses these
+    /// levels, so they survive a VMM reconnect.
+    pub controls: Arc<crate::controls::Controls>,
 }
 
 fn unix_now() -> u64 {
@@ -91,6 +94,8 @@ impl DaemonState {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let controls = Arc::new(crate::controls::Controls::from_config(config));
+        controls.spawn_writer().map_err(DaemonError::Backend)?;
         Ok(Arc::new(DaemonState {
             config: config.clone(),
             devices,
@@ -99,6 +104,7 @@ impl DaemonState {
             started: unix_now(),
             vmm_since: std::sync::atomic::AtomicU64::new(0),
             last_streams: Mutex::new(None),
+            controls,
         }))
     }
 
@@ -125,6 +131,58 @@ impl DaemonState {
 
     pub(crate) fn set_current(&self, dev: Weak<SoundDevice>) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = dev;
+    }
+
+    /// Sets a stream's volume (dB, rounded to the nearest 0.5 dB step) or
+    /// switch from the host; the guest is told of each change. Returns the
+    /// stream's level, or why not.
+    pub fn set_level(
+        &self,
+        stream: usize,
+        db: Option<f64>,
+        on: Option<bool>,
+    ) -> Result<(u32, bool), String> {
+        use crate::controls::Kind;
+        let Some(level) = self.controls.level(stream) else {
+            return Err(if stream < self.config.streams.len() {
+                format!("stream {stream} has no volume control (set `volume = true` on it)")
+            } else {
+                format!("no stream {stream} ({} streams)", self.config.streams.len())
+            });
+        };
+        let dev = self.current();
+        let tell = |kind: Kind| {
+            if let (Some(d), Some(id)) = (&dev, self.controls.id_of(stream, kind)) {
+                d.control_changed(id);
+            }
+        };
+        if let Some(db) = db {
+            if !db.is_finite() {
+                return Err("the volume must be a number of dB".into());
+            }
+            if level.set_step(crate::controls::db_step(db)) {
+                tell(Kind::Volume);
+            }
+        }
+        if let Some(on) = on {
+            if level.set_on(on) {
+                tell(Kind::Switch);
+            }
+        }
+        if db.is_some() || on.is_some() {
+            log::info!(
+                "stream {stream}: volume {} dB, {} (set by the operator)",
+                crate::controls::step_db(level.step()),
+                if level.is_on() { "on" } else { "muted" }
+            );
+            self.save_levels();
+        }
+        Ok((level.step(), level.is_on()))
+    }
+
+    /// Writes the levels to `[daemon] state_file`, if there is one.
+    pub fn save_levels(&self) {
+        self.controls.save();
     }
 
     /// Probes every absent device now (SIGHUP); returns how many.
@@ -233,6 +291,8 @@ pub fn serve(
         served += 1;
     }
     stop.clear_listener();
+    // The last levels, whatever the state thread has done.
+    state.controls.write_now();
     if stop.requested() {
         log::info!("stopped");
     }
@@ -241,7 +301,8 @@ pub fn serve(
 
 fn serve_one(state: &DaemonState, listener: &mut Listener, stop: &Stop) -> Result<(), DaemonError> {
     let mem = GuestMemoryAtomic::new(Mem::new());
-    let device = SoundDevice::new(&state.config, &state.devices).map_err(DaemonError::Create)?;
+    let device = SoundDevice::with_controls(&state.config, &state.devices, state.controls.clone())
+        .map_err(DaemonError::Create)?;
     state.set_current(Arc::downgrade(&device));
     let conn = Connection::new(device.clone()).map_err(DaemonError::Backend)?;
     let backend = Arc::new(VsoundBackend::new(conn.clone()).map_err(DaemonError::Backend)?);

@@ -3,7 +3,8 @@
 //! - [`wire`], [`constants`]: the virtio-snd wire format.
 //! - [`config`]: the TOML schema.
 //! - [`stream`]: the PCM state machine; [`worker`]: a stream at run time.
-//! - [`control`], [`io`], [`events`]: the queues' protocols.
+//! - [`control`], [`io`], [`events`]: the queues' protocols; [`controls`]:
+//!   volume and mute elements and the gain they apply.
 //! - [`pacer`]: the real-time schedule.
 //! - [`device`]: the device core, independent of the transport.
 //! - [`hotplug`]: host devices coming and going; [`api`]: the management API;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod constants;
 pub mod control;
+pub mod controls;
 pub mod ctl;
 pub mod daemon;
 pub mod device;

@@ -141,10 +141,12 @@ pub enum ThreadKind {
     AlsaMonitor,
     /// The signal thread (`vsound-signal`): SIGTERM, SIGINT, SIGHUP.
     Signal,
+    /// The state-file writer (`vsound-state`): the volume levels.
+    State,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 10] = [
         ThreadKind::Request,
         ThreadKind::Queue,
         ThreadKind::Stream,
@@ -154,6 +156,7 @@ impl ThreadKind {
         ThreadKind::Pad,
         ThreadKind::AlsaMonitor,
         ThreadKind::Signal,
+        ThreadKind::State,
     ];
 
     fn index(self) -> usize {
@@ -171,6 +174,7 @@ impl ThreadKind {
             ThreadKind::Pad => "pad",
             ThreadKind::AlsaMonitor => "alsa",
             ThreadKind::Signal => "signal",
+            ThreadKind::State => "state",
         }
     }
 }
@@ -736,6 +740,18 @@ mod imp {
                 r.merge(&events());
                 r.allow(&[SYS_shutdown, SYS_newfstatat, SYS_unlinkat]);
             }
+            ThreadKind::State => {
+                // Writes `state_file.tmp` and renames it over `state_file`.
+                r.merge(&events());
+                r.allow(&[
+                    SYS_openat,
+                    SYS_rename,
+                    SYS_renameat,
+                    SYS_renameat2,
+                    SYS_fstat,
+                    SYS_statx,
+                ]);
+            }
         }
         r
     }
@@ -774,6 +790,8 @@ mod imp {
             SYS_fchownat,
             SYS_mkdirat,
             SYS_renameat2,
+            SYS_rename,
+            SYS_renameat,
             SYS_geteuid,
             SYS_unlink,
             SYS_unlinkat,

@@ -254,6 +254,9 @@ pub struct StreamRuntime {
     io_since: AtomicU64,
     /// Try to (re)open the endpoint at the next chance (device returned).
     reopen_now: AtomicBool,
+    /// The stream's volume and switch, if it has controls (set once, by
+    /// the device, before the worker starts).
+    pub level: std::sync::OnceLock<Arc<crate::controls::Level>>,
 }
 
 /// What a worker keeps between ticks, outside the stream lock.
@@ -319,7 +322,15 @@ impl StreamRuntime {
             worker_gen: AtomicU64::new(0),
             io_since: AtomicU64::new(0),
             reopen_now: AtomicBool::new(true),
+            level: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The gain to apply to the frames this stream moves now.
+    fn gain(&self) -> crate::controls::Gain {
+        self.level
+            .get()
+            .map_or(crate::controls::Gain::Unity, |l| l.gain())
     }
 
     pub fn direction(&self) -> Direction {
@@ -669,7 +680,12 @@ impl StreamRuntime {
                 };
                 local.scratch = scratch;
                 match io {
-                    HostIo::Done => rx_ok = true,
+                    HostIo::Done => {
+                        rx_ok = true;
+                        if let Some(buf) = local.scratch.get_mut(..rx_len) {
+                            crate::controls::apply(self.gain(), params.format, buf);
+                        }
+                    }
                     HostIo::Failed => {}
                     HostIo::Replaced => return true,
                 }
@@ -743,8 +759,13 @@ impl StreamRuntime {
         if dir == Direction::Output {
             if let Some(m) = next.as_mut() {
                 let n = Self::ensure_scratch(local, m.payload() as usize);
+                let gain = self.gain();
                 let read = match local.scratch.get_mut(..n) {
-                    Some(buf) => m.read_pcm(0, buf).is_ok(),
+                    Some(buf) => {
+                        let ok = m.read_pcm(0, buf).is_ok();
+                        crate::controls::apply(gain, params.format, buf);
+                        ok
+                    }
                     None => false,
                 };
                 if read {
