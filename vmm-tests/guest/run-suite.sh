@@ -17,7 +17,7 @@
 # alsa-file, two-groups, vmm-restart, driver-reload, hot-remove-silence,
 # hot-remove-error, jacks, pause-resume-playback, pause-resume-capture,
 # system-reset-playback, reboot-playback, daemon-restart-replug, pad-recipe-feed-first,
-# pad-recipe-record-first, pad-fill-silence-gap, pad-tool-round-trip.
+# pad-recipe-record-first, pad-fill-silence-gap, pad-tool-round-trip, controls.
 # Host-side helpers: pad-client.py (records/feeds a pad, reacts to the guest console),
 # pcm-check.py (compares received PCM with the file played), qmp.py (QEMU's monitor:
 # pause, resume, reset the VM, unplug and plug a device). The test signals are made once
@@ -432,6 +432,46 @@ case_two_groups() {
     pcm exact "$DATA/s16b.raw" "$CDIR/rx1.0" --frame 4 --rate 192000 \
         --max-tail "$(period_bytes guest hw:0,1 /data/s16b.wav 4)" || ok=1
     return $ok
+}
+
+# 4b. Volume and mute controls (QEMU controls=on): the guest's amixer lists them with
+#     their dB scale; `amixer sset Master -6dB` makes the pad receive every sample of
+#     the file halved (exactly: rounded half away from zero), mute gives silence, and
+#     the host's `vsound ctl volume 0 -12` reaches the guest's mixer (CTL_NOTIFY).
+case_controls() {
+    start_daemon "$(config pad-controls.toml)" || return 1
+    start_client rx pad0 --watch "$CDIR/guest.log" --split-on "VSOUND-INFO: split" || return 1
+    (
+        while ! grep -a -q "VSOUND-INFO: host-volume" "$CDIR/guest.log" 2>/dev/null; do sleep 0.05; done
+        "$VSOUND_BIN" ctl --socket "$CDIR/vsound.sock" volume 0 -12 >"$CDIR/ctl.out" 2>&1
+    ) &
+    BG_PIDS+=($!)
+    guest guest controls.sh --data "$DATA/s16.wav" --device-opts ",controls=on" || return 1
+    kill_bg
+    segments rx 2 || return 1
+    python3 - "$DATA/s16.raw" "$DATA/s16-half.raw" <<'PY'
+import array, sys
+src = array.array("h", open(sys.argv[1], "rb").read())
+# the daemon's -6 dB: exactly half, rounded half away from zero
+half = array.array("h", ((abs(v) + 1) // 2 * (1 if v >= 0 else -1) for v in src))
+open(sys.argv[2], "wb").write(half.tobytes())
+PY
+    pcm exact "$DATA/s16-half.raw" "$CDIR/rx.0" --frame 4 --rate 192000 \
+        --max-tail "$(period_bytes guest hw:CARD=SoundCard,DEV=0 /data/s16.wav 4)" || return 1
+    python3 - "$CDIR/rx.1" 384000 <<'PY' >>"$OUT" || return 1
+import sys
+data = open(sys.argv[1], "rb").read()
+print(f"    rx.1: {len(data)} bytes, {sum(1 for b in data if b)} non-zero")
+sys.exit(0 if len(data) >= int(sys.argv[2]) and not any(data) else 1)
+PY
+    say "    host: $(cat "$CDIR/ctl.out")"
+    grep -q "stream 0: -12.0 dB" "$CDIR/ctl.out" || bad "vsound ctl volume failed: $(cat "$CDIR/ctl.out")" || return 1
+    # The guest was told: amixer events saw the value change after the host's call.
+    local told
+    told=$(tr -d '\r' <"$CDIR/guest.log" | sed -n '/VSOUND-INFO: host-volume/,/VSOUND-INFO: events done/p' |
+        grep -c "event value: numid=[0-9]*,iface=MIXER,name='Master Playback Volume'" || true)
+    say "    guest mixer events for Master Playback Volume after the host's call: $told"
+    [[ $told -ge 1 ]] || bad "the guest's amixer events saw no change from the host (CTL_NOTIFY)"
 }
 
 # 5a. Hot removal, on_remove = "silence": the pad client disconnects 2 s into a
@@ -997,6 +1037,7 @@ CASES=(
     pad-recipe-record-first
     pad-tool-round-trip
     pad-fill-silence-gap
+    controls
 )
 # Cases that need daemon work still in progress (none now).
 PENDING_CASES=()
