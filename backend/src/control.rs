@@ -178,6 +178,19 @@ fn dispatch(dev: &SoundDevice, req: &[u8], writable: u64) -> Response {
                 None => Response::status(Status::BadMsg),
             }
         }
+        // Without control elements the device does not offer CTLS: the
+        // requests are not supported, as before they existed.
+        RequestCode::CtlInfo
+        | RequestCode::CtlEnumItems
+        | RequestCode::CtlRead
+        | RequestCode::CtlWrite
+        | RequestCode::CtlTlvRead
+        | RequestCode::CtlTlvWrite
+        | RequestCode::CtlTlvCommand
+            if dev.controls.defs.is_empty() =>
+        {
+            Response::status(Status::NotSupp)
+        }
         RequestCode::CtlInfo => query(
             dev,
             req,
