@@ -17,7 +17,8 @@ The configuration of an instance that has no file of its own; without it,
 the embedded default (\fBvsound print\-default\-config\fR).
 .TP
 \fI/run/vsound/NAME.sock\fR, \fI/run/vsound/NAME\-api.sock\fR
-The vhost\-user and management API sockets of \fBvsound@NAME.socket\fR.
+The vhost\-user socket (\fBvsound@NAME.socket\fR) and the management API
+(\fBvsound\-api@NAME.socket\fR) of the service.
 .TP
 \fI/usr/share/doc/vsound/examples/\fR
 Example configurations.

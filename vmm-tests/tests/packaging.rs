@@ -377,15 +377,16 @@ fn unit_value(text: &str, key: &str) -> String {
     v.into_iter().next().unwrap()
 }
 
-/// `systemd-analyze verify` on `vsound@INSTANCE.service` and `.socket`
-/// in `dir`: exit code 0 and nothing said (an unknown key is only a
-/// warning).
+/// The package's unit templates.
+const UNITS: [&str; 3] = ["vsound@.service", "vsound@.socket", "vsound-api@.socket"];
+
+/// `systemd-analyze verify` on every unit, instance INSTANCE, in `dir`:
+/// exit code 0 and nothing said (an unknown key is only a warning).
 fn verify(dir: &Path, instance: &str, extra: &[&str]) {
     let o = Command::new("systemd-analyze")
         .arg("verify")
         .args(extra)
-        .arg(dir.join(format!("vsound@{instance}.service")))
-        .arg(dir.join(format!("vsound@{instance}.socket")))
+        .args(UNITS.map(|u| dir.join(u.replace('@', &format!("@{instance}")))))
         .current_dir(dir)
         .output()
         .unwrap();
@@ -408,7 +409,7 @@ fn the_units_pass_systemd_analyze_verify() {
     // one. The man page is checked after `dpkg -i` (installed test).
     let dir = tempfile::tempdir().unwrap();
     let units = repo().join("packaging/systemd");
-    for unit in ["vsound@.service", "vsound@.socket"] {
+    for unit in UNITS {
         let src = fs::read_to_string(units.join(unit)).unwrap();
         let src = src.replace(
             "ExecStart=/usr/bin/vsound ",
@@ -433,23 +434,49 @@ fn the_units_pass_systemd_analyze_verify() {
     );
 }
 
+/// The sockets the service is handed (`Sockets=`), in order: for each,
+/// its socket unit's text.
+fn service_sockets(dir: &Path, service: &str) -> Vec<String> {
+    unit_value(service, "Sockets")
+        .split_whitespace()
+        .map(|u| fs::read_to_string(dir.join(u.replace("%i", ""))).unwrap())
+        .collect()
+}
+
 #[test]
-fn the_socket_unit_passes_what_the_daemon_takes() {
-    let socket = fs::read_to_string(repo().join("packaging/systemd/vsound@.socket")).unwrap();
-    assert_eq!(
-        unit_values(&socket, "ListenStream"),
-        ["/run/vsound/%i.sock", "/run/vsound/%i-api.sock"]
-    );
-    // The names inherit.rs looks for, in the same order.
-    assert_eq!(
-        unit_values(&socket, "FileDescriptorName"),
-        ["vhost-user", "api"]
-    );
-    let service = fs::read_to_string(repo().join("packaging/systemd/vsound@.service")).unwrap();
+fn the_socket_units_pass_what_the_daemon_takes() {
+    let dir = repo().join("packaging/systemd");
+    let service = fs::read_to_string(dir.join("vsound@.service")).unwrap();
     assert_eq!(
         unit_value(&service, "ExecStart"),
         "/usr/bin/vsound --instance %i"
     );
+    let sockets = service_sockets(&dir, &service);
+    // FileDescriptorName= names every fd of its unit: one socket per unit,
+    // named as inherit.rs expects.
+    let got: Vec<(String, String)> = sockets
+        .iter()
+        .map(|u| {
+            (
+                unit_value(u, "ListenStream"),
+                unit_value(u, "FileDescriptorName"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/run/vsound/%i.sock".to_owned(), "vhost-user".to_owned()),
+            ("/run/vsound/%i-api.sock".to_owned(), "api".to_owned()),
+        ]
+    );
+    for u in &sockets {
+        assert_eq!(unit_value(u, "Service"), "vsound@%i.service");
+    }
+    // QEMU's group may connect to the vhost-user socket; the API is root's.
+    assert_eq!(unit_value(&sockets[0], "SocketGroup"), "vsound");
+    assert_eq!(unit_value(&sockets[0], "SocketMode"), "0660");
+    assert_eq!(unit_value(&sockets[1], "SocketMode"), "0600");
     // The longest instance name still makes a valid socket path (108
     // bytes with the NUL).
     let longest =
@@ -545,10 +572,17 @@ fn ok(cmd: &str, args: &[&str]) -> String {
 /// was given, the package.
 struct Installed {
     child: Option<Child>,
+    /// The daemon, when `child` is strace (killing a tracer leaves its
+    /// tracee running).
+    daemon: Option<u32>,
 }
 
 impl Drop for Installed {
     fn drop(&mut self) {
+        if let Some(pid) = self.daemon.take() {
+            // SAFETY: a process this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -566,15 +600,20 @@ impl Drop for Installed {
     }
 }
 
-/// The pid of the process running `/usr/bin/vsound --instance INSTANCE`.
-fn daemon_pid() -> Option<u32> {
+/// The pids of the processes running `/usr/bin/vsound --instance
+/// INSTANCE`.
+fn daemon_pids() -> Vec<u32> {
     let want = format!("/usr/bin/vsound\0--instance\0{INSTANCE}\0");
-    fs::read_dir("/proc").ok()?.find_map(|e| {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
         let e = e.ok()?;
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmd = fs::read(e.path().join("cmdline")).ok()?;
         (cmd == want.as_bytes()).then_some(pid)
     })
+    .collect()
 }
 
 fn status_field(pid: u32, field: &str) -> String {
@@ -612,7 +651,15 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
     }
     let deb = deb.to_str().unwrap().to_owned();
     let started = Instant::now();
-    let mut guard = Installed { child: None };
+    let mut guard = Installed {
+        child: None,
+        daemon: None,
+    };
+    let left = daemon_pids();
+    assert!(
+        left.is_empty(),
+        "a vsound --instance {INSTANCE} is running already (pids {left:?}): an earlier run's?"
+    );
 
     // 1. Install.
     ok("dpkg", &["--install", &deb]);
@@ -622,6 +669,7 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
         "/usr/bin/vsound",
         "/lib/systemd/system/vsound@.service",
         "/lib/systemd/system/vsound@.socket",
+        "/lib/systemd/system/vsound-api@.socket",
         "/usr/share/man/man1/vsound.1.gz",
         "/usr/share/man/man1/vsound-ctl.1.gz",
         "/usr/share/man/man1/vsound-check-config.1.gz",
@@ -695,7 +743,7 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
     // 3. The units, as installed (ExecStart and the man page exist now).
     if which("systemd-analyze").is_some() {
         verify(Path::new("/lib/systemd/system"), INSTANCE, &[]);
-        eprintln!("systemd-analyze verify: vsound@{INSTANCE}.service and .socket OK");
+        eprintln!("systemd-analyze verify: the installed units, instance {INSTANCE}: OK");
     } else {
         eprintln!("systemd-analyze not installed: the installed units are not verified");
     }
@@ -722,7 +770,7 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
     // and runtime directory, its ExecStart line.
     let unit_dir = Path::new("/lib/systemd/system");
     let service = fs::read_to_string(unit_dir.join("vsound@.service")).unwrap();
-    let socket = fs::read_to_string(unit_dir.join("vsound@.socket")).unwrap();
+    let sockets = service_sockets(unit_dir, &service);
     let inst = |s: &str| s.replace("%i", INSTANCE);
     let exec: Vec<String> = inst(&unit_value(&service, "ExecStart"))
         .split_whitespace()
@@ -733,14 +781,26 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
     let runtime = Path::new("/run").join(inst(&unit_value(&service, "RuntimeDirectory")));
     let runtime_mode =
         u32::from_str_radix(&unit_value(&service, "RuntimeDirectoryMode"), 8).unwrap();
-    let listen: Vec<PathBuf> = unit_values(&socket, "ListenStream")
+    // Per socket unit: its path, fd name, owner, group and mode.
+    struct Listen {
+        path: PathBuf,
+        name: String,
+        owner: String,
+        group: String,
+        mode: u32,
+    }
+    let listen: Vec<Listen> = sockets
         .iter()
-        .map(|s| PathBuf::from(inst(s)))
+        .map(|u| Listen {
+            path: PathBuf::from(inst(&unit_value(u, "ListenStream"))),
+            name: unit_value(u, "FileDescriptorName"),
+            owner: unit_value(u, "SocketUser"),
+            group: unit_value(u, "SocketGroup"),
+            mode: u32::from_str_radix(&unit_value(u, "SocketMode"), 8).unwrap(),
+        })
         .collect();
-    let names = unit_values(&socket, "FileDescriptorName");
-    let socket_mode = u32::from_str_radix(&unit_value(&socket, "SocketMode"), 8).unwrap();
-    let socket_group = unit_value(&socket, "SocketGroup");
-    let (vhost, api) = (listen[0].clone(), listen[1].clone());
+    let (vhost, api) = (listen[0].path.clone(), listen[1].path.clone());
+    let vhost_group = listen[0].group.clone();
 
     let example = fs::read_to_string("/usr/share/doc/vsound/examples/instance.toml").unwrap();
     fs::write(
@@ -750,8 +810,8 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
     .unwrap();
     let run_dir = Path::new("/run/vsound");
     fs::create_dir_all(run_dir).unwrap();
-    for p in &listen {
-        let _ = fs::remove_file(p);
+    for l in &listen {
+        let _ = fs::remove_file(&l.path);
     }
     let _ = fs::remove_dir_all(&runtime);
     fs::create_dir(&runtime).unwrap();
@@ -779,8 +839,10 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
             Command::new("systemd-socket-activate")
         }
     };
-    for (p, n) in listen.iter().zip(&names) {
-        cmd.arg("-l").arg(p).arg(format!("--fdname={n}"));
+    for l in &listen {
+        cmd.arg("-l")
+            .arg(&l.path)
+            .arg(format!("--fdname={}", l.name));
     }
     cmd.args([
         "-E",
@@ -798,13 +860,11 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
     .stderr(Stdio::from(log));
     guard.child = Some(cmd.spawn().unwrap());
     let daemon_log = || fs::read_to_string(&log_path).unwrap_or_default();
-    for p in &listen {
-        wait_for(p);
-        fs::set_permissions(p, fs::Permissions::from_mode(socket_mode)).unwrap();
-        ok(
-            "chown",
-            &[&format!("root:{socket_group}"), p.to_str().unwrap()],
-        );
+    for l in &listen {
+        wait_for(&l.path);
+        fs::set_permissions(&l.path, fs::Permissions::from_mode(l.mode)).unwrap();
+        let owner = format!("{}:{}", l.owner, l.group);
+        ok("chown", &[&owner, l.path.to_str().unwrap()]);
     }
 
     // The first connection starts the daemon.
@@ -831,7 +891,14 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
             && log_now.contains("management API on inherited fd 4"),
         "{log_now}"
     );
-    let pid = daemon_pid().expect("no vsound --instance process");
+    // Ours: the child itself (systemd-socket-activate and setpriv exec
+    // it), or strace's child.
+    let child_pid = guard.child.as_ref().unwrap().id();
+    let pid = *daemon_pids()
+        .iter()
+        .find(|&&p| p == child_pid || status_field(p, "PPid") == child_pid.to_string())
+        .expect("no vsound --instance process of ours");
+    guard.daemon = Some(pid);
     let (uid, gid) = (numeric_id("passwd", &user), numeric_id("group", &group));
     assert_eq!(status_field(pid, "Uid"), format!("{uid} {uid} {uid} {uid}"));
     assert_eq!(status_field(pid, "Gid"), format!("{gid} {gid} {gid} {gid}"));
@@ -877,7 +944,7 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
         pad.display()
     );
 
-    // The API: root, and a member of the socket's group; not anybody else.
+    // The API is root's; the vhost-user socket is its group's too.
     let api_s = api.to_str().unwrap();
     let status = ok("/usr/bin/vsound", &["ctl", "--api-socket", api_s, "status"]);
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
@@ -890,8 +957,15 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
         .unwrap()
         .clone();
     assert_eq!(pad0["attached"], true, "{v}");
-    let as_user = |gid: &str| {
-        sh(
+    // As nobody with group GID: can it connect to PATH? (Debian's python3,
+    // not whatever a root PATH finds first.)
+    let python = Path::new("/usr/bin/python3");
+    let connects_as = |gid: &str, path: &Path| {
+        let script = format!(
+            "import socket; socket.socket(socket.AF_UNIX).connect({:?})",
+            path.display().to_string()
+        );
+        let o = sh(
             "setpriv",
             &[
                 "--reuid",
@@ -899,19 +973,45 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
                 "--regid",
                 gid,
                 "--clear-groups",
-                "/usr/bin/vsound",
-                "ctl",
-                "--api-socket",
-                api_s,
-                "status",
+                python.to_str().unwrap(),
+                "-c",
+                &script,
             ],
-        )
+        );
+        (o.status.success(), text(&o))
     };
-    let o = as_user(&socket_group);
-    assert!(o.status.success(), "group {socket_group}: {}", text(&o));
-    let o = as_user("nogroup");
-    assert!(!o.status.success(), "nobody:nogroup used the API");
+    let o = sh(
+        "setpriv",
+        &[
+            "--reuid",
+            "nobody",
+            "--regid",
+            &vhost_group,
+            "--clear-groups",
+            "/usr/bin/vsound",
+            "ctl",
+            "--api-socket",
+            api_s,
+            "status",
+        ],
+    );
+    assert!(!o.status.success(), "group {vhost_group} used the API");
     assert!(text(&o).contains("ermission denied"), "{}", text(&o));
+    if python.is_file() {
+        // We are the VMM, and the daemon serves one at a time: a second
+        // connection still completes (the listen backlog).
+        let (ok, out) = connects_as(&vhost_group, &vhost);
+        assert!(ok, "group {vhost_group}: {}: {out}", vhost.display());
+        let (ok, out) = connects_as("nogroup", &vhost);
+        assert!(!ok, "nobody:nogroup reached {}", vhost.display());
+        assert!(out.contains("PermissionError"), "{out}");
+        eprintln!(
+            "{}: group {vhost_group} may connect, others not",
+            vhost.display()
+        );
+    } else {
+        eprintln!("no /usr/bin/python3: who may connect to the vhost-user socket is not checked");
+    }
 
     // 6. SIGTERM: a clean stop, exit code 0; the pad socket is removed,
     // the sockets systemd holds are left to it (RemoveOnStop=).
@@ -920,10 +1020,11 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
     drop(client);
     // SAFETY: a process this test started (through setpriv).
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-    let mut child = guard.child.take().unwrap();
     let deadline = Instant::now() + STOP;
     let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
+        if let Some(st) = guard.child.as_mut().unwrap().try_wait().unwrap() {
+            guard.child = None;
+            guard.daemon = None;
             break st;
         }
         assert!(
