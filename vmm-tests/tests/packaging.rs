@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use vmm_tests::audio::{noise, wait_jack, Geometry};
 use vmm_tests::snd::{PcmFormat, PcmRate};
-use vmm_tests::{ConnectOptions, Daemon, DaemonOptions, Queue, SndDriver, Status};
+use vmm_tests::{unprivileged, ConnectOptions, Daemon, DaemonOptions, Queue, SndDriver, Status};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a clean stop may take (the daemon's own bound is 5 s; the
@@ -115,7 +115,9 @@ fn instance_streams(dir: &Path, name: &str) -> (u32, String) {
 
 #[test]
 fn instance_reads_name_toml_else_default_toml_else_the_embedded_default() {
-    let dir = tempfile::tempdir().unwrap();
+    // The daemon runs as the tests' daemon user (vmm_tests::unprivileged):
+    // its configuration directory must be readable to it.
+    let dir = unprivileged::tempdir("vsound-etc-").unwrap();
     let (n, log) = instance_streams(dir.path(), "vm1");
     assert_eq!(n, 2, "the embedded default has 2 streams");
     assert!(
@@ -186,7 +188,7 @@ fn instance_names_are_checked() {
     let long_ok = "a".repeat(64);
     let too_long = "a".repeat(65);
     for good in ["vm1", "web-01_a.b@c", long_ok.as_str()] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = unprivileged::tempdir("vsound-etc-").unwrap();
         let (n, _) = instance_streams(dir.path(), good);
         assert_eq!(n, 2, "{good}");
     }
@@ -229,9 +231,9 @@ fn the_packaged_default_toml_is_the_embedded_default_without_sockets() {
             || l.trim_start().starts_with("[daemon]")),
         "the packaged default names sockets"
     );
-    let infos = |config: Option<PathBuf>| {
+    let infos = |config_toml: Option<String>| {
         let d = Daemon::spawn_with(&DaemonOptions {
-            config,
+            config_toml,
             ..DaemonOptions::default()
         })
         .unwrap();
@@ -241,7 +243,7 @@ fn the_packaged_default_toml_is_the_embedded_default_without_sockets() {
         snd.disconnect().unwrap();
         v
     };
-    assert_eq!(infos(Some(path)), infos(None));
+    assert_eq!(infos(Some(src)), infos(None));
 }
 
 // -- vsound generate -------------------------------------------------------------
@@ -267,7 +269,11 @@ fn generate_man_writes_one_valid_page_per_command() {
             "vsound-check-config.1",
             "vsound-ctl-attach.1",
             "vsound-ctl-detach.1",
+            "vsound-ctl-metrics.1",
+            "vsound-ctl-mute.1",
             "vsound-ctl-status.1",
+            "vsound-ctl-volume.1",
+            "vsound-ctl-watch.1",
             "vsound-ctl.1",
             "vsound-pad-play.1",
             "vsound-pad-record.1",
@@ -946,7 +952,10 @@ fn the_debian_package_installs_a_working_service_and_goes_away_cleanly() {
 
     // The API is root's; the vhost-user socket is its group's too.
     let api_s = api.to_str().unwrap();
-    let status = ok("/usr/bin/vsound", &["ctl", "--api-socket", api_s, "status"]);
+    let status = ok(
+        "/usr/bin/vsound",
+        &["ctl", "--api-socket", api_s, "--json", "status"],
+    );
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(v["ok"], true, "{v}");
     let pad0 = v["result"]["devices"]
