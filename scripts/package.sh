@@ -25,6 +25,13 @@ log() { printf 'package: %s\n' "$*" >&2; }
 
 if [[ $(id -u) -eq 0 ]]; then
     scripts/install-deps.sh --build-only
+    # What `dpkg -i` of the package needs besides libasound2 (which
+    # libasound2-dev brought): its postinst creates the user with adduser.
+    if ! dpkg-query -W -f='${db:Status-Abbrev}' adduser 2>/dev/null | grep -q '^ii'; then
+        log "installing adduser (the package's postinst uses it)"
+        DEBIAN_FRONTEND=noninteractive apt-get -y -q install --no-install-recommends adduser >&2 ||
+            { apt-get -q update >&2 && DEBIAN_FRONTEND=noninteractive apt-get -y -q install --no-install-recommends adduser >&2; }
+    fi
 fi
 
 log "release build"
