@@ -11,8 +11,8 @@
 #     machine's own debian.sources) unless one is configured already;
 #   * installs the build deps (gcc, pkg-config, libasound2-dev), the guest tools
 #     (busybox-static, alsa-utils, libasound2, cpio, xz-utils, zstd, sox, socat,
-#     python3, kmod for depmod) and qemu-system-x86 >= 10 from bookworm-backports
-#     (bookworm's own 7.2 has no vhost-user-snd-pci);
+#     python3, kmod for depmod, strace for the packaging test) and qemu-system-x86 >= 10
+#     from bookworm-backports (bookworm's own 7.2 has no vhost-user-snd-pci);
 #   * creates the system user vsound-test (in group audio) the tests run the daemon as.
 # When everything is present it only runs dpkg-query and exits within a fraction of a
 # second: `apt-get update` runs only when something has to be installed and apt does not
@@ -34,7 +34,7 @@ if ((BUILD_ONLY)); then
     readonly PKGS=(gcc pkg-config libasound2-dev)
 else
     readonly PKGS=(gcc pkg-config libasound2-dev libasound2 alsa-utils busybox-static
-        cpio xz-utils zstd sox socat python3 kmod)
+        cpio xz-utils zstd sox socat python3 kmod strace)
 fi
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

@@ -1,16 +1,31 @@
 //! The command line (README.md, "Command line").
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::daemon::{self, ApiSpec, SocketSpec};
 
 pub use crate::config::DEFAULT_SOCKET;
 
-/// vsound: a vhost-user virtio-sound device daemon.
+/// Where `--instance NAME` looks for `NAME.toml` and `default.toml`.
+pub const CONFIG_DIR: &str = "/etc/vsound";
+/// Replaces [`CONFIG_DIR`], for tests and packagers.
+pub const CONFIG_DIR_ENV: &str = "VSOUND_CONFIG_DIR";
+/// The longest instance name: `/run/vsound/NAME-api.sock` stays well
+/// within a Unix socket path's 107 bytes.
+pub const MAX_INSTANCE_LEN: usize = 64;
+
+/// A vhost-user virtio-sound device daemon.
+///
+/// A VMM (QEMU's vhost-user-snd-pci, cloud-hypervisor's generic vhost-user
+/// device) connects to its socket and the guest sees a virtio-sound card.
+/// Each guest PCM stream is bound by the TOML configuration to a host
+/// device: an ALSA PCM, a pad (a Unix socket that hands the guest's audio
+/// to any host process and takes its capture from it) or null. Without a
+/// subcommand, vsound runs the daemon.
 #[derive(Debug, Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -27,6 +42,18 @@ pub struct RunArgs {
     /// TOML configuration file (default: the embedded configs/default.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Run as instance NAME of a system service: the configuration is
+    /// /etc/vsound/NAME.toml if it exists, else /etc/vsound/default.toml if
+    /// it exists, else the embedded default. NAME: letters, digits and
+    /// `_.@-`, not starting with a dot, at most 64 bytes.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with = "config",
+        value_parser = parse_instance
+    )]
+    instance: Option<String>,
 
     /// vhost-user socket to listen on (overrides `[daemon] socket`).
     #[arg(long, value_name = "PATH", conflicts_with = "socket_fd")]
@@ -72,6 +99,27 @@ enum Command {
     /// Record a pad's playback to WAV files, or play a WAV file into its
     /// capture.
     Pad(crate::pad_tool::PadArgs),
+    /// For packagers: man pages and shell completions from this command
+    /// line's definitions.
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: GenerateWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GenerateWhat {
+    /// Write vsound.1 and one page per subcommand (vsound-ctl.1, ...) into DIR.
+    Man {
+        /// The directory to write the pages to (created if missing).
+        dir: PathBuf,
+    },
+    /// Print the completion script for SHELL on standard output.
+    Completions {
+        /// bash, zsh, fish (also elvish, powershell).
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the command line; only `main` turns the result into an exit code.
@@ -103,16 +151,115 @@ pub fn run() -> ExitCode {
         },
         Some(Command::Ctl(args)) => crate::ctl::run(args),
         Some(Command::Pad(args)) => crate::pad_tool::run(args),
+        Some(Command::Generate { what }) => generate(what),
         None => run_daemon(cli.run),
     }
 }
 
-fn run_daemon(args: RunArgs) -> ExitCode {
-    let config = match &args.config {
-        Some(f) => Config::from_file(f),
-        None => Config::default_config(),
+/// Checks an `--instance` name: non-empty, at most [`MAX_INSTANCE_LEN`]
+/// bytes of `[A-Za-z0-9_.@-]`, not starting with a dot (so never `..`, a
+/// hidden file or a path).
+pub fn parse_instance(name: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("the instance name is empty".into());
+    }
+    if name.len() > MAX_INSTANCE_LEN {
+        return Err(format!(
+            "the instance name is {} bytes long; at most {MAX_INSTANCE_LEN}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.@-".contains(*c)))
+    {
+        let hint = if c == '\\' {
+            " (systemd writes other characters as \\xNN escapes in %i: name the unit with plain ones)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "the instance name has `{c}`: use letters, digits and `_.@-`{hint}"
+        ));
+    }
+    if name.starts_with('.') {
+        return Err("the instance name must not start with a dot".into());
+    }
+    Ok(name.to_owned())
+}
+
+/// The configuration file of instance `name` in `dir`: `NAME.toml` if it
+/// exists, else `default.toml` if it exists, else `None` (the embedded
+/// default). Only a file that is not there is skipped: one that cannot be
+/// looked at is an error, never a silent fallback.
+pub fn instance_config(dir: &Path, name: &str) -> Result<Option<PathBuf>, String> {
+    for file in [format!("{name}.toml"), "default.toml".to_owned()] {
+        let path = dir.join(file);
+        match std::fs::metadata(&path) {
+            Ok(_) => return Ok(Some(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(None)
+}
+
+/// The directory `--instance` reads: `$VSOUND_CONFIG_DIR`, else
+/// [`CONFIG_DIR`].
+pub fn config_dir() -> PathBuf {
+    std::env::var_os(CONFIG_DIR_ENV)
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(CONFIG_DIR), PathBuf::from)
+}
+
+/// The configuration the daemon runs on, and a line saying which.
+fn load_config(args: &RunArgs) -> Result<Config, String> {
+    let (config, from) = match (&args.config, &args.instance) {
+        (Some(f), _) => (Config::from_file(f), f.display().to_string()),
+        (None, Some(name)) => match instance_config(&config_dir(), name)
+            .map_err(|e| format!("vsound: config of instance {name}: {e}"))?
+        {
+            Some(f) => (
+                Config::from_file(&f),
+                format!("{} (instance {name})", f.display()),
+            ),
+            None => (
+                Config::default_config(),
+                format!("embedded default (instance {name})"),
+            ),
+        },
+        (None, None) => (Config::default_config(), "embedded default".to_owned()),
     };
-    let config = match config {
+    let config = config.map_err(|e| e.to_string())?;
+    log::info!("config: {from}");
+    Ok(config)
+}
+
+/// `vsound generate`: man pages and completions from [`Cli`].
+fn generate(what: GenerateWhat) -> ExitCode {
+    let result = match what {
+        GenerateWhat::Man { dir } => crate::manpages::write_all(Cli::command(), &dir)
+            .map_err(|e| format!("vsound generate man: {}: {e}", dir.display())),
+        GenerateWhat::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vsound", &mut script);
+            let mut out = std::io::stdout().lock();
+            std::io::Write::write_all(&mut out, &script)
+                .and_then(|()| std::io::Write::flush(&mut out))
+                .map_err(|e| format!("vsound generate completions: {e}"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_daemon(args: RunArgs) -> ExitCode {
+    let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

@@ -9,7 +9,8 @@
 //! - [`device`]: the device core, independent of the transport.
 //! - [`hotplug`]: host devices coming and going; [`api`]: the management API;
 //!   [`ctl`]: its client (`vsound ctl`).
-//! - [`vhost_user`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`].
+//! - [`vhost_user`]: the vhost-user glue; [`daemon`]: the connection loop; [`cli`];
+//!   [`manpages`]: `vsound generate man`.
 //! - [`pad_tool`]: `vsound pad record`/`play`, clients of a pad device.
 //! - [`sandbox`]: the seccomp allow-lists; [`signals`]: SIGTERM/SIGINT/SIGHUP;
 //!   [`inherit`]: listening sockets handed over (`--socket-fd`, systemd).
@@ -31,6 +32,7 @@ pub mod gate;
 pub mod hotplug;
 pub mod inherit;
 pub mod io;
+pub mod manpages;
 pub mod pacer;
 pub mod pad_tool;
 pub mod queue;

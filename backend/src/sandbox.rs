@@ -245,6 +245,20 @@ pub fn syscall_name(nr: i64) -> Option<&'static str> {
     name.copied()
 }
 
+/// Every system call the process filter lets through, by name, for a
+/// configuration with (`host`) or without devices other than `null` and
+/// `pad`; plus `clone3`, which glibc tries first (the sandbox answers it
+/// with ENOSYS). A supervisor's own filter (systemd's `SystemCallFilter=`
+/// in `packaging/systemd/vsound@.service`) must allow all of them: it
+/// stacks with the sandbox, and its verdict on a call it forbids wins.
+/// Empty where there is no sandbox.
+pub fn process_syscalls(host: bool) -> Vec<&'static str> {
+    imp::process_syscalls(host)
+        .into_iter()
+        .filter_map(syscall_name)
+        .collect()
+}
+
 /// What `--seccomp-selftest` tries once the sandbox is up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SelfTest {
@@ -337,6 +351,9 @@ mod imp {
     pub fn enter_library_thread() {}
     pub fn active() -> bool {
         false
+    }
+    pub fn process_syscalls(_host: bool) -> Vec<i64> {
+        Vec::new()
     }
 }
 
@@ -832,6 +849,12 @@ mod imp {
     }
 
     // -- Installing ---------------------------------------------------------
+
+    pub fn process_syscalls(host: bool) -> Vec<i64> {
+        let mut nrs: Vec<i64> = process_rules(host).0.keys().copied().collect();
+        nrs.push(SYS_clone3);
+        nrs
+    }
 
     pub fn install(mode: Mode, host: bool) -> Result<(), SandboxError> {
         let process = process_rules(host);
