@@ -17,11 +17,6 @@ cd "$(dirname "$0")"
 here=$PWD
 
 seconds=${FUZZ_SECONDS:-30}
-# Open finding 1 (fuzz/README.md): with EVENT_IDX a broken avail index
-# spins the daemon's queue thread, and `vhost_user` finds it within seconds.
-# Until the fix lands the frontend does not ack EVENT_IDX here. Remove this
-# line with the fix.
-export VSOUND_FUZZ_MASK_EVENT_IDX=${VSOUND_FUZZ_MASK_EVENT_IDX:-1}
 targets=${FUZZ_TARGETS:-"control io vhost_user config api"}
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="$here/target"
@@ -51,16 +46,11 @@ for t in $targets; do
     mkdir -p "$work/corpus/$t"
     log="$work/$t.log"
     ok=1
-    # The regressions first: each input once. `open-*` inputs reproduce a
-    # finding not fixed yet (see README.md): skipped, named.
+    # The regressions first: each input once.
     inputs=()
     if [ -d "regressions/$t" ]; then
         for f in regressions/"$t"/*; do
-            [ -f "$f" ] || continue
-            case "$(basename "$f")" in
-                open-*) echo "run-short: $t: skipping $f (open finding, see fuzz/README.md)" ;;
-                *) inputs+=("$f") ;;
-            esac
+            [ -f "$f" ] && inputs+=("$f")
         done
     fi
     if [ ${#inputs[@]} -gt 0 ]; then

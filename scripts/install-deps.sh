@@ -11,8 +11,9 @@
 #     machine's own debian.sources) unless one is configured already;
 #   * installs the build deps (gcc, pkg-config, libasound2-dev), the guest tools
 #     (busybox-static, alsa-utils, libasound2, cpio, xz-utils, zstd, sox, socat,
-#     python3, kmod for depmod) and qemu-system-x86 >= 10 from bookworm-backports
-#     (bookworm's own 7.2 has no vhost-user-snd-pci).
+#     python3, kmod for depmod, strace for the packaging test) and qemu-system-x86 >= 10
+#     from bookworm-backports (bookworm's own 7.2 has no vhost-user-snd-pci);
+#   * creates the system user vsound-test (in group audio) the tests run the daemon as.
 # When everything is present it only runs dpkg-query and exits within a fraction of a
 # second: `apt-get update` runs only when something has to be installed and apt does not
 # know it yet. Safe with CI=true and without a terminal (DEBIAN_FRONTEND=noninteractive).
@@ -33,7 +34,7 @@ if ((BUILD_ONLY)); then
     readonly PKGS=(gcc pkg-config libasound2-dev)
 else
     readonly PKGS=(gcc pkg-config libasound2-dev libasound2 alsa-utils busybox-static
-        cpio xz-utils zstd sox socat python3 kmod)
+        cpio xz-utils zstd sox socat python3 kmod strace)
 fi
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -186,4 +187,11 @@ if ((BUILD_ONLY)); then
 fi
 qemu-system-x86_64 -device help 2>/dev/null | grep -q '"vhost-user-snd-pci"' ||
     die "qemu-system-x86_64 has no vhost-user-snd-pci device"
+# The tests run every daemon as this unprivileged user (in group audio), as a
+# service would (vmm-tests/src/unprivileged.rs, vmm-tests/guest/run-suite.sh).
+if ! id -u vsound-test >/dev/null 2>&1; then
+    log "creating the system user vsound-test (group audio) for the tests' daemons"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin --groups audio vsound-test
+fi
 log "done (qemu $(dpkg-query -W -f='${Version}' "$QEMU_PKG"))"

@@ -8,7 +8,11 @@
 # 3. unit tests and the vmm-tests integration tests, which drive a real
 #    vsound process through its vhost-user socket;
 # 4. the loom models of the attach/detach protocol and the ring gate (every interleaving);
-# 5. the guest suite: real Linux 6.12 guests under QEMU 10 attached to vsound.
+# 5. the Debian package (scripts/package.sh): built, installed with dpkg, its units
+#    checked with systemd-analyze and run as the service would (vmm-tests/packaging);
+# 6. the guest suite: real Linux 6.12 guests under QEMU 10 attached to vsound;
+# 7. a short fuzz run: every fuzz target from its seeds for FUZZ_SECONDS
+#    (default 30) and every committed regression input once (fuzz/run-short.sh).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,5 +44,11 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \
     cargo test -p vsound --lib --release --locked gate::loom_model
 
+step "Debian package: built, installed, run as the service would"
+vmm-tests/packaging/test-package.sh
+
 step "guest tests"
 vmm-tests/guest/run-suite.sh
+
+step "fuzzing (short run)"
+fuzz/run-short.sh

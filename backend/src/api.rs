@@ -9,15 +9,16 @@
 //! request gets an error line, never a silent close.
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use vsound_devices::unix_socket::{self, Access, SocketFile};
 
 use crate::daemon::DaemonState;
 use crate::stream::PcmState;
@@ -38,28 +39,32 @@ const CTL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The running API server; dropping it stops it and removes the socket.
 pub struct ApiServer {
-    path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The listening socket's fd, to wake the accept loop (`shutdown`).
+    listen_fd: RawFd,
     thread: Option<JoinHandle<()>>,
+    /// Removed when the server stops (none for an inherited socket).
+    _file: Option<SocketFile>,
 }
 
 impl ApiServer {
-    pub fn start(path: &Path, state: Arc<DaemonState>) -> io::Result<ApiServer> {
-        if path.exists() {
-            // A stale socket from an earlier run (a live one refuses).
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another daemon serves it",
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    /// Creates the socket at `path` (see [`unix_socket::listen`]: never a
+    /// live socket stolen, never a link followed) and serves it.
+    pub fn start(path: &Path, access: &Access, state: Arc<DaemonState>) -> io::Result<ApiServer> {
+        let (listener, file) = unix_socket::listen(path, access).map_err(io::Error::other)?;
         log::info!("management API on {}", path.display());
+        Self::serve_listener(listener, Some(file), state)
+    }
+
+    /// Serves an already listening socket (socket activation).
+    pub fn serve_listener(
+        listener: UnixListener,
+        file: Option<SocketFile>,
+        state: Arc<DaemonState>,
+    ) -> io::Result<ApiServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let listen_fd = listener.as_raw_fd();
         let thread = std::thread::Builder::new()
             .name("vsound-api".into())
             .spawn(move || {
@@ -95,14 +100,19 @@ impl ApiServer {
                                 clients.fetch_sub(1, Ordering::SeqCst);
                             }
                         }
-                        Err(e) => log::warn!("management API: accept: {e}"),
+                        Err(e) => {
+                            log::warn!("management API: accept: {e}");
+                            // Out of fds for a moment: do not spin.
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
                     }
                 }
             })?;
         Ok(ApiServer {
-            path: path.to_owned(),
             stop,
+            listen_fd,
             thread: Some(thread),
+            _file: file,
         })
     }
 }
@@ -110,12 +120,15 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = UnixStream::connect(&self.path);
+        // Wakes the accept loop (accept fails with EINVAL from now on),
+        // whatever happened to the socket file.
+        // SAFETY: the listener is owned by the thread, alive until joined.
+        unsafe {
+            libc::shutdown(self.listen_fd, libc::SHUT_RDWR);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -237,6 +250,7 @@ pub fn handle(line: &str, state: &DaemonState) -> Value {
     let device = req.get("device").and_then(Value::as_str);
     match (cmd, device) {
         ("status", _) => json!({ "ok": true, "result": status(state) }),
+        ("volume" | "mute", _) => level(cmd, &req, state),
         ("detach" | "attach", None) => error(format!("`{cmd}` needs a \"device\"")),
         ("detach" | "attach", Some(name)) => {
             let Some(dev) = state.device(name) else {
@@ -251,13 +265,74 @@ pub fn handle(line: &str, state: &DaemonState) -> Value {
             } else {
                 dev.admin_attach()
             };
-            json!({ "ok": true, "result": { "device": name, "changed": changed, "attached": dev.is_present() } })
+            // Attaching a device that went away by itself: probe it now.
+            let probing = cmd == "attach" && dev.probe_now();
+            json!({ "ok": true, "result": {
+                "device": name,
+                "changed": changed,
+                "probing": probing,
+                "attached": dev.is_present(),
+            } })
         }
-        ("", _) => error("missing \"cmd\" (status, detach, attach)"),
+        ("", _) => error("missing \"cmd\" (status, detach, attach, volume, mute)"),
         (other, _) => error(format!(
-            "unknown command `{other}` (status, detach, attach)"
+            "unknown command `{other}` (status, detach, attach, volume, mute)"
         )),
     }
+}
+
+/// `{"cmd":"volume","stream":N[,"db":D]}` (reads, or sets to the nearest
+/// 0.5 dB step in -60..=0) and `{"cmd":"mute","stream":N,"on":BOOL}`
+/// (`on: true` mutes).
+fn level(cmd: &str, req: &Value, state: &DaemonState) -> Value {
+    let Some(stream) = req
+        .get("stream")
+        .and_then(Value::as_u64)
+        .and_then(|n| usize::try_from(n).ok())
+    else {
+        return error(format!("`{cmd}` needs a \"stream\" (its id, a number)"));
+    };
+    let (db, on) = if cmd == "volume" {
+        match req.get("db") {
+            None | Some(Value::Null) => (None, None),
+            Some(v) => match v.as_f64() {
+                Some(d) => (Some(d), None),
+                None => return error("\"db\" must be a number"),
+            },
+        }
+    } else {
+        match req.get("on").and_then(Value::as_bool) {
+            Some(mute) => (None, Some(!mute)),
+            None => return error("`mute` needs \"on\": true or false"),
+        }
+    };
+    match state.set_level(stream, db, on) {
+        Ok((step, on)) => json!({ "ok": true, "result": {
+            "stream": stream,
+            "volume_db": crate::controls::step_db(step),
+            "muted": !on,
+        } }),
+        Err(e) => error(e),
+    }
+}
+
+/// A Unix time as RFC 3339 (UTC, seconds).
+pub fn rfc3339(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(|| secs.to_string(), |t| t.to_string())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A time for `status`: when, and for how long until now.
+fn when(secs: u64) -> Value {
+    json!({ "at": rfc3339(secs), "for_seconds": now().saturating_sub(secs) })
 }
 
 fn status(state: &DaemonState) -> Value {
@@ -271,72 +346,126 @@ fn status(state: &DaemonState) -> Value {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), json!(v)))
                 .collect();
+            let last_error = d
+                .last_error()
+                .map(|(why, at)| json!({ "message": why, "at": rfc3339(at) }));
             json!({
                 "name": d.name,
                 "kind": d.kind(),
                 "attached": d.is_present(),
                 "operator_detached": d.admin_detached(),
-                "since": d.since(),
+                "since": when(d.since()),
                 "removals": d.removals(),
+                "last_error": last_error,
                 "counters": counters,
             })
         })
         .collect();
-    let current = state.current();
-    let streams: Vec<Value> = state
-        .config
-        .streams
-        .iter()
-        .enumerate()
-        .map(|(id, sc)| {
-            let device = state.devices.get(sc.device).map(|d| d.name.clone());
-            let rt = current.as_ref().and_then(|c| c.streams.get(id).cloned());
-            let (st, params, bytes, xruns, latency) = match &rt {
-                Some(s) => {
-                    let inner = s.lock();
-                    let params = inner.negotiated.map(|n| {
-                        json!({
-                            "format": n.params.format.name(),
-                            "rate": n.params.rate,
-                            "channels": n.params.channels,
-                            "period_bytes": n.params.period_bytes,
-                            "buffer_bytes": n.params.buffer_bytes,
-                            "features": n.features,
-                        })
-                    });
-                    let frames = inner.negotiated.map(|n| n.params.frame_bytes()).unwrap_or(1).max(1);
-                    (
-                        inner.state,
-                        params,
-                        inner.stats.bytes / u64::from(frames),
-                        inner.stats.xruns,
-                        inner.stats.latency_bytes,
-                    )
-                }
-                None => (PcmState::Idle, None, 0, 0, 0),
-            };
-            json!({
-                "id": id,
-                "direction": sc.direction.name(),
-                "group": sc.group,
-                "device": device,
-                "on_remove": match sc.on_remove { crate::config::OnRemove::Silence => "silence", crate::config::OnRemove::Error => "error" },
-                "state": st.to_string(),
-                "params": params,
-                "frames": bytes,
-                "xruns": xruns,
-                "latency_bytes": latency,
-            })
-        })
-        .collect();
+    // Between connections the current device is the next one's, not yet
+    // used: the last connection's figures are the ones to show.
     let connected = state
         .vmm_connected
         .load(std::sync::atomic::Ordering::SeqCst);
+    let current = state.current().filter(|_| connected);
+    let (streams, from) = match &current {
+        Some(dev) => (streams_json(state, dev), json!("this connection")),
+        None => match state.last_streams() {
+            Some((s, ended)) => (
+                s,
+                json!(format!("the last connection, ended {}", rfc3339(ended))),
+            ),
+            None => (streams_json_idle(state), json!("no connection yet")),
+        },
+    };
     let guest_errors: serde_json::Map<String, Value> = crate::ratelimit::ALL
         .iter()
         .map(|l| (l.name.to_string(), json!(l.total())))
         .collect();
-    json!({ "vmm_connected": connected, "devices": devices, "streams": streams, "counters": guest_errors })
+    json!({
+        "daemon": { "version": env!("CARGO_PKG_VERSION"), "since": when(state.started) },
+        "vmm_connected": connected,
+        "vmm_since": if connected { when(state.vmm_since()) } else { Value::Null },
+        "devices": devices,
+        "streams_from": from,
+        "streams": streams,
+        "counters": guest_errors,
+    })
+}
+
+fn stream_base(state: &DaemonState, id: usize) -> Option<serde_json::Map<String, Value>> {
+    let sc = state.config.streams.get(id)?;
+    let device = state.devices.get(sc.device).map(|d| d.name.clone());
+    let mut m = serde_json::Map::new();
+    m.insert("id".into(), json!(id));
+    m.insert("direction".into(), json!(sc.direction.name()));
+    m.insert("group".into(), json!(sc.group));
+    m.insert("device".into(), json!(device));
+    m.insert(
+        "on_remove".into(),
+        json!(match sc.on_remove {
+            crate::config::OnRemove::Silence => "silence",
+            crate::config::OnRemove::Error => "error",
+        }),
+    );
+    Some(m)
+}
+
+/// Every configured stream as the device of a connection has it.
+pub fn streams_json(state: &DaemonState, dev: &crate::device::SoundDevice) -> Vec<Value> {
+    (0..state.config.streams.len())
+        .filter_map(|id| {
+            let mut m = stream_base(state, id)?;
+            let Some(s) = dev.streams.get(id) else {
+                return Some(Value::Object(m));
+            };
+            let inner = s.lock();
+            let params = inner.negotiated.map(|n| {
+                json!({
+                    "format": n.params.format.name(),
+                    "rate": n.params.rate,
+                    "channels": n.params.channels,
+                    "period_bytes": n.params.period_bytes,
+                    "buffer_bytes": n.params.buffer_bytes,
+                    "features": n.features,
+                })
+            });
+            let st = &inner.stats;
+            m.insert("state".into(), json!(inner.state.to_string()));
+            m.insert("params".into(), json!(params));
+            m.insert("frames".into(), json!(st.frames));
+            m.insert(
+                "frames_without_device".into(),
+                json!(st.frames_without_device),
+            );
+            m.insert("xruns".into(), json!(st.xruns));
+            m.insert("latency_bytes".into(), json!(st.latency_bytes));
+            m.insert("volume".into(), volume_json(state, id));
+            Some(Value::Object(m))
+        })
+        .collect()
+}
+
+fn volume_json(state: &DaemonState, id: usize) -> Value {
+    match state.controls.level(id) {
+        Some(l) => json!({ "db": crate::controls::step_db(l.step()), "muted": !l.is_on() }),
+        None => Value::Null,
+    }
+}
+
+fn streams_json_idle(state: &DaemonState) -> Vec<Value> {
+    (0..state.config.streams.len())
+        .filter_map(|id| {
+            let mut m = stream_base(state, id)?;
+            m.insert("state".into(), json!(PcmState::Idle.to_string()));
+            m.insert("params".into(), Value::Null);
+            m.insert("frames".into(), json!(0));
+            m.insert("frames_without_device".into(), json!(0));
+            m.insert("xruns".into(), json!(0));
+            m.insert("latency_bytes".into(), json!(0));
+            m.insert("volume".into(), volume_json(state, id));
+            Some(Value::Object(m))
+        })
+        .collect()
 }
 
 /// `vsound ctl`: sends one request and prints the reply. Returns whether

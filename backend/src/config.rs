@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
+use vsound_devices::unix_socket::{self, Access};
 use vsound_devices::{registry, Format};
 
 use crate::constants::{rate_code, Direction, CHMAP_MAX_SIZE};
@@ -56,8 +57,72 @@ enum RawDirection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
-    socket: Option<PathBuf>,
-    api_socket: Option<PathBuf>,
+    #[serde(default, deserialize_with = "some_path")]
+    socket: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_mode", deserialize_with = "unix_socket::de_mode")]
+    socket_mode: u32,
+    #[serde(default, deserialize_with = "unix_socket::de_owner")]
+    socket_owner: Option<u32>,
+    #[serde(default, deserialize_with = "unix_socket::de_group")]
+    socket_group: Option<u32>,
+    #[serde(default, deserialize_with = "api_path")]
+    api_socket: Option<Spanned<ApiPath>>,
+    #[serde(default = "default_mode", deserialize_with = "unix_socket::de_mode")]
+    api_socket_mode: u32,
+    /// Where the volume levels are kept across daemon restarts.
+    state_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "unix_socket::de_owner")]
+    api_socket_owner: Option<u32>,
+    #[serde(default, deserialize_with = "unix_socket::de_group")]
+    api_socket_group: Option<u32>,
+}
+
+fn default_mode() -> u32 {
+    unix_socket::DEFAULT_MODE
+}
+
+/// `api_socket`: a path, or `"auto"`: next to the vhost-user socket.
+#[derive(Clone, Debug)]
+enum ApiPath {
+    Auto,
+    Path(PathBuf),
+}
+
+fn api_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Spanned<ApiPath>>, D::Error> {
+    let s: Spanned<String> = Spanned::deserialize(d)?;
+    let span = s.span();
+    if s.get_ref() == "auto" {
+        return Ok(Some(Spanned::new(span, ApiPath::Auto)));
+    }
+    let p = unix_socket::de_path(serde::de::value::StrDeserializer::<D::Error>::new(
+        s.get_ref(),
+    ))?;
+    Ok(Some(Spanned::new(span, ApiPath::Path(p))))
+}
+
+/// The vhost-user socket when neither the command line nor the
+/// configuration names one.
+pub const DEFAULT_SOCKET: &str = "/tmp/vsound.sock";
+
+/// Where `api_socket = "auto"` puts the API next to the vhost-user socket
+/// `socket`: `-api` before a `.sock` extension (`/tmp/vsound.sock` ->
+/// `/tmp/vsound-api.sock`), else `.api` appended.
+pub fn api_socket_next_to(socket: &Path) -> PathBuf {
+    let s = socket.as_os_str().to_string_lossy();
+    match s.strip_suffix(".sock") {
+        Some(stem) => PathBuf::from(format!("{stem}-api.sock")),
+        None => PathBuf::from(format!("{s}.api")),
+    }
+}
+
+/// A socket path with where it is in the file (for conflicts between
+/// paths, found after parsing).
+fn some_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Spanned<PathBuf>>, D::Error> {
+    #[derive(Deserialize)]
+    struct P(#[serde(deserialize_with = "unix_socket::de_path")] PathBuf);
+    let s: Spanned<P> = Spanned::deserialize(d)?;
+    let span = s.span();
+    Ok(Some(Spanned::new(span, s.into_inner().0)))
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -79,6 +144,17 @@ struct RawStream {
     channels: Option<Spanned<RawChannels>>,
     #[serde(default)]
     on_remove: OnRemove,
+    /// Volume and mute controls for the guest (and `vsound ctl volume`).
+    #[serde(default)]
+    volume: bool,
+    /// The initial volume, in dB (-60..=0, in 0.5 dB steps).
+    volume_db: Option<Spanned<f64>>,
+    /// Whether the stream starts muted.
+    #[serde(default)]
+    muted: bool,
+    /// The controls' name: "NAME Playback Volume" (default "Master") or
+    /// "NAME Capture Volume" (default "Capture Volume").
+    control_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,13 +189,35 @@ pub struct StreamConfig {
     pub channels_min: u8,
     pub channels_max: u8,
     pub on_remove: OnRemove,
+    /// `volume = true`: the stream's volume and mute controls.
+    pub volume: Option<VolumeConfig>,
+}
+
+/// A stream's controls as configured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VolumeConfig {
+    /// `control_name`, if given.
+    pub name: Option<String>,
+    /// The initial volume step (see [`crate::controls`]).
+    pub initial_step: u32,
+    pub muted: bool,
 }
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub socket: Option<PathBuf>,
+    /// Who may connect to the vhost-user socket (`socket_mode`, ...).
+    pub socket_access: Access,
     pub api_socket: Option<PathBuf>,
+    /// `api_socket = "auto"`: [`Config::api_socket`] was derived from the
+    /// configured vhost-user socket; a daemon told to listen elsewhere
+    /// puts it next to that socket instead ([`api_socket_next_to`]).
+    pub api_socket_auto: bool,
+    /// Who may use the management API (`api_socket_mode`, ...).
+    pub api_socket_access: Access,
+    /// `[daemon] state_file`: the volume levels across restarts.
+    pub state_file: Option<PathBuf>,
     pub devices: Vec<DeviceConfig>,
     pub streams: Vec<StreamConfig>,
     /// Things that work but may surprise (printed by `check-config`,
@@ -333,6 +431,26 @@ impl Config {
             }
         })?;
 
+        // Every socket the daemon will create: (path, where, key).
+        let mut socket_paths: Vec<(PathBuf, Range<usize>, String)> = Vec::new();
+        let api_socket = raw.daemon.api_socket.as_ref().map(|a| {
+            let path = match a.get_ref() {
+                ApiPath::Path(p) => p.clone(),
+                ApiPath::Auto => api_socket_next_to(
+                    raw.daemon
+                        .socket
+                        .as_ref()
+                        .map_or(Path::new(DEFAULT_SOCKET), |s| s.get_ref().as_path()),
+                ),
+            };
+            (path, a.span(), matches!(a.get_ref(), ApiPath::Auto))
+        });
+        if let Some(p) = &raw.daemon.socket {
+            socket_paths.push((p.get_ref().clone(), p.span(), "daemon.socket".to_owned()));
+        }
+        if let Some((p, span, _)) = &api_socket {
+            socket_paths.push((p.clone(), span.clone(), "daemon.api_socket".to_owned()));
+        }
         let mut devices = Vec::new();
         for (name, table) in raw.devices {
             let span = table.span();
@@ -371,6 +489,12 @@ impl Config {
                     None => (span.clone(), key),
                 };
                 return Err(ctx.err(Some(at), &key, in_user_words(&m, &key)));
+            }
+            if kind == "pad" {
+                if let Some(p) = options.get("path").and_then(toml::Value::as_str) {
+                    let at = key_span(src, &span, "path").unwrap_or(span.clone());
+                    socket_paths.push((PathBuf::from(p), at, format!("{key}.path")));
+                }
             }
             devices.push(DeviceConfig {
                 name,
@@ -508,7 +632,76 @@ impl Config {
                 }
             };
 
+            let volume = if s.volume {
+                if let Some(bad) = formats
+                    .iter()
+                    .find(|f| !crate::controls::format_takes_gain(**f))
+                {
+                    return Err(ctx.err(
+                        s.formats.as_ref().map(Spanned::span),
+                        &key("volume"),
+                        format!(
+                            "the daemon cannot apply a volume to {} frames; offer linear formats only",
+                            bad.name()
+                        ),
+                    ));
+                }
+                let initial_step = match &s.volume_db {
+                    None => crate::controls::MAX_STEP,
+                    Some(db) => {
+                        let v = *db.get_ref();
+                        let step = crate::controls::db_step(v);
+                        if !(-60.0..=0.0).contains(&v) || crate::controls::step_db(step) != v {
+                            return Err(ctx.err(
+                                Some(db.span()),
+                                &key("volume_db"),
+                                format!("{v} dB: must be between -60 and 0, in 0.5 dB steps"),
+                            ));
+                        }
+                        step
+                    }
+                };
+                let name = match &s.control_name {
+                    None => None,
+                    Some(n) => {
+                        let text = n.get_ref();
+                        // ALSA element names hold 43 bytes: NAME + " Playback Volume".
+                        if text.is_empty()
+                            || text.len() > 27
+                            || !text.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                        {
+                            return Err(ctx.err(
+                                Some(n.span()),
+                                &key("control_name"),
+                                "must be 1 to 27 printable ASCII characters (ALSA names hold 43 with \" Playback Volume\")",
+                            ));
+                        }
+                        Some(text.clone())
+                    }
+                };
+                Some(VolumeConfig {
+                    name,
+                    initial_step,
+                    muted: s.muted,
+                })
+            } else {
+                for (k, given) in [
+                    ("volume_db", s.volume_db.as_ref().map(Spanned::span)),
+                    ("control_name", s.control_name.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = given {
+                        return Err(ctx.err(
+                            Some(span),
+                            &key(k),
+                            format!("`{k}` needs `volume = true` on the stream"),
+                        ));
+                    }
+                }
+                None
+            };
+
             streams.push(StreamConfig {
+                volume,
                 direction: match s.direction {
                     RawDirection::Output => Direction::Output,
                     RawDirection::Input => Direction::Input,
@@ -524,14 +717,73 @@ impl Config {
         }
 
         let warnings = check_pads(&ctx, &devices, &streams, &stream_spans)?;
+        check_socket_paths(&ctx, &socket_paths)?;
+        let d = raw.daemon;
         Ok(Config {
-            socket: raw.daemon.socket,
-            api_socket: raw.daemon.api_socket,
+            socket: d.socket.map(Spanned::into_inner),
+            socket_access: Access {
+                mode: d.socket_mode,
+                owner: d.socket_owner,
+                group: d.socket_group,
+            },
+            api_socket_auto: api_socket.as_ref().is_some_and(|a| a.2),
+            api_socket: api_socket.map(|a| a.0),
+            state_file: d.state_file,
+            api_socket_access: Access {
+                mode: d.api_socket_mode,
+                owner: d.api_socket_owner,
+                group: d.api_socket_group,
+            },
             devices,
             streams,
             warnings,
         })
     }
+}
+
+/// Each socket needs a path of its own in a directory that exists (the
+/// vhost-user socket, the API and every pad).
+fn check_socket_paths(
+    ctx: &Ctx<'_>,
+    paths: &[(PathBuf, Range<usize>, String)],
+) -> Result<(), ConfigError> {
+    for (i, (p, at, key)) in paths.iter().enumerate() {
+        if let Some((_, _, first)) = paths.iter().take(i).find(|(q, _, _)| same_path(p, q)) {
+            return Err(ctx.err(
+                Some(at.clone()),
+                key,
+                format!(
+                    "{} is already the path of `{first}`; each socket needs its own",
+                    p.display()
+                ),
+            ));
+        }
+        if let Err(e) = unix_socket::check_path(p) {
+            return Err(ctx.err(Some(at.clone()), key, e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// The same file: equal paths once `.` components and repeated slashes
+/// are dropped, or, when both directories exist, the same directory and
+/// name.
+fn same_path(a: &Path, b: &Path) -> bool {
+    if a.components().eq(b.components()) {
+        return true;
+    }
+    let (Some(an), Some(bn)) = (a.file_name(), b.file_name()) else {
+        return false;
+    };
+    let dir = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    an == bn
+        && match (std::fs::canonicalize(dir(a)), std::fs::canonicalize(dir(b))) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
 }
 
 /// A pad carries one stream per direction (two would need mixing), and a

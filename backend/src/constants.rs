@@ -41,6 +41,13 @@ pub enum RequestCode {
     PcmStart = 0x0104,
     PcmStop = 0x0105,
     ChmapInfo = 0x0200,
+    CtlInfo = 0x0300,
+    CtlEnumItems = 0x0301,
+    CtlRead = 0x0302,
+    CtlWrite = 0x0303,
+    CtlTlvRead = 0x0304,
+    CtlTlvWrite = 0x0305,
+    CtlTlvCommand = 0x0306,
 }
 
 impl TryFrom<u32> for RequestCode {
@@ -57,6 +64,13 @@ impl TryFrom<u32> for RequestCode {
             0x0104 => Self::PcmStart,
             0x0105 => Self::PcmStop,
             0x0200 => Self::ChmapInfo,
+            0x0300 => Self::CtlInfo,
+            0x0301 => Self::CtlEnumItems,
+            0x0302 => Self::CtlRead,
+            0x0303 => Self::CtlWrite,
+            0x0304 => Self::CtlTlvRead,
+            0x0305 => Self::CtlTlvWrite,
+            0x0306 => Self::CtlTlvCommand,
             other => return Err(other),
         })
     }
@@ -103,6 +117,8 @@ pub enum EventType {
     JackConnected = 0x1000,
     JackDisconnected = 0x1001,
     PcmXrun = 0x1101,
+    /// `virtio_snd_ctl_event`: data = control id | mask << 16.
+    CtlNotify = 0x1200,
 }
 
 /// PCM stream feature bits (spec 5.14.6.6.2).
@@ -178,11 +194,13 @@ mod tests {
     #[test]
     fn request_codes_round_trip_and_unknown_codes_are_refused() {
         for c in [
-            0x0001u32, 0x0002, 0x0100, 0x0101, 0x0102, 0x0103, 0x0104, 0x0105, 0x0200,
+            0x0001u32, 0x0002, 0x0100, 0x0101, 0x0102, 0x0103, 0x0104, 0x0105, 0x0200, 0x0300,
+            0x0301, 0x0302, 0x0303, 0x0304, 0x0305, 0x0306,
         ] {
             assert_eq!(RequestCode::try_from(c).map(|r| r as u32), Ok(c));
         }
-        assert_eq!(RequestCode::try_from(0x0300), Err(0x0300));
+        assert_eq!(RequestCode::try_from(0x0307), Err(0x0307));
+        assert_eq!(RequestCode::try_from(0x0106), Err(0x0106));
         assert_eq!(RequestCode::try_from(0), Err(0));
     }
 

@@ -14,16 +14,21 @@ use vsound_devices::{DeviceError as HostError, Format, StreamDirection, StreamPa
 use crate::chain::{self, ChainLayout};
 use crate::config::OnRemove;
 use crate::constants::{pcm_features, rate_code, rate_from_code, Direction, RequestCode, Status};
+use crate::controls::{self, Kind};
 use crate::device::SoundDevice;
 use crate::io::IoMessage;
 use crate::pacer::{now_ns, Schedule};
 use crate::queue::{Chain, RingPass, Virtqueue};
 use crate::stream::{PcmCommand, PcmState};
-use crate::wire::{ChmapInfo, Hdr, JackInfo, JackRemap, PcmHdr, PcmInfo, PcmSetParams, QueryInfo};
+use crate::wire::{
+    ChmapInfo, CtlHdr, CtlInfo, Hdr, JackInfo, JackRemap, PcmHdr, PcmInfo, PcmSetParams, QueryInfo,
+    CTL_VALUE_SIZE,
+};
 use crate::worker::{Negotiated, StreamRuntime};
 
-/// The longest request we read (the largest we understand is 24 bytes).
-const MAX_REQUEST: usize = 64;
+/// The longest request we read (the largest we understand is CTL_WRITE's
+/// 520 bytes).
+const MAX_REQUEST: usize = 8 + CTL_VALUE_SIZE;
 /// The largest stream buffer we accept (far above Linux's 160 ms at 8
 /// channels × 4 bytes × 384 kHz).
 pub const MAX_BUFFER_BYTES: u32 = 16 << 20;
@@ -173,6 +178,33 @@ fn dispatch(dev: &SoundDevice, req: &[u8], writable: u64) -> Response {
                 None => Response::status(Status::BadMsg),
             }
         }
+        // Without control elements the device does not offer CTLS: the
+        // requests are not supported, as before they existed.
+        RequestCode::CtlInfo
+        | RequestCode::CtlEnumItems
+        | RequestCode::CtlRead
+        | RequestCode::CtlWrite
+        | RequestCode::CtlTlvRead
+        | RequestCode::CtlTlvWrite
+        | RequestCode::CtlTlvCommand
+            if dev.controls.defs.is_empty() =>
+        {
+            Response::status(Status::NotSupp)
+        }
+        RequestCode::CtlInfo => query(
+            dev,
+            req,
+            writable,
+            dev.controls.defs.len(),
+            std::mem::size_of::<CtlInfo>(),
+            |i| ctl_info(dev, i).map(|c| c.as_slice().to_vec()),
+        ),
+        RequestCode::CtlEnumItems
+        | RequestCode::CtlRead
+        | RequestCode::CtlWrite
+        | RequestCode::CtlTlvRead
+        | RequestCode::CtlTlvWrite
+        | RequestCode::CtlTlvCommand => control_element(dev, code, req, writable),
         RequestCode::PcmPrepare
         | RequestCode::PcmRelease
         | RequestCode::PcmStart
@@ -197,6 +229,117 @@ fn dispatch(dev: &SoundDevice, req: &[u8], writable: u64) -> Response {
             };
             Response::status(status)
         }
+    }
+}
+
+/// Access bits (`1 << VIRTIO_SND_CTL_ACCESS_*`): read, write, TLV read.
+const ACCESS_READ: u32 = 1 << 0;
+const ACCESS_WRITE: u32 = 1 << 1;
+const ACCESS_TLV_READ: u32 = 1 << 4;
+/// `VIRTIO_SND_CTL_ROLE_*` and `VIRTIO_SND_CTL_TYPE_*`.
+const ROLE_VOLUME: u32 = 1;
+const ROLE_MUTE: u32 = 2;
+const TYPE_BOOLEAN: u32 = 0;
+const TYPE_INTEGER: u32 = 1;
+/// `VIRTIO_SND_CTL_EVT_MASK_VALUE`.
+pub const CTL_EVT_MASK_VALUE: u32 = 1 << 0;
+
+fn ctl_info(dev: &SoundDevice, id: usize) -> Option<CtlInfo> {
+    let d = dev.controls.defs.get(id)?;
+    let mut info = CtlInfo {
+        hda_fn_nid: d.group.into(),
+        count: 1.into(),
+        index: d.index.into(),
+        ..CtlInfo::default()
+    };
+    for (dst, src) in info.name.iter_mut().zip(d.name.bytes().take(43)) {
+        *dst = src;
+    }
+    match d.kind {
+        Kind::Volume => {
+            info.role = ROLE_VOLUME.into();
+            info.kind = TYPE_INTEGER.into();
+            info.access = (ACCESS_READ | ACCESS_WRITE | ACCESS_TLV_READ).into();
+            // integer: min, max, step.
+            info.value[4..8].copy_from_slice(&controls::MAX_STEP.to_le_bytes());
+            info.value[8..12].copy_from_slice(&1u32.to_le_bytes());
+        }
+        Kind::Switch => {
+            info.role = ROLE_MUTE.into();
+            info.kind = TYPE_BOOLEAN.into();
+            info.access = (ACCESS_READ | ACCESS_WRITE).into();
+        }
+    }
+    Some(info)
+}
+
+/// CTL_ENUM_ITEMS, CTL_READ, CTL_WRITE and the TLV requests (spec
+/// 5.14.6.10): an unknown element, a request or response too short, a
+/// value out of range or an operation the element does not have is
+/// BAD_MSG; TLV write and command, which no element allows, NOT_SUPP.
+fn control_element(dev: &SoundDevice, code: RequestCode, req: &[u8], writable: u64) -> Response {
+    let Some(h) = read_req::<CtlHdr>(req) else {
+        return Response::status(Status::BadMsg);
+    };
+    let id = h.control_id.to_native();
+    let Some(d) = usize::try_from(id)
+        .ok()
+        .and_then(|i| dev.controls.defs.get(i))
+    else {
+        log::debug!("control element {id} does not exist");
+        return Response::status(Status::BadMsg);
+    };
+    let idx = usize::try_from(id).unwrap_or(usize::MAX);
+    let room = |n: usize| writable >= 4 + n as u64;
+    match code {
+        RequestCode::CtlRead => {
+            if !room(CTL_VALUE_SIZE) {
+                return Response::status(Status::BadMsg);
+            }
+            let Some(v) = dev.controls.value(idx) else {
+                return Response::status(Status::BadMsg);
+            };
+            let mut payload = vec![0u8; CTL_VALUE_SIZE];
+            payload[..4].copy_from_slice(&v.to_le_bytes());
+            Response {
+                status: Status::Ok,
+                payload,
+            }
+        }
+        RequestCode::CtlWrite => {
+            let Some(v) = req
+                .get(8..8 + CTL_VALUE_SIZE)
+                .and_then(|b| b.get(..4))
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_le_bytes)
+            else {
+                return Response::status(Status::BadMsg);
+            };
+            match dev.controls.set_value(idx, v) {
+                None => Response::status(Status::BadMsg),
+                Some(changed) => {
+                    if changed {
+                        log::info!("control {} ({}): set to {v} by the guest", idx, d.name);
+                        dev.control_changed(id);
+                        dev.controls.save();
+                    }
+                    Response::status(Status::Ok)
+                }
+            }
+        }
+        RequestCode::CtlTlvRead => {
+            let tlv = controls::volume_tlv();
+            if d.kind != Kind::Volume || !room(tlv.len()) {
+                return Response::status(Status::BadMsg);
+            }
+            Response {
+                status: Status::Ok,
+                payload: tlv.to_vec(),
+            }
+        }
+        RequestCode::CtlTlvWrite | RequestCode::CtlTlvCommand => Response::status(Status::NotSupp),
+        // No element is ENUMERATED.
+        _ => Response::status(Status::BadMsg),
     }
 }
 
@@ -280,8 +423,10 @@ fn log_transition(s: &StreamRuntime, from: PcmState, to: PcmState, cmd: PcmComma
     );
 }
 
-/// Validates PCM_SET_PARAMS (spec 5.14.6.6.3, virtio-snd.md §1.E item 16):
-/// malformed or impossible values get BAD_MSG, unadvertised ones NOT_SUPP.
+/// Validates PCM_SET_PARAMS against the driver requirements of virtio spec
+/// 5.14.6.6.3 (`period_bytes` divides `buffer_bytes`; format, rate, features
+/// and channels as advertised; padding zero): malformed or impossible values
+/// get BAD_MSG, unadvertised ones NOT_SUPP.
 fn validate_params(s: &StreamRuntime, p: &PcmSetParams) -> Result<Negotiated, Status> {
     let c = &s.config;
     let buffer = p.buffer_bytes.to_native();
@@ -388,7 +533,7 @@ fn prepare(s: &StreamRuntime) -> Status {
 }
 
 /// Policy `on_remove = "error"`: PREPARE and START answer IO_ERR while the
-/// device is away (design.md rule 6).
+/// device is away (docs/design.md, hot-removal rule 6).
 fn refuse_absent_device(s: &StreamRuntime) -> Option<Status> {
     if s.config.on_remove == OnRemove::Error && !s.device.is_present() {
         log::debug!("stream {}: device {} is away", s.id, s.device.name);

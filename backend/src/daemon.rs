@@ -2,7 +2,8 @@
 //! one after another on the same listening socket. Each connection gets a
 //! fresh [`SoundDevice`]; host devices (and a pad's socket) outlive it.
 
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -18,12 +19,13 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::GuestMemoryAtomic;
-use vsound_devices::registry;
+use vsound_devices::{registry, unix_socket};
 
 use crate::config::Config;
 use crate::device::SoundDevice;
 use crate::hotplug::ManagedDevice;
 use crate::queue::Mem;
+use crate::signals::{SignalFd, Stop};
 use crate::vhost_user::{Connection, VsoundBackend};
 
 /// Where the daemon listens.
@@ -39,8 +41,8 @@ pub enum SocketSpec {
 pub enum DaemonError {
     #[error("Device `{name}`: {message}")]
     Device { name: String, message: String },
-    #[error("Cannot listen on {0}")]
-    Listen(String, #[source] vhost::vhost_user::Error),
+    #[error("Cannot listen")]
+    Listen(#[source] unix_socket::SocketError),
     #[error("Cannot create the device")]
     Create(#[source] crate::device::DeviceError),
     #[error("Cannot create the vhost-user backend")]
@@ -59,6 +61,21 @@ pub struct DaemonState {
     current: Mutex<Weak<SoundDevice>>,
     /// A VMM is connected now.
     pub vmm_connected: std::sync::atomic::AtomicBool,
+    /// When the daemon started, and the current VMM connected (Unix s).
+    pub started: u64,
+    vmm_since: std::sync::atomic::AtomicU64,
+    /// The streams as the last connection left them (for `status` until
+    /// the next one), and when it ended.
+    last_streams: Mutex<Option<(Vec<serde_json::Value>, u64)>>,
+    /// The volume and mute controls: every connection's device uses these
+    /// levels, so they survive a VMM reconnect.
+    pub controls: Arc<crate::controls::Controls>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl DaemonState {
@@ -77,11 +94,17 @@ impl DaemonState {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let controls = Arc::new(crate::controls::Controls::from_config(config));
+        controls.spawn_writer().map_err(DaemonError::Backend)?;
         Ok(Arc::new(DaemonState {
             config: config.clone(),
             devices,
             current: Mutex::new(Weak::new()),
             vmm_connected: std::sync::atomic::AtomicBool::new(false),
+            started: unix_now(),
+            vmm_since: std::sync::atomic::AtomicU64::new(0),
+            last_streams: Mutex::new(None),
+            controls,
         }))
     }
 
@@ -93,8 +116,78 @@ impl DaemonState {
             .upgrade()
     }
 
+    /// When the current VMM connected (Unix s).
+    pub fn vmm_since(&self) -> u64 {
+        self.vmm_since.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The streams as the last connection left them, and when it ended.
+    pub fn last_streams(&self) -> Option<(Vec<serde_json::Value>, u64)> {
+        self.last_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub(crate) fn set_current(&self, dev: Weak<SoundDevice>) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = dev;
+    }
+
+    /// Sets a stream's volume (dB, rounded to the nearest 0.5 dB step) or
+    /// switch from the host; the guest is told of each change. Returns the
+    /// stream's level, or why not.
+    pub fn set_level(
+        &self,
+        stream: usize,
+        db: Option<f64>,
+        on: Option<bool>,
+    ) -> Result<(u32, bool), String> {
+        use crate::controls::Kind;
+        let Some(level) = self.controls.level(stream) else {
+            return Err(if stream < self.config.streams.len() {
+                format!("stream {stream} has no volume control (set `volume = true` on it)")
+            } else {
+                format!("no stream {stream} ({} streams)", self.config.streams.len())
+            });
+        };
+        let dev = self.current();
+        let tell = |kind: Kind| {
+            if let (Some(d), Some(id)) = (&dev, self.controls.id_of(stream, kind)) {
+                d.control_changed(id);
+            }
+        };
+        if let Some(db) = db {
+            if !db.is_finite() {
+                return Err("the volume must be a number of dB".into());
+            }
+            if level.set_step(crate::controls::db_step(db)) {
+                tell(Kind::Volume);
+            }
+        }
+        if let Some(on) = on {
+            if level.set_on(on) {
+                tell(Kind::Switch);
+            }
+        }
+        if db.is_some() || on.is_some() {
+            log::info!(
+                "stream {stream}: volume {} dB, {} (set by the operator)",
+                crate::controls::step_db(level.step()),
+                if level.is_on() { "on" } else { "muted" }
+            );
+            self.save_levels();
+        }
+        Ok((level.step(), level.is_on()))
+    }
+
+    /// Writes the levels to `[daemon] state_file`, if there is one.
+    pub fn save_levels(&self) {
+        self.controls.save();
+    }
+
+    /// Probes every absent device now (SIGHUP); returns how many.
+    pub fn probe_absent(&self) -> usize {
+        self.devices.iter().filter(|d| d.probe_now()).count()
     }
 
     pub fn device(&self, name: &str) -> Option<&Arc<ManagedDevice>> {
@@ -102,33 +195,74 @@ impl DaemonState {
     }
 }
 
+/// Where the management API listens.
+#[derive(Clone, Debug)]
+pub enum ApiSpec {
+    Path(PathBuf),
+    /// An already-bound, listening Unix socket (socket activation).
+    Fd(RawFd),
+}
+
 /// Serves VMM connections until `max_connections` is reached (forever when
-/// `None`).
+/// `None`). For tests and fuzzing: no signal handling (see [`serve`]).
 pub fn run(
     config: &Config,
     socket: &SocketSpec,
     api_socket: Option<&Path>,
     max_connections: Option<usize>,
 ) -> Result<(), DaemonError> {
+    let api = api_socket.map(|p| ApiSpec::Path(p.to_owned()));
+    serve(config, socket, api.as_ref(), max_connections, None)
+}
+
+/// Serves VMM connections until `max_connections` is reached, forever
+/// when `None`, or until SIGTERM/SIGINT when `signals` is given (see
+/// [`crate::signals`]). Every socket the daemon created is removed when
+/// it returns.
+pub fn serve(
+    config: &Config,
+    socket: &SocketSpec,
+    api: Option<&ApiSpec>,
+    max_connections: Option<usize>,
+    signals: Option<SignalFd>,
+) -> Result<(), DaemonError> {
     let state = DaemonState::new(config)?;
     if let Err(e) = crate::sigbus::install() {
         log::warn!("cannot guard guest memory against truncation: {e}");
     }
-    let _api = match api_socket {
-        Some(p) => Some(
-            crate::api::ApiServer::start(p, state.clone())
+    let stop = Arc::new(Stop::default());
+    if let Some(sig) = signals {
+        crate::signals::spawn(sig, stop.clone(), Arc::downgrade(&state))
+            .map_err(DaemonError::Backend)?;
+    }
+    let _api = match api {
+        Some(ApiSpec::Path(p)) => Some(
+            crate::api::ApiServer::start(p, &config.api_socket_access, state.clone())
                 .map_err(|e| DaemonError::Api(p.display().to_string(), e))?,
         ),
+        Some(ApiSpec::Fd(fd)) => {
+            // SAFETY: the caller checked that this inherited fd is a
+            // listening Unix socket, handed to us to own.
+            let l = unsafe { UnixListener::from_raw_fd(*fd) };
+            log::info!("management API on inherited fd {fd}");
+            Some(
+                crate::api::ApiServer::serve_listener(l, None, state.clone())
+                    .map_err(|e| DaemonError::Api(format!("fd {fd}"), e))?,
+            )
+        }
         None => None,
     };
-    let mut listener = match socket {
+    let (mut listener, _file) = match socket {
         SocketSpec::Path(p) => {
-            Listener::new(p, true).map_err(|e| DaemonError::Listen(p.display().to_string(), e))?
+            let (l, file) =
+                unix_socket::listen(p, &config.socket_access).map_err(DaemonError::Listen)?;
+            (Listener::from(l), Some(file))
         }
-        // SAFETY: the caller passed this fd to us on the command line as a
-        // listening socket we now own; nothing else in the process uses it.
-        SocketSpec::Fd(fd) => unsafe { Listener::from_raw_fd(*fd) },
+        // SAFETY: the caller checked that this inherited fd is a listening
+        // Unix socket we now own; nothing else in the process uses it.
+        SocketSpec::Fd(fd) => (unsafe { Listener::from_raw_fd(*fd) }, None),
     };
+    stop.set_listener(listener.as_raw_fd());
     log::info!(
         "vsound listening on {} ({} streams, {} devices)",
         match socket {
@@ -141,11 +275,12 @@ pub fn run(
     let mut served = 0usize;
     let mut backoff = RETRY_MIN;
     loop {
-        if max_connections.is_some_and(|m| served >= m) {
-            return Ok(());
+        if stop.requested() || max_connections.is_some_and(|m| served >= m) {
+            break;
         }
-        match serve_one(&state, &mut listener) {
+        match serve_one(&state, &mut listener, &stop) {
             Ok(()) => backoff = RETRY_MIN,
+            Err(_) if stop.requested() => break,
             // Out of threads or fds for a moment: never a reason to exit.
             Err(e) => {
                 log::error!("cannot serve a VMM connection: {e}; retrying in {backoff:?}");
@@ -155,11 +290,19 @@ pub fn run(
         }
         served += 1;
     }
+    stop.clear_listener();
+    // The last levels, whatever the state thread has done.
+    state.controls.write_now();
+    if stop.requested() {
+        log::info!("stopped");
+    }
+    Ok(())
 }
 
-fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonError> {
+fn serve_one(state: &DaemonState, listener: &mut Listener, stop: &Stop) -> Result<(), DaemonError> {
     let mem = GuestMemoryAtomic::new(Mem::new());
-    let device = SoundDevice::new(&state.config, &state.devices).map_err(DaemonError::Create)?;
+    let device = SoundDevice::with_controls(&state.config, &state.devices, state.controls.clone())
+        .map_err(DaemonError::Create)?;
     state.set_current(Arc::downgrade(&device));
     let conn = Connection::new(device.clone()).map_err(DaemonError::Backend)?;
     let backend = Arc::new(VsoundBackend::new(conn.clone()).map_err(DaemonError::Backend)?);
@@ -170,6 +313,10 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
     if let Some(h) = daemon.shutdown_handle() {
         conn.set_shutdown(h);
     }
+    stop.set_connection(&conn);
+    state
+        .vmm_since
+        .store(unix_now(), std::sync::atomic::Ordering::SeqCst);
     state
         .vmm_connected
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -195,9 +342,11 @@ fn serve_one(state: &DaemonState, listener: &mut Listener) -> Result<(), DaemonE
         )) => log::info!("VMM disconnected"),
         Err(e) => log::warn!("VMM connection ended: {e}"),
     }
-    if let Some(why) = conn.refused() {
+    if let Some(why) = conn.refused().filter(|_| !stop.requested()) {
         log::warn!("the connection was ended by the daemon: {why}");
     }
+    *state.last_streams.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((crate::api::streams_json(state, &device), unix_now()));
     state
         .vmm_connected
         .store(false, std::sync::atomic::Ordering::SeqCst);

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::constants::{
     pcm_features, standard_positions, Direction, EventType, QueueIndex, Status, CHMAP_MAX_SIZE,
 };
+use crate::controls::Controls;
 use crate::hotplug::ManagedDevice;
 use crate::io::{self, IoMessage};
 use crate::pacer::now_ns;
@@ -93,16 +94,33 @@ pub struct SoundDevice {
     pub chmaps: Vec<Chmap>,
     pub host_devices: Vec<Arc<ManagedDevice>>,
     pub shared: Arc<Shared>,
+    /// The control elements and the levels they set (the daemon's: they
+    /// outlive this connection).
+    pub controls: Arc<Controls>,
     workers: Mutex<Vec<Worker>>,
     stopping: Arc<Stopping>,
 }
 
 impl SoundDevice {
-    /// Builds the device and starts one worker per stream and the hang
-    /// watchdog.
+    /// Builds the device with fresh controls at their configured levels
+    /// (see [`SoundDevice::with_controls`]).
     pub fn new(
         config: &Config,
         host_devices: &[Arc<ManagedDevice>],
+    ) -> Result<Arc<SoundDevice>, DeviceError> {
+        Self::with_controls(
+            config,
+            host_devices,
+            Arc::new(Controls::from_config(config)),
+        )
+    }
+
+    /// Builds the device and starts one worker per stream and the hang
+    /// watchdog; its streams' volumes are `controls`' levels.
+    pub fn with_controls(
+        config: &Config,
+        host_devices: &[Arc<ManagedDevice>],
+        controls: Arc<Controls>,
     ) -> Result<Arc<SoundDevice>, DeviceError> {
         let shared = Arc::new(Shared::new());
         let mut streams = Vec::new();
@@ -116,6 +134,9 @@ impl SoundDevice {
                 .ok_or(DeviceError::NoDevice(id, sc.device))?;
             let rt = StreamRuntime::new(id, sc.clone(), dev, shared.clone())
                 .map_err(|e| DeviceError::Stream(id, e))?;
+            if let Some(level) = usize::try_from(id).ok().and_then(|i| controls.level(i)) {
+                let _ = rt.level.set(level.clone());
+            }
             streams.push(Arc::new(rt));
             if !jacks
                 .iter()
@@ -145,6 +166,7 @@ impl SoundDevice {
             chmaps,
             host_devices: host_devices.to_vec(),
             shared,
+            controls,
             workers: Mutex::new(Vec::new()),
             stopping: Arc::new(Stopping::default()),
         });
@@ -231,8 +253,16 @@ impl SoundDevice {
             jacks: n(self.jacks.len()),
             streams: n(self.streams.len()),
             chmaps: n(self.chmaps.len()),
-            controls: 0.into(),
+            controls: n(self.controls.defs.len()),
         }
+    }
+
+    /// A control element's value changed (by the guest or the host): the
+    /// guest is told (`VIRTIO_SND_EVT_CTL_NOTIFY`, mask VALUE), so its
+    /// mixers show the new value.
+    pub fn control_changed(&self, id: u32) {
+        let data = (id & 0xffff) | (crate::control::CTL_EVT_MASK_VALUE << 16);
+        self.shared.send_event(EventType::CtlNotify, data);
     }
 
     /// Hands the device its queues (once per connection).
@@ -446,6 +476,24 @@ impl SoundDevice {
         }
         self.shared.events.clear();
         log::info!("device reset: {dropped} buffers of the previous driver dropped");
+    }
+
+    /// Completes every buffer the streams hold (IO_ERR: their frames were
+    /// not played or recorded), now or, for a stopped ring, when it runs
+    /// again. The streams keep their state. For a daemon that is stopping
+    /// while a guest runs: no buffer is left in the device. Returns how
+    /// many were completed or deferred.
+    pub fn return_held(&self) -> usize {
+        let mut n = 0;
+        for s in &self.streams {
+            let mut inner = s.lock_idle();
+            let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
+            drop(inner);
+            n += held.len();
+            s.complete_all(held, Status::IoErr);
+            s.wake();
+        }
+        n
     }
 
     /// Stops every worker and closes every endpoint (end of connection).

@@ -1,6 +1,6 @@
 //! Host devices as the daemon manages them: attached or not, why, since
 //! when, how many removals; and what happens to the guest when one goes or
-//! comes back (design.md "Safe hot-removal", rules 5–7).
+//! comes back (docs/design.md, "Safe hot-removal", rules 5–7).
 //!
 //! A device is *present* when the plugin says it is attached, no operator
 //! detached it (management API), and it has not been declared hung. The
@@ -30,6 +30,8 @@ pub struct ManagedDevice {
     since: AtomicU64,
     /// The device of the current VMM connection, told of changes.
     current: Mutex<Option<Weak<SoundDevice>>>,
+    /// Why it was last removed, and when (Unix time, s).
+    last_error: Mutex<Option<(String, u64)>>,
 }
 
 fn unix_now() -> u64 {
@@ -50,6 +52,7 @@ impl ManagedDevice {
             removals: AtomicU64::new(0),
             since: AtomicU64::new(unix_now()),
             current: Mutex::new(None),
+            last_error: Mutex::new(None),
         });
         m.dev.set_listener(Arc::new(Listener(Arc::downgrade(&m))));
         m
@@ -91,9 +94,19 @@ impl ManagedDevice {
             .and_then(Weak::upgrade)
     }
 
+    /// Why the device was last removed, and when (Unix time, s).
+    pub fn last_error(&self) -> Option<(String, u64)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn removed(&self, why: &str) {
         self.removals.fetch_add(1, Ordering::SeqCst);
-        self.since.store(unix_now(), Ordering::SeqCst);
+        let now = unix_now();
+        self.since.store(now, Ordering::SeqCst);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((why.to_owned(), now));
         log::info!("device {}: removed ({why})", self.name);
         if let Some(d) = self.current() {
             d.device_removed(self.index);
@@ -124,13 +137,25 @@ impl ManagedDevice {
     }
 
     /// Operator attach. Returns false if it was not detached by the operator.
+    /// Also clears a device marked hung (it is tried again).
     pub fn admin_attach(&self) -> bool {
-        if !self.admin_detached.swap(false, Ordering::SeqCst) {
+        let was_detached = self.admin_detached.swap(false, Ordering::SeqCst);
+        let was_hung = self.hung.swap(false, Ordering::SeqCst);
+        if !was_detached && !was_hung {
             return false;
         }
-        self.hung.store(false, Ordering::SeqCst);
         self.returned("attached by the operator");
         true
+    }
+
+    /// Probes an absent device now rather than at the end of its backoff
+    /// (SIGHUP, `vsound ctl attach`). False if it is present, detached by
+    /// the operator, or comes back by itself (a pad's client).
+    pub fn probe_now(&self) -> bool {
+        if self.admin_detached() || self.dev.is_attached() {
+            return false;
+        }
+        self.dev.probe_now()
     }
 
     /// A call into the device hung: treat it as removed.

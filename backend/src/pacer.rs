@@ -1,6 +1,7 @@
 //! Real-time pacing: an absolute schedule on `CLOCK_MONOTONIC`.
 //!
-//! The guest has no audio clock but our completions (virtio-snd.md §2.3), so
+//! The guest has no audio clock but our completions (Linux's `virtio_snd`
+//! advances its PCM pointer as each buffer completes: sound/virtio/), so
 //! a stream's n-th byte is due at `start + n / bytes_per_second`, computed
 //! from the start each time in integer nanoseconds: no accumulated rounding,
 //! no drift, and a late wakeup never makes the next one earlier than its due

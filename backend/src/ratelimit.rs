@@ -24,12 +24,17 @@ pub static CONFIG_WRITES: Limited = Limited::new("config_space_writes");
 /// Failed host-device calls (a device returning errors every period).
 pub static HOST_CALL_FAILED: Limited = Limited::new("host_calls_failed");
 
+/// Failed writes of `[daemon] state_file` (the guest's control writes
+/// trigger them).
+pub static STATE_FILE: Limited = Limited::new("state_file_errors");
+
 /// Every kind, for `ctl status`.
-pub static ALL: [&Limited; 4] = [
+pub static ALL: [&Limited; 5] = [
     &IO_REFUSED,
     &CONTROL_REFUSED,
     &CONFIG_WRITES,
     &HOST_CALL_FAILED,
+    &STATE_FILE,
 ];
 
 const INTERVAL_NS: u64 = 1_000_000_000;

@@ -139,10 +139,14 @@ pub enum ThreadKind {
     Pad,
     /// An ALSA device's monitor (`alsa-NAME`).
     AlsaMonitor,
+    /// The signal thread (`vsound-signal`): SIGTERM, SIGINT, SIGHUP.
+    Signal,
+    /// The state-file writer (`vsound-state`): the volume levels.
+    State,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 10] = [
         ThreadKind::Request,
         ThreadKind::Queue,
         ThreadKind::Stream,
@@ -151,6 +155,8 @@ impl ThreadKind {
         ThreadKind::Api,
         ThreadKind::Pad,
         ThreadKind::AlsaMonitor,
+        ThreadKind::Signal,
+        ThreadKind::State,
     ];
 
     fn index(self) -> usize {
@@ -167,6 +173,8 @@ impl ThreadKind {
             ThreadKind::Api => "api",
             ThreadKind::Pad => "pad",
             ThreadKind::AlsaMonitor => "alsa",
+            ThreadKind::Signal => "signal",
+            ThreadKind::State => "state",
         }
     }
 }
@@ -235,6 +243,20 @@ pub fn syscall_name(nr: i64) -> Option<&'static str> {
             .and_then(|j| NAMES_HIGH.get(j))
     };
     name.copied()
+}
+
+/// Every system call the process filter lets through, by name, for a
+/// configuration with (`host`) or without devices other than `null` and
+/// `pad`; plus `clone3`, which glibc tries first (the sandbox answers it
+/// with ENOSYS). A supervisor's own filter (systemd's `SystemCallFilter=`
+/// in `packaging/systemd/vsound@.service`) must allow all of them: it
+/// stacks with the sandbox, and its verdict on a call it forbids wins.
+/// Empty where there is no sandbox.
+pub fn process_syscalls(host: bool) -> Vec<&'static str> {
+    imp::process_syscalls(host)
+        .into_iter()
+        .filter_map(syscall_name)
+        .collect()
 }
 
 /// What `--seccomp-selftest` tries once the sandbox is up.
@@ -329,6 +351,9 @@ mod imp {
     pub fn enter_library_thread() {}
     pub fn active() -> bool {
         false
+    }
+    pub fn process_syscalls(_host: bool) -> Vec<i64> {
+        Vec::new()
     }
 }
 
@@ -724,6 +749,26 @@ mod imp {
                 r.merge(&events());
                 r.merge(&host_device());
             }
+            ThreadKind::Signal => {
+                // Reads the signalfd; a stop shuts the listening socket
+                // down, completes the held buffers (guest memory, the
+                // call eventfd) and ends the connection; an exit past
+                // the deadline removes the socket files.
+                r.merge(&events());
+                r.allow(&[SYS_shutdown, SYS_newfstatat, SYS_unlinkat]);
+            }
+            ThreadKind::State => {
+                // Writes `state_file.tmp` and renames it over `state_file`.
+                r.merge(&events());
+                r.allow(&[
+                    SYS_openat,
+                    SYS_rename,
+                    SYS_renameat,
+                    SYS_renameat2,
+                    SYS_fstat,
+                    SYS_statx,
+                ]);
+            }
         }
         r
     }
@@ -757,6 +802,14 @@ mod imp {
             SYS_chmod,
             SYS_fchmod,
             SYS_fchmodat,
+            // Sockets are bound in a private directory, given their owner
+            // and renamed into place (vsound_devices::unix_socket).
+            SYS_fchownat,
+            SYS_mkdirat,
+            SYS_renameat2,
+            SYS_rename,
+            SYS_renameat,
+            SYS_geteuid,
             SYS_unlink,
             SYS_unlinkat,
             SYS_openat,
@@ -796,6 +849,12 @@ mod imp {
     }
 
     // -- Installing ---------------------------------------------------------
+
+    pub fn process_syscalls(host: bool) -> Vec<i64> {
+        let mut nrs: Vec<i64> = process_rules(host).0.keys().copied().collect();
+        nrs.push(SYS_clone3);
+        nrs
+    }
 
     pub fn install(mode: Mode, host: bool) -> Result<(), SandboxError> {
         let process = process_rules(host);

@@ -1,4 +1,4 @@
-//! The PCM stream state machine (spec 5.14.6.6.1, virtio-snd.md §1.F).
+//! The PCM stream state machine (virtio spec 5.14.6.6.1, PCM transitions).
 //!
 //! ```text
 //!            SET_PARAMS        PREPARE          START
@@ -12,8 +12,9 @@
 //!
 //! The spec defines no initial state; like crosvm we start in `Idle`, where
 //! only SET_PARAMS is legal (a stream has no parameters to prepare with yet).
-//! Every transition Linux sends (virtio-snd.md §2.4) is legal here; an illegal
-//! one is answered BAD_MSG by the control queue.
+//! Every transition Linux sends (sound/virtio/virtio_pcm_ops.c: hw_params is
+//! SET_PARAMS, prepare PREPARE, trigger START or STOP, sync_stop RELEASE) is
+//! legal here; an illegal one is answered BAD_MSG by the control queue.
 
 use std::fmt;
 
@@ -147,8 +148,9 @@ mod tests {
 
     #[test]
     fn every_sequence_linux_sends_is_legal() {
-        // virtio-snd.md §2.4: open/hw_params/prepare/start/stop/sync_stop,
-        // pause/resume, re-prepare after release, close from PREPARE.
+        // As Linux's sound/virtio/virtio_pcm_ops.c sends them:
+        // open/hw_params/prepare/start/stop/sync_stop, pause/resume,
+        // re-prepare after release, close from PREPARE.
         let seqs: &[&[C]] = &[
             &[
                 C::SetParams,

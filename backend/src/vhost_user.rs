@@ -145,6 +145,24 @@ impl Connection {
         }
     }
 
+    /// Ends the connection for a reason that is not the frontend's fault
+    /// (the daemon is stopping).
+    pub fn end(&self, reason: &str) {
+        let mut end = self.lock_end();
+        if end.reason.is_none() {
+            log::info!("ending the VMM connection: {reason}");
+            end.reason = Some(reason.to_owned());
+        }
+        if let Some(h) = &end.handle {
+            h.shutdown();
+        }
+    }
+
+    /// The device this connection serves.
+    pub fn device(&self) -> &Arc<SoundDevice> {
+        &self.device
+    }
+
     /// Why the connection was ended by the daemon, if it was.
     pub fn refused(&self) -> Option<String> {
         self.lock_end().reason.clone()
@@ -617,6 +635,8 @@ impl Virtqueue for VringQueue {
 pub struct VsoundBackend {
     conn: Arc<Connection>,
     event_idx: AtomicBool,
+    /// The "config space without controls" error was logged.
+    warned_config: AtomicBool,
     exit: (EventConsumer, EventNotifier),
     /// The exit-event fds handed to the library: it takes them with
     /// `into_raw_fd` and never closes them, so they are closed here once the
@@ -630,6 +650,7 @@ impl VsoundBackend {
         Ok(VsoundBackend {
             conn,
             event_idx: AtomicBool::new(false),
+            warned_config: AtomicBool::new(false),
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?,
             given_away: Mutex::new(Vec::new()),
         })
@@ -745,6 +766,11 @@ impl VhostUserBackend for VsoundBackend {
             // of them do not fit in QEMU's 64-entry queues.
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | if self.device().controls.defs.is_empty() {
+                0
+            } else {
+                crate::constants::VIRTIO_SND_F_CTLS
+            }
     }
 
     /// Not a reset: QEMU sends SET_FEATURES at every start of the device,
@@ -781,6 +807,18 @@ impl VhostUserBackend for VsoundBackend {
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         crate::sandbox::enter_library_thread();
         let cfg = self.device().config_space();
+        if offset == 0
+            && usize::try_from(size).is_ok_and(|n| n <= crate::wire::CONFIG_SIZE_NO_CTLS)
+            && !self.device().controls.defs.is_empty()
+            && !self.warned_config.swap(true, Ordering::Relaxed)
+        {
+            // QEMU passes VIRTIO_SND_F_CTLS to the guest whatever its own
+            // config space is; with 12 bytes the guest reads `controls` past
+            // its end and fails to probe.
+            log::error!(
+                "the VMM reads a {size}-byte config space, without `controls`, but the configuration has volume controls: start QEMU with `-device vhost-user-snd-pci,...,controls=on` (or remove `volume = true`), or the guest will not find the sound card"
+            );
+        }
         let bytes = cfg.as_slice();
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)

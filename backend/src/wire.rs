@@ -123,6 +123,51 @@ pub struct Event {
     pub data: Le32,
 }
 
+/// `virtio_snd_ctl_hdr`: a control element request.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct CtlHdr {
+    pub hdr: Hdr,
+    pub control_id: Le32,
+}
+
+/// `virtio_snd_ctl_info` (spec 5.14.6.10.1). The value union holds 64-bit
+/// members, so the C struct has 4 bytes of padding after `name`; `value`
+/// is the union's bytes (for an INTEGER element: min, max, step).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct CtlInfo {
+    pub hda_fn_nid: Le32,
+    pub role: Le32,
+    pub kind: Le32,
+    pub access: Le32,
+    pub count: Le32,
+    pub index: Le32,
+    pub name: [u8; 44],
+    pub padding: [u8; 4],
+    pub value: [u8; 24],
+}
+
+impl Default for CtlInfo {
+    fn default() -> Self {
+        CtlInfo {
+            hda_fn_nid: 0.into(),
+            role: 0.into(),
+            kind: 0.into(),
+            access: 0.into(),
+            count: 0.into(),
+            index: 0.into(),
+            name: [0; 44],
+            padding: [0; 4],
+            value: [0; 24],
+        }
+    }
+}
+
+/// `virtio_snd_ctl_value`: an element's value (a union of 512 bytes; our
+/// elements use `integer[0]`).
+pub const CTL_VALUE_SIZE: usize = 512;
+
 // All impls below: each type is `repr(C)`, made only of `Le32`, `Le64`, `u8`
 // and arrays of them, with explicit padding fields so there is no implicit
 // padding (the size assertions below prove it); every bit pattern is valid.
@@ -150,8 +195,12 @@ unsafe impl ByteValued for PcmXfer {}
 unsafe impl ByteValued for PcmStatus {}
 // SAFETY: see above.
 unsafe impl ByteValued for Event {}
+// SAFETY: see above.
+unsafe impl ByteValued for CtlHdr {}
+// SAFETY: see above.
+unsafe impl ByteValued for CtlInfo {}
 
-// Sizes from spec 5.14.6 (see docs/virtio-snd.md §1.D).
+// Sizes from virtio spec 5.14.6 (the sound device's requests and structures).
 const _: () = assert!(std::mem::size_of::<VirtioSndConfig>() == 16);
 const _: () = assert!(std::mem::size_of::<Hdr>() == 4);
 const _: () = assert!(std::mem::size_of::<QueryInfo>() == 16);
@@ -164,6 +213,8 @@ const _: () = assert!(std::mem::size_of::<ChmapInfo>() == 24);
 const _: () = assert!(std::mem::size_of::<PcmXfer>() == 4);
 const _: () = assert!(std::mem::size_of::<PcmStatus>() == 8);
 const _: () = assert!(std::mem::size_of::<Event>() == 8);
+const _: () = assert!(std::mem::size_of::<CtlHdr>() == 8);
+const _: () = assert!(std::mem::size_of::<CtlInfo>() == 96);
 
 /// Size of the config space without `controls` (CTLS not negotiated).
 pub const CONFIG_SIZE_NO_CTLS: usize = 12;
@@ -188,6 +239,28 @@ mod tests {
         assert_eq!(&b[12..16], &0x400u32.to_le_bytes());
         assert_eq!(&b[16..20], &0x10u32.to_le_bytes());
         assert_eq!(&b[20..24], &[2, 5, 7, 0]);
+    }
+
+    #[test]
+    fn ctl_info_fields_sit_at_the_c_structs_offsets() {
+        let mut i = CtlInfo {
+            hda_fn_nid: 3.into(),
+            role: 1.into(),
+            kind: 1.into(),
+            access: 0x13.into(),
+            count: 1.into(),
+            index: 2.into(),
+            ..CtlInfo::default()
+        };
+        i.name[0] = b'M';
+        i.value[4..8].copy_from_slice(&120u32.to_le_bytes());
+        let b = i.as_slice();
+        assert_eq!(&b[0..4], &3u32.to_le_bytes());
+        assert_eq!(&b[12..16], &0x13u32.to_le_bytes());
+        assert_eq!(&b[20..24], &2u32.to_le_bytes());
+        assert_eq!(b[24], b'M');
+        // The union starts 8-aligned, after 4 bytes of padding.
+        assert_eq!(&b[76..80], &120u32.to_le_bytes());
     }
 
     #[test]

@@ -69,12 +69,31 @@ pub enum Endpoint {
     Capture(Box<dyn CaptureSource>),
 }
 
-/// Counters reported by the daemon.
+/// Counters reported by the daemon (`vsound ctl status`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
-    pub bytes: u64,
+    /// Frames (in each message's own format) the guest played that a host
+    /// device took, or recorded from one.
+    pub frames: u64,
+    /// Frames that reached no device (played into nothing, or recorded as
+    /// silence: the device absent or failing).
+    pub frames_without_device: u64,
+    /// Gaps the guest heard: an underrun (overrun) in the middle of
+    /// playback (capture) that more buffers ended, and the device's own.
+    /// Running dry at the end of playback is not one.
     pub xruns: u64,
     pub latency_bytes: u32,
+}
+
+impl Stats {
+    fn count(&mut self, ok: bool, bytes: u32, frame_bytes: u32) {
+        let frames = u64::from(bytes / frame_bytes.max(1));
+        if ok {
+            self.frames = self.frames.saturating_add(frames);
+        } else {
+            self.frames_without_device = self.frames_without_device.saturating_add(frames);
+        }
+    }
 }
 
 /// What the stream lock protects.
@@ -237,6 +256,9 @@ pub struct StreamRuntime {
     io_since: AtomicU64,
     /// Try to (re)open the endpoint at the next chance (device returned).
     reopen_now: AtomicBool,
+    /// The stream's volume and switch, if it has controls (set once, by
+    /// the device, before the worker starts).
+    pub level: std::sync::OnceLock<Arc<crate::controls::Level>>,
 }
 
 /// What a worker keeps between ticks, outside the stream lock (its copy
@@ -351,7 +373,15 @@ impl StreamRuntime {
             worker_gen: AtomicU64::new(0),
             io_since: AtomicU64::new(0),
             reopen_now: AtomicBool::new(true),
+            level: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The gain to apply to the frames this stream moves now.
+    fn gain(&self) -> crate::controls::Gain {
+        self.level
+            .get()
+            .map_or(crate::controls::Gain::Unity, |l| l.gain())
     }
 
     pub fn direction(&self) -> Direction {
@@ -730,7 +760,11 @@ impl StreamRuntime {
                 };
                 let n = chunk.min(at.len - at.offset);
                 let read = match (scratch.get_mut(..n), u32::try_from(at.offset)) {
-                    (Some(buf), Ok(offset)) => msg.read_pcm(offset, buf).is_ok(),
+                    (Some(buf), Ok(offset)) => {
+                        let ok = msg.read_pcm(offset, buf).is_ok();
+                        crate::controls::apply(self.gain(), params.format, buf);
+                        ok
+                    }
                     _ => false,
                 };
                 if !read {
@@ -867,8 +901,12 @@ impl StreamRuntime {
                         match io {
                             // A short chunk ends the device's read: the rest
                             // of the message is silence (status OK).
-                            HostIo::Done if filled < n => at.source = RxSource::Dry,
-                            HostIo::Done => {}
+                            HostIo::Done => {
+                                crate::controls::apply(self.gain(), params.format, buf);
+                                if filled < n {
+                                    at.source = RxSource::Dry;
+                                }
+                            }
                             HostIo::Replaced => return true,
                             HostIo::Failed => {
                                 // Not recorded: IO_ERR, and silence over the
@@ -964,7 +1002,11 @@ impl StreamRuntime {
                     (if ok { Status::Ok } else { Status::IoErr }, msg.payload())
                 }
             };
+            let payload = msg.payload();
             msg.complete(queue.as_ref(), &pass, dir, status, latency, bytes);
+            self.lock()
+                .stats
+                .count(status == Status::Ok, payload, params.frame_bytes());
         }
         // tx: the next message's first chunk, read under this pass.
         let mut tx = None;
@@ -973,7 +1015,11 @@ impl StreamRuntime {
                 let len = m.payload() as usize;
                 let n = chunk.min(len);
                 let read = match scratch.get_mut(..n) {
-                    Some(buf) => m.read_pcm(0, buf).is_ok(),
+                    Some(buf) => {
+                        let ok = m.read_pcm(0, buf).is_ok();
+                        crate::controls::apply(self.gain(), params.format, buf);
+                        ok
+                    }
                     None => false,
                 };
                 if read {
@@ -1007,14 +1053,15 @@ impl StreamRuntime {
             let period = u64::from(negotiated.params.period_bytes);
             let advance = match &next {
                 Some(m) => {
-                    inner.in_xrun = false;
-                    inner.stats.bytes = inner.stats.bytes.saturating_add(u64::from(m.payload()));
+                    // More buffers after running dry: the guest heard a gap.
+                    if std::mem::take(&mut inner.in_xrun) && inner.state == PcmState::Started {
+                        inner.stats.xruns += 1;
+                    }
                     u64::from(m.payload())
                 }
                 None => {
                     if !inner.in_xrun {
                         inner.in_xrun = true;
-                        inner.stats.xruns += 1;
                         xrun = negotiated.features & pcm_features::EVT_XRUNS != 0;
                     }
                     period

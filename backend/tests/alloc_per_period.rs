@@ -1,5 +1,5 @@
-//! No heap allocation per period in steady state (design.md: "no allocation
-//! per period"; ARCHITECTURE.md names where it is enforced).
+//! No heap allocation per period in steady state (docs/design.md, "Time": no
+//! allocation per period; ARCHITECTURE.md names where it is enforced).
 //!
 //! The device core runs in-process from the default configuration (one
 //! output and one input stream on `null`), with its real worker threads.

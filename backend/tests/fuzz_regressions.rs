@@ -21,7 +21,7 @@ fn exchange(bytes: &[u8]) -> (Vec<serde_json::Value>, std::sync::Arc<DaemonState
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("api.sock");
     let state = DaemonState::new(&Config::default_config().unwrap()).unwrap();
-    let server = ApiServer::start(&path, state.clone()).unwrap();
+    let server = ApiServer::start(&path, &Default::default(), state.clone()).unwrap();
     let mut c = UnixStream::connect(&path).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = c.write_all(bytes);

@@ -51,8 +51,11 @@ use crate::{
 const DEFAULT_RETRY_MS: u64 = 500;
 
 /// The longest delay between two probes of a detached PCM (the backoff
-/// doubles up to it, or stays at `retry_ms` if that is longer).
-pub const MAX_RETRY: Duration = Duration::from_secs(10);
+/// doubles up to it, or stays at `retry_ms` if that is longer): a card
+/// plugged back or a sound server restarted is noticed within a second.
+/// A probe is an open and a close; alsa-lib's complaints about the missing
+/// PCM are rate-limited ([`crate::alsa_log`]).
+pub const MAX_RETRY: Duration = Duration::from_secs(1);
 
 /// Options of a `kind = "alsa"` device.
 #[derive(Clone, Debug, Deserialize)]
@@ -99,6 +102,7 @@ impl AlsaDevice {
     /// not open now gives a detached device.
     pub fn new(name: &str, opts: AlsaOptions) -> Result<Self, String> {
         opts.check()?;
+        crate::alsa_log::install();
         let pcm = CString::new(opts.pcm.as_str())
             .map_err(|_| "`pcm` must not contain a NUL character".to_owned())?;
         let attached = pcm_present(&pcm);
@@ -188,6 +192,14 @@ impl Drop for AlsaDevice {
 }
 
 impl HostDevice for AlsaDevice {
+    fn probe_now(&self) -> bool {
+        if self.is_attached() {
+            return false;
+        }
+        self.shared.request_probe();
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "alsa"
     }
@@ -915,14 +927,16 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let first = Duration::from_millis(500);
+        let first = Duration::from_millis(250);
         let mut d = first;
-        let mut seen = vec![];
-        for _ in 0..8 {
-            seen.push(d.as_millis());
+        let mut seen = vec![d];
+        for _ in 0..4 {
             d = next_delay(d, first);
+            seen.push(d);
         }
-        assert_eq!(seen, [500, 1000, 2000, 4000, 8000, 10000, 10000, 10000]);
+        assert_eq!(seen[..3], [250, 500, 1000].map(Duration::from_millis));
+        assert!(seen[3..].iter().all(|&x| x == MAX_RETRY));
+        // A first delay longer than the cap is kept.
         let long = Duration::from_secs(30);
         assert_eq!(next_delay(long, long), long);
     }

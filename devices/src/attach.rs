@@ -1,6 +1,7 @@
 //! The attach/detach protocol: how the I/O path uses a host endpoint that
-//! may be torn down under it (design.md "Safe hot-removal", after the
-//! pserialize + psref fix for NetBSD's pad(4)/audio(4) panic).
+//! may be torn down under it (docs/design.md, "Safe hot-removal": the
+//! scheme NetBSD's audio(4) uses, with pserialize(9) and psref(9), to
+//! survive its pad(4) being detached under open files).
 //!
 //! A [`Slot`] holds at most one published item (a stream's open sink or
 //! source). Three parties use it:

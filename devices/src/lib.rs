@@ -18,11 +18,13 @@
 //! - A device that goes away says so with [`DeviceError::Gone`].
 
 pub mod alsa;
+pub mod alsa_log;
 pub mod attach;
 mod format;
 pub mod null;
 pub mod pad;
 pub mod registry;
+pub mod unix_socket;
 
 pub use format::{Format, StreamParams};
 
@@ -119,6 +121,14 @@ pub trait HostDevice: Send + Sync {
 
     /// Opens a capture source for a stream's negotiated parameters.
     fn open_capture(&self, params: &StreamParams) -> Result<Box<dyn CaptureSource>, DeviceError>;
+
+    /// Probes an absent device now rather than at the end of its backoff
+    /// (SIGHUP, `vsound ctl attach`). Returns false if the device cannot
+    /// be probed (it is present, or it comes back by itself: a pad's
+    /// client connects).
+    fn probe_now(&self) -> bool {
+        false
+    }
 
     /// What the device counts (drops, overflows, underruns, clients...),
     /// as (name, value) pairs, for `vsound ctl status`.

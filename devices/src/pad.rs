@@ -44,11 +44,9 @@
 //! the pad thread, with no lock held, strictly alternating
 //! attached/detached.
 
-use std::fmt;
-use std::fs::{self, File, Permissions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,12 +54,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+#[cfg(test)]
+use crate::unix_socket::MAX_SOCKET_PATH;
 use crate::{
-    CaptureSource, Clock, DeviceError, DeviceListener, Format, HostDevice, PlaybackSink,
-    StreamDirection, StreamParams,
+    unix_socket, CaptureSource, Clock, DeviceError, DeviceListener, Format, HostDevice,
+    PlaybackSink, StreamDirection, StreamParams,
 };
 
 /// Smallest ring per direction: a third of a second of 48 kHz S16 stereo,
@@ -76,8 +75,6 @@ const IO_CHUNK: usize = 16 * 1024;
 /// Socket calls per direction per wakeup, so one busy direction (a client
 /// flooding capture input) cannot starve the other or a shutdown request.
 const BURST: usize = 16;
-/// `sun_path` holds 108 bytes including the terminating NUL.
-const MAX_SOCKET_PATH: usize = 107;
 /// Length of the canonical WAV header (RIFF + 16-byte `fmt ` + `data`).
 const WAV_HEADER_LEN: usize = 44;
 /// Pause after an `accept` error other than "nothing pending" (EMFILE...),
@@ -138,6 +135,8 @@ pub enum Fill {
 /// kind = "pad"
 /// path = "/tmp/vsound-pad0.sock"   # required
 /// mode = "0660"                    # or 0o660; default 0600
+/// owner = "alice"                  # user name or uid; default: the daemon's
+/// group = "audio"                  # group name or gid; default: the daemon's
 /// header = "wav"                   # "raw" (default) | "wav"
 /// capture = "live"                 # "pipe" (default) | "live"
 /// fill = "silence"                 # "none" (default) | "silence"
@@ -146,10 +145,14 @@ pub enum Fill {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PadOptions {
-    #[serde(deserialize_with = "socket_path")]
+    #[serde(deserialize_with = "unix_socket::de_path")]
     path: PathBuf,
-    #[serde(default = "default_mode", deserialize_with = "permission_mode")]
+    #[serde(default = "default_mode", deserialize_with = "unix_socket::de_mode")]
     mode: u32,
+    #[serde(default, deserialize_with = "unix_socket::de_owner")]
+    owner: Option<u32>,
+    #[serde(default, deserialize_with = "unix_socket::de_group")]
+    group: Option<u32>,
     #[serde(default)]
     header: Header,
     #[serde(default)]
@@ -171,6 +174,15 @@ impl PadOptions {
     /// The socket file's permission bits.
     pub fn mode(&self) -> u32 {
         self.mode
+    }
+
+    /// Who may connect to the socket.
+    pub fn access(&self) -> unix_socket::Access {
+        unix_socket::Access {
+            mode: self.mode,
+            owner: self.owner,
+            group: self.group,
+        }
     }
 
     /// What playback starts with.
@@ -196,102 +208,19 @@ impl PadOptions {
 }
 
 fn default_mode() -> u32 {
-    0o600
-}
-
-fn socket_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.is_empty() {
-        return Err(de::Error::custom("path must not be empty"));
-    }
-    if s.contains('\0') {
-        return Err(de::Error::custom("path must not contain NUL"));
-    }
-    if s.len() > MAX_SOCKET_PATH {
-        return Err(de::Error::custom(format!(
-            "path is {} bytes; a Unix socket path holds at most {MAX_SOCKET_PATH}",
-            s.len()
-        )));
-    }
-    Ok(PathBuf::from(s))
-}
-
-/// Accepts `"0660"`/`"660"`/`"0o660"` (octal digits) or an integer
-/// (`0o660` in TOML; the value is taken as is). Only permission bits
-/// (at most `0o777`) make sense on a socket.
-fn permission_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    struct ModeVisitor;
-
-    impl ModeVisitor {
-        fn checked<E: de::Error>(v: u64) -> Result<u32, E> {
-            match u32::try_from(v) {
-                Ok(m) if m <= 0o777 => Ok(m),
-                _ => Err(E::custom(format!(
-                    "mode {v:#o} has bits beyond 0o777; write it as \"0660\" or 0o660"
-                ))),
-            }
-        }
-    }
-
-    impl Visitor<'_> for ModeVisitor {
-        type Value = u32;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an octal permission such as \"0660\" or 0o660")
-        }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
-            Self::checked(v)
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
-            let v = u64::try_from(v).map_err(|_| E::custom("mode must not be negative"))?;
-            Self::checked(v)
-        }
-
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<u32, E> {
-            let digits = s.strip_prefix("0o").unwrap_or(s);
-            if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-                return Err(E::custom(format!(
-                    "mode `{s}` is not octal; expected something like \"0660\""
-                )));
-            }
-            let v = u64::from_str_radix(digits, 8).map_err(|_| E::custom("mode is too large"))?;
-            Self::checked(v)
-        }
-    }
-
-    d.deserialize_any(ModeVisitor)
+    unix_socket::DEFAULT_MODE
 }
 
 /// Why a pad could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PadError {
-    /// Something other than a socket is at the path.
-    #[error("{} exists and is not a socket; refusing to replace it", path.display())]
-    NotASocket { path: PathBuf },
-    /// A live process is listening on the socket at the path.
-    #[error("Another process is listening on {}", path.display())]
-    InUse { path: PathBuf },
-    /// An existing socket file could not be checked or removed.
-    #[error("Cannot replace the existing socket {}", path.display())]
-    Stale {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// `bind`/`listen` failed.
+    /// The socket could not be created (see [`unix_socket::listen`]).
+    #[error(transparent)]
+    Socket(#[from] unix_socket::SocketError),
+    /// The listening socket could not be set up.
     #[error("Cannot listen on {}", path.display())]
     Bind {
         path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// The socket's permissions could not be set.
-    #[error("Cannot set mode {mode:04o} on {}", path.display())]
-    Chmod {
-        path: PathBuf,
-        mode: u32,
         #[source]
         source: io::Error,
     },
@@ -762,103 +691,23 @@ impl Shared {
     }
 }
 
-/// The socket file a pad created; removed on drop if it is still ours.
-struct SocketFile {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        match fs::symlink_metadata(&self.path) {
-            Ok(m) if m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino => {
-                if let Err(e) = fs::remove_file(&self.path) {
-                    log::warn!("cannot remove {}: {e}", self.path.display());
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Clears the way for a socket at `path`: removes a stale socket file,
-/// refuses a live one or anything that is not a socket.
-fn prepare_path(path: &Path) -> Result<(), PadError> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            let path = path.to_owned();
-            return Err(PadError::Stale { path, source });
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(PadError::NotASocket {
-            path: path.to_owned(),
-        });
-    }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(PadError::InUse {
-            path: path.to_owned(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => match fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(PadError::Stale {
-                path: path.to_owned(),
-                source,
-            }),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(PadError::Stale {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
 /// A pad device: one listening socket, at most one client.
 pub struct PadDevice {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     /// Dropped after the thread is joined (field order), removing the file.
-    socket: SocketFile,
+    socket: unix_socket::SocketFile,
 }
 
 impl PadDevice {
     /// Creates the listening socket (replacing a stale socket file, never
     /// anything else), sets its mode and starts the pad thread.
     pub fn from_options(name: &str, opts: PadOptions) -> Result<PadDevice, PadError> {
-        let path = opts.path;
-        prepare_path(&path)?;
-        let listener = UnixListener::bind(&path).map_err(|source| PadError::Bind {
-            path: path.clone(),
-            source,
-        })?;
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(meta) => meta,
-            Err(source) => {
-                let _ = fs::remove_file(&path);
-                return Err(PadError::Bind { path, source });
-            }
-        };
-        let socket = SocketFile {
-            path,
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
-        fs::set_permissions(&socket.path, Permissions::from_mode(opts.mode)).map_err(|source| {
-            PadError::Chmod {
-                path: socket.path.clone(),
-                mode: opts.mode,
-                source,
-            }
-        })?;
+        let (listener, socket) = unix_socket::listen(&opts.path, &opts.access())?;
         listener
             .set_nonblocking(true)
             .map_err(|source| PadError::Bind {
-                path: socket.path.clone(),
+                path: socket.path().to_owned(),
                 source,
             })?;
         let shared = Arc::new(Shared {
@@ -897,7 +746,7 @@ impl PadDevice {
                 worker.run()
             })
             .map_err(PadError::Thread)?;
-        log::info!("pad {name}: listening on {}", socket.path.display());
+        log::info!("pad {name}: listening on {}", socket.path().display());
         Ok(PadDevice {
             shared,
             thread: Some(thread),
@@ -907,7 +756,7 @@ impl PadDevice {
 
     /// The socket's path.
     pub fn path(&self) -> &Path {
-        &self.socket.path
+        self.socket.path()
     }
 
     /// A snapshot of the counters.
@@ -1794,8 +1643,10 @@ impl PadThread {
 #[cfg(test)]
 mod tests {
     use std::error::Error;
+    use std::fs;
     use std::io::{Read, Write};
     use std::net::Shutdown;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::AtomicUsize;
     use std::time::Instant;
 
@@ -2568,14 +2419,28 @@ mod tests {
 
         // A live pad is not clobbered by a second one.
         let err = PadDevice::from_options("pad1", options(&path, "")?).err();
-        assert!(matches!(err, Some(PadError::InUse { .. })), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Some(PadError::Socket(unix_socket::SocketError::InUse { .. }))
+            ),
+            "{err:?}"
+        );
         drop(client);
         drop(pad);
 
         let file = dir.path().join("file");
         fs::write(&file, b"keep me")?;
         let err = PadDevice::from_options("pad0", options(&file, "")?).err();
-        assert!(matches!(err, Some(PadError::NotASocket { .. })), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Some(PadError::Socket(
+                    unix_socket::SocketError::NotASocket { .. }
+                ))
+            ),
+            "{err:?}"
+        );
         assert_eq!(fs::read(&file)?, b"keep me");
         Ok(())
     }

@@ -49,7 +49,7 @@ fn api() -> &'static Api {
         let dir = std::env::temp_dir().join(format!("vsound-fuzz-api-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("api.sock");
-        let server = ApiServer::start(&path, state.clone()).unwrap();
+        let server = ApiServer::start(&path, &Default::default(), state.clone()).unwrap();
         Api {
             state,
             _dev: dev,

@@ -279,9 +279,13 @@ pub const QUEUES: [QueueIndex; 4] = [
 
 impl Rig {
     pub fn new() -> Rig {
-        let config = Config::default_config().unwrap();
+        // The default configuration with volume controls on both streams,
+        // so the CTL_* requests reach real elements.
+        let text = vsound::config::DEFAULT_CONFIG.replace("group = 0\n", "group = 0\nvolume = true\n");
+        let config = Config::from_toml("fuzz", &text).unwrap();
+        assert_eq!(config.streams.iter().filter(|s| s.volume.is_some()).count(), 2);
         let state = DaemonState::new(&config).unwrap();
-        let dev = SoundDevice::new(&config, &state.devices).unwrap();
+        let dev = SoundDevice::with_controls(&config, &state.devices, state.controls.clone()).unwrap();
         let mem = memory(MEM_SIZE as usize);
         let rings = [
             GuestRing::new(&mem, CTL_RING, CTL_QUEUE_SIZE),

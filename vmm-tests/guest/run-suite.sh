@@ -17,7 +17,7 @@
 # alsa-file, two-groups, vmm-restart, driver-reload, hot-remove-silence,
 # hot-remove-error, jacks, pause-resume-playback, pause-resume-capture,
 # system-reset-playback, reboot-playback, daemon-restart-replug, pad-recipe-feed-first,
-# pad-recipe-record-first, pad-fill-silence-gap, pad-tool-round-trip.
+# pad-recipe-record-first, pad-fill-silence-gap, pad-tool-round-trip, controls.
 # Host-side helpers: pad-client.py (records/feeds a pad, reacts to the guest console),
 # pcm-check.py (compares received PCM with the file played), qmp.py (QEMU's monitor:
 # pause, resume, reset the VM, unplug and plug a device). The test signals are made once
@@ -25,7 +25,10 @@
 #
 # Environment: VSOUND_BIN; VSOUND_GUEST_CASES_PENDING=1 also runs cases listed in
 # PENDING_CASES (none now); VSOUND_SUITE_KEEP=1 keeps the work
-# folder (logs, received PCM) and prints its path; RUST_LOG (default debug).
+# folder (logs, received PCM) and prints its path; RUST_LOG (default debug);
+# VSOUND_SUITE_USER (default vsound-test): run as root, the suite runs every daemon as
+# this unprivileged user (created when missing: a system user in group audio), as a
+# service would; run as another user, the daemons run as that user.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,8 +39,27 @@ for tool in python3 sox soxi md5sum; do
     command -v "$tool" >/dev/null 2>&1 || { echo "run-suite: $tool not found" >&2; exit 2; }
 done
 
+# Files the suite makes (configs, test signals) are readable by the daemon's user.
+umask 022
+# The daemon never runs as root here (see VSOUND_SUITE_USER above).
+DAEMON_AS=() SUITE_USER=$(id -un)
+if [[ $(id -u) -eq 0 ]]; then
+    SUITE_USER=${VSOUND_SUITE_USER:-vsound-test}
+    if ! id -u "$SUITE_USER" >/dev/null 2>&1; then
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin --groups audio "$SUITE_USER"
+    fi
+    DAEMON_AS=(setpriv --reuid="$SUITE_USER" --regid="$SUITE_USER" --init-groups --)
+fi
+SUITE_UID=$(id -u "$SUITE_USER")
+echo "run-suite: the daemons run as $SUITE_USER (uid $SUITE_UID, groups $(id -Gn "$SUITE_USER" | tr ' ' ','))"
+
 WORK=$(mktemp -d /tmp/vsound-suite.XXXXXX)
+chmod 755 "$WORK"
 DATA=$WORK/data
+# A copy the user can run whatever the checkout's permissions (a clone under /root)
+install -m 755 "$VSOUND_BIN" "$WORK/vsound"
+DAEMON_BIN=$WORK/vsound
 DAEMON_PID=
 GUEST_CMD=() GUEST_PID= QMP_OPTS=()
 BG_PIDS=()     # pad clients and background guests of the current case
@@ -103,10 +125,16 @@ start_daemon() {
     rm -f "$sock"
     local args=(--socket "$sock")
     [[ -n $config ]] && args+=(--config "$config")
-    env RUST_LOG="${RUST_LOG:-debug}" "$@" "$VSOUND_BIN" "${args[@]}" >>"$CDIR/daemon.log" 2>&1 &
+    env RUST_LOG="${RUST_LOG:-debug}" "$@" "${DAEMON_AS[@]}" "$DAEMON_BIN" "${args[@]}" >>"$CDIR/daemon.log" 2>&1 &
     DAEMON_PID=$!
     for _ in $(seq 200); do
-        [[ -S $sock ]] && return 0
+        if [[ -S $sock ]]; then
+            # setpriv execs the daemon: the pid is the daemon's, its owner the user's
+            local uid
+            uid=$(stat -c %u "/proc/$DAEMON_PID" 2>/dev/null || echo '?')
+            [[ $uid == "$SUITE_UID" ]] || bad "vsound runs as uid $uid, not $SUITE_USER ($SUITE_UID)" || return 1
+            return 0
+        fi
         kill -0 "$DAEMON_PID" 2>/dev/null || break
         sleep 0.05
     done
@@ -404,6 +432,46 @@ case_two_groups() {
     pcm exact "$DATA/s16b.raw" "$CDIR/rx1.0" --frame 4 --rate 192000 \
         --max-tail "$(period_bytes guest hw:0,1 /data/s16b.wav 4)" || ok=1
     return $ok
+}
+
+# 4b. Volume and mute controls (QEMU controls=on): the guest's amixer lists them with
+#     their dB scale; `amixer sset Master -6dB` makes the pad receive every sample of
+#     the file halved (exactly: rounded half away from zero), mute gives silence, and
+#     the host's `vsound ctl volume 0 -12` reaches the guest's mixer (CTL_NOTIFY).
+case_controls() {
+    start_daemon "$(config pad-controls.toml)" || return 1
+    start_client rx pad0 --watch "$CDIR/guest.log" --split-on "VSOUND-INFO: split" || return 1
+    (
+        while ! grep -a -q "VSOUND-INFO: host-volume" "$CDIR/guest.log" 2>/dev/null; do sleep 0.05; done
+        "$VSOUND_BIN" ctl --socket "$CDIR/vsound.sock" volume 0 -12 >"$CDIR/ctl.out" 2>&1
+    ) &
+    BG_PIDS+=($!)
+    guest guest controls.sh --data "$DATA/s16.wav" --device-opts ",controls=on" || return 1
+    kill_bg
+    segments rx 2 || return 1
+    python3 - "$DATA/s16.raw" "$DATA/s16-half.raw" <<'PY'
+import array, sys
+src = array.array("h", open(sys.argv[1], "rb").read())
+# the daemon's -6 dB: exactly half, rounded half away from zero
+half = array.array("h", ((abs(v) + 1) // 2 * (1 if v >= 0 else -1) for v in src))
+open(sys.argv[2], "wb").write(half.tobytes())
+PY
+    pcm exact "$DATA/s16-half.raw" "$CDIR/rx.0" --frame 4 --rate 192000 \
+        --max-tail "$(period_bytes guest hw:CARD=SoundCard,DEV=0 /data/s16.wav 4)" || return 1
+    python3 - "$CDIR/rx.1" 384000 <<'PY' >>"$OUT" || return 1
+import sys
+data = open(sys.argv[1], "rb").read()
+print(f"    rx.1: {len(data)} bytes, {sum(1 for b in data if b)} non-zero")
+sys.exit(0 if len(data) >= int(sys.argv[2]) and not any(data) else 1)
+PY
+    say "    host: $(cat "$CDIR/ctl.out")"
+    grep -q "stream 0: -12.0 dB" "$CDIR/ctl.out" || bad "vsound ctl volume failed: $(cat "$CDIR/ctl.out")" || return 1
+    # The guest was told: amixer events saw the value change after the host's call.
+    local told
+    told=$(tr -d '\r' <"$CDIR/guest.log" | sed -n '/VSOUND-INFO: host-volume/,/VSOUND-INFO: events done/p' |
+        grep -c "event value: numid=[0-9]*,iface=MIXER,name='Master Playback Volume'" || true)
+    say "    guest mixer events for Master Playback Volume after the host's call: $told"
+    [[ $told -ge 1 ]] || bad "the guest's amixer events saw no change from the host (CTL_NOTIFY)"
 }
 
 # 5a. Hot removal, on_remove = "silence": the pad client disconnects 2 s into a
@@ -969,6 +1037,7 @@ CASES=(
     pad-recipe-record-first
     pad-tool-round-trip
     pad-fill-silence-gap
+    controls
 )
 # Cases that need daemon work still in progress (none now).
 PENDING_CASES=()
@@ -980,6 +1049,8 @@ run_case() {
     CDIR=$WORK/$name
     OUT=$CDIR/out
     mkdir -p "$CDIR"
+    # the daemon creates its sockets (and ALSA file plugin output) here
+    chown "$SUITE_USER:" "$CDIR"
     : >"$OUT"
     t0=$(date +%s%N)
     "$fn" || ok=0

@@ -2,9 +2,9 @@
 //! geometry, recognisable PCM patterns, pacing checks against the daemon's
 //! real-time schedule, and polling.
 //!
-//! The pacing model is the daemon's (design.md, "Time"): after `START` at `t0`
-//! the daemon takes one queued buffer per period, the first at `t0`, and
-//! completes a stream's buffers when their last byte is due, i.e. buffer `k`
+//! The pacing model is the daemon's (docs/design.md, "Time"): after `START`
+//! at `t0` the daemon takes one queued buffer per period, the first at `t0`,
+//! and completes a stream's buffers when their last byte is due, i.e. buffer `k`
 //! at `t0 + (bytes of buffers 0..=k) / byte rate`; rx buffers are filled at the
 //! end of their period, so the same formula holds. `t0` is not visible to the
 //! guest, but it lies between sending `START` and seeing its answer

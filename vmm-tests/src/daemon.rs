@@ -13,7 +13,7 @@ use std::env;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -160,16 +160,15 @@ impl Daemon {
             Some(b) => b.clone(),
             None => Self::binary()?,
         };
-        let dir = tempfile::Builder::new()
-            .prefix("vsound-test-")
-            .tempdir()
-            .map_err(Error::Setup)?;
+        let dir = crate::unprivileged::tempdir("vsound-test-").map_err(Error::Setup)?;
         let socket = dir.path().join("vsound.sock");
         let log_path = dir.path().join("vsound.log");
         let log = File::create(&log_path).map_err(Error::Setup)?;
         let log2 = log.try_clone().map_err(Error::Setup)?;
 
-        let mut cmd = Command::new(&bin);
+        // As a service runs it: not as root (see `unprivileged`).
+        let mut cmd =
+            crate::unprivileged::command(&bin).map_err(|e| Error::Spawn(bin.clone(), e))?;
         cmd.arg("--socket").arg(&socket);
         let config = match (&opts.config, &opts.config_toml) {
             (Some(path), _) => Some(path.clone()),

@@ -877,7 +877,7 @@ mod tests {
 
     #[test]
     fn a_daemon_that_never_answers_fails_the_request_instead_of_hanging() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::unprivileged::tempdir("vsound-t-").unwrap();
         let path = dir.path().join("mute.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let holder = thread::spawn(move || listener.accept().map(|(s, _)| s));
@@ -894,7 +894,7 @@ mod tests {
 
     #[test]
     fn connect_times_out_without_a_socket() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::unprivileged::tempdir("vsound-t-").unwrap();
         let opts = ConnectOptions {
             connect_timeout: Duration::from_millis(100),
             ..ConnectOptions::default()

@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod frontend;
 pub mod memory;
 pub mod snd;
+pub mod unprivileged;
 pub mod virtqueue;
 mod watchdog;
 

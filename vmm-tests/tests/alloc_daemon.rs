@@ -39,7 +39,7 @@ fn is_daemon_thread(name: &str) -> bool {
 
 #[test]
 fn the_daemon_allocates_nothing_per_period_through_vhost_user() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let socket = dir.path().join("vsound.sock");
     let config = Config::default_config().unwrap();
     let spec = SocketSpec::Path(socket.clone());

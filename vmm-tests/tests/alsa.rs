@@ -81,10 +81,7 @@ impl Alsa {
     /// Writes `capture` to `in.raw` (before the daemon can open it), the ALSA
     /// configuration, and starts the daemon.
     fn spawn(capture: &[u8]) -> Alsa {
-        let dir = tempfile::Builder::new()
-            .prefix("vsound-alsa-")
-            .tempdir()
-            .unwrap();
+        let dir = vmm_tests::unprivileged::tempdir("vsound-alsa-").unwrap();
         let out_raw = dir.path().join("out.raw");
         let in_raw = dir.path().join("in.raw");
         fs::write(&in_raw, capture).unwrap();

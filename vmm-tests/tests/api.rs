@@ -20,10 +20,7 @@ struct Api {
 }
 
 fn spawn() -> Api {
-    let dir = tempfile::Builder::new()
-        .prefix("vsound-api-")
-        .tempdir()
-        .unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-api-").unwrap();
     let path = dir.path().join("api.sock");
     let daemon = Daemon::spawn_with(&DaemonOptions {
         extra_args: vec!["--api-socket".into(), path.display().to_string()],
@@ -131,7 +128,7 @@ fn clients_beyond_the_cap_are_told_so_and_the_api_still_answers() {
 }
 
 fn ctl_against(server: impl FnOnce(UnixStream) + Send + 'static) -> (bool, String, Duration) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let path = dir.path().join("fake.sock");
     let l = UnixListener::bind(&path).unwrap();
     thread::spawn(move || {

@@ -43,7 +43,7 @@ fn memory(v: &Value, path: &str) {
 #[test]
 fn every_scenario_runs_and_reports_sane_numbers() {
     let vsound = Daemon::binary().unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let svg = dir.path().join("pacing.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_vsound-bench"))
         .args([

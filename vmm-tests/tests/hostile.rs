@@ -557,7 +557,7 @@ impl NotEventfd {
 #[test]
 fn a_kick_fd_that_is_not_an_eventfd_is_refused() {
     let mut d = spawn();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let mut problems = Vec::new();
     for kind in [
         NotEventfd::Pipe,

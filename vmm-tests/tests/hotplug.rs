@@ -1,6 +1,7 @@
-//! Hot-removal and hot-add through the real socket (design.md rules 5–7):
-//! a pad client that goes away mid-playback and mid-capture under both
-//! `on_remove` policies, the management API, and a host device that hangs.
+//! Hot-removal and hot-add through the real socket (docs/design.md,
+//! hot-removal rules 5–7): a pad client that goes away mid-playback and
+//! mid-capture under both `on_remove` policies, the management API, and a
+//! host device that hangs.
 //!
 //! Layout: pad0 carries stream 0 (output, jack 0) and stream 1 (input,
 //! jack 1); null0 carries stream 2 (output, jack 2), which must keep its
@@ -42,10 +43,7 @@ fn setup(
     extra_devices: &str,
     extra_streams: &str,
 ) -> Setup {
-    let dir = tempfile::Builder::new()
-        .prefix("vsound-hp-")
-        .tempdir()
-        .unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-hp-").unwrap();
     let pad = dir.path().join("pad.sock");
     let api = dir.path().join("api.sock");
     let config = format!(
@@ -500,7 +498,8 @@ fn the_management_api_reports_and_detaches_and_attaches_devices() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"pad0\""));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().any(|l| l.starts_with("pad0 ")), "{table}");
     let out = std::process::Command::new(Daemon::binary().unwrap())
         .args(["ctl", "--api-socket"])
         .arg(&t.api)

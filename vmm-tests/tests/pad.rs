@@ -60,10 +60,7 @@ impl Pad {
     /// A pad with extra options whose two streams offer what `offer` says
     /// (`formats`, `rates` and `channels` lines).
     fn spawn_streams(pad_options: &str, offer: &str) -> Pad {
-        let dir = tempfile::Builder::new()
-            .prefix("vsound-pad-")
-            .tempdir()
-            .unwrap();
+        let dir = vmm_tests::unprivileged::tempdir("vsound-pad-").unwrap();
         let path = dir.path().join("pad.sock");
         let streams = ["output", "input"]
             .iter()
@@ -391,7 +388,8 @@ fn one_pad_plays_and_records_at_the_same_time_bit_exact() {
 /// finally reads, the pad has dropped the oldest frames, not the newest: the
 /// client gets whole frames in order, ending with the guest's very last one,
 /// after an unbroken run of at least the stream's buffer (the pad's ring must
-/// hold at least `buffer_bytes`, virtio-snd.md §1.E item 17).
+/// hold at least `buffer_bytes`: virtio spec 5.14.6.6.3, a device's
+/// intermediate buffer is no smaller than `buffer_bytes`).
 ///
 /// FLOAT, 8 channels, 96 kHz (3 MB/s) so that 1.5 s far exceeds what the
 /// ring and the socket buffers can hold. The data are self-numbering 32-bit
@@ -596,12 +594,13 @@ fn a_client_leaving_mid_playback_does_not_stall_completions() {
 
 /// Buffers the driver queued before START are played (or recorded) from the
 /// first period: the first completion is due one period after START, as
-/// design.md's pacing says ("the first at START"). Linux queues its first
-/// buffers and sends START right after; unlike the other tests, this one does
-/// not wait for the device to take the buffers ([`wait_drained`]) before the
-/// START, and repeats the sequence so that a race between the data queue and
-/// the control queue shows: a device that handles the START first finds
-/// nothing to play, counts an underrun, and completes everything a period late.
+/// docs/design.md's pacing says (the first is taken at START). Linux queues
+/// its first buffers and sends START right after; unlike the other tests,
+/// this one does not wait for the device to take the buffers
+/// ([`wait_drained`]) before the START, and repeats the sequence so that a
+/// race between the data queue and the control queue shows: a device that
+/// handles the START first finds nothing to play, counts an underrun, and
+/// completes everything a period late.
 ///
 /// That failure has a signature which scheduling noise does not: every
 /// completion is at least half a period late, yet they still come a period

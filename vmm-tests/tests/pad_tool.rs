@@ -51,10 +51,7 @@ impl Setup {
     /// `pad_opts` go into `[devices.pad0]`; the streams are created in this
     /// order (output first), so the output's jack is jack 0.
     fn spawn(pad_opts: &str, output: Option<&Offer<'_>>, input: Option<&Offer<'_>>) -> Setup {
-        let dir = tempfile::Builder::new()
-            .prefix("vsound-padtool-")
-            .tempdir()
-            .unwrap();
+        let dir = vmm_tests::unprivileged::tempdir("vsound-padtool-").unwrap();
         let pad = dir.path().join("pad.sock");
         let api = dir.path().join("api.sock");
         let stream = |direction: &str, o: &Offer<'_>| {

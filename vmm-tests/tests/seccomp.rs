@@ -198,10 +198,7 @@ fn api_client(path: &Path) -> UnixStream {
 
 #[test]
 fn every_thread_of_a_running_daemon_is_under_its_own_filter() {
-    let dir = tempfile::Builder::new()
-        .prefix("vsound-seccomp-")
-        .tempdir()
-        .unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-seccomp-").unwrap();
     let pad = dir.path().join("pad.sock");
     let api = dir.path().join("api.sock");
     let config = format!(

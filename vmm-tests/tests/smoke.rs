@@ -77,7 +77,7 @@ fn an_inherited_listening_socket_is_served() {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixListener;
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
     let path = dir.path().join("inherited.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let fd = listener.as_raw_fd();
@@ -85,7 +85,8 @@ fn an_inherited_listening_socket_is_served() {
     // inherit it.
     let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
     assert_eq!(r, 0);
-    let mut child = std::process::Command::new(Daemon::binary().unwrap())
+    let mut child = vmm_tests::unprivileged::command(&Daemon::binary().unwrap())
+        .unwrap()
         .args(["--socket-fd", &fd.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -70,10 +70,7 @@ fn ten_thousand_detach_attach_cycles_lose_no_buffer_and_leak_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let dir = tempfile::Builder::new()
-        .prefix("vsound-stress-")
-        .tempdir()
-        .unwrap();
+    let dir = vmm_tests::unprivileged::tempdir("vsound-stress-").unwrap();
     let pads: Vec<PathBuf> = (0..PADS)
         .map(|i| dir.path().join(format!("pad{i}.sock")))
         .collect();

@@ -1,6 +1,7 @@
-//! Streams driven the way Linux's `virtio_snd` drives them (virtio-snd.md
-//! §2.3–2.4): SET_PARAMS and PREPARE, every period of the buffer queued
-//! before START, then one period queued again for each one that completes.
+//! Streams driven the way Linux's `virtio_snd` drives them (sound/virtio/
+//! virtio_pcm_ops.c and virtio_pcm_msg.c): SET_PARAMS and PREPARE, every
+//! period of the buffer queued before START, then one period queued again
+//! for each one that completes.
 //!
 //! One thread waits on the txq and rxq call eventfds together (`ppoll`), so
 //! neither queue's completions wait for the other's. Each completion's time

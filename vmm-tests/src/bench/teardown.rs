@@ -11,7 +11,7 @@
 //!
 //! Three times are measured from the instant the clients are closed:
 //! - the JACK_DISCONNECTED event of each removed pad's jack: the daemon has
-//!   run its removal procedure (design.md "Safe hot-removal", rule 6);
+//!   run its removal procedure (docs/design.md, "Safe hot-removal", rule 6);
 //! - each removed stream's first IO_ERR completion;
 //! - each removed stream's last held buffer back. The daemon keeps the
 //!   guest's clock after a removal (rule 6, `on_remove = "silence"`), so
@@ -244,9 +244,7 @@ fn drain_clients(socks: Vec<UnixStream>, stop: &EventFd) -> io::Result<Instant> 
 }
 
 fn run_one(spec: &TargetSpec, opts: &TeardownOptions, k: u32) -> Result<TeardownRun> {
-    let dir = tempfile::Builder::new()
-        .prefix("vsound-bench-pads-")
-        .tempdir()?;
+    let dir = crate::unprivileged::tempdir("vsound-bench-pads-")?;
     let pads: Vec<_> = (0..k)
         .map(|i| dir.path().join(format!("pad{i}.sock")))
         .collect();

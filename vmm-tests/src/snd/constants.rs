@@ -1,4 +1,4 @@
-//! virtio-snd constants (virtio spec, sound device; see docs/virtio-snd.md §1).
+//! virtio-snd constants (virtio spec 5.14, the sound device).
 //!
 //! Written from the spec, independently of the daemon's own definitions, so an
 //! encoding mistake on either side shows up as a test failure.
