@@ -310,6 +310,37 @@ fn round_up(x: u64, frame: u64) -> u64 {
     x.div_ceil(frame).saturating_mul(frame)
 }
 
+/// Rings up to this size are zeroed (touched) when they are made; larger
+/// ones are left to the allocator (see [`zeroed`]).
+const EAGER_ZERO_BYTES: usize = 1 << 20;
+
+/// `len` zero bytes, or `None` if they cannot be had. A small ring is
+/// zeroed here, at once (microseconds: its memory is committed up front,
+/// as it always was). A large one is zeroed by the allocator (`calloc`:
+/// fresh pages from the kernel, touched only as the ring fills), not by a
+/// loop in the device's open: filling 16 MiB there (the ring of a stream
+/// with 4 MiB periods) could outlast the 50 ms the daemon gives a device
+/// call before it takes the device as hung (seen in a debug build on two
+/// busy cores).
+fn zeroed(len: usize) -> Option<Vec<u8>> {
+    if len <= EAGER_ZERO_BYTES {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len).ok()?;
+        buf.resize(len, 0);
+        return Some(buf);
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).ok()?;
+    // SAFETY: `layout` has a non-zero size (`len > EAGER_ZERO_BYTES`).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` comes from the global allocator with `layout`, which is
+    // the layout of `len` bytes (align 1) a `Vec<u8>` of capacity `len`
+    // frees with; all `len` bytes are initialized (zero).
+    Some(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
 /// A byte ring that only ever hands out, and drops, whole frames.
 ///
 /// Positions are absolute byte offsets in the stream (`head` = bytes pushed
@@ -335,17 +366,9 @@ impl Ring {
         let cap = round_up(bytes.clamp(1, MAX_RING_BYTES), frame);
         let len = usize::try_from(cap)
             .map_err(|_| DeviceError::Unsupported(format!("{cap}-byte ring")))?;
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(len)
-            .map_err(|_| DeviceError::Unsupported(format!("cannot allocate a {len}-byte ring")))?;
-        // Zeroed in blocks: `resize` is a loop over bytes in a debug build,
-        // and a 16 MiB ring (4 MiB periods) outlasted the 50 ms the daemon
-        // gives a device call (the open) before it takes the device as hung.
-        const ZEROS: [u8; 4096] = [0; 4096];
-        while buf.len() < len {
-            let n = (len - buf.len()).min(ZEROS.len());
-            buf.extend_from_slice(&ZEROS[..n]);
-        }
+        let buf = zeroed(len).ok_or_else(|| {
+            DeviceError::Unsupported(format!("cannot allocate a {len}-byte ring"))
+        })?;
         Ok(Ring {
             buf,
             frame,
@@ -2554,6 +2577,16 @@ mod tests {
         assert_eq!(ring.pop(&mut out), 12);
         assert_eq!(out[..12], big[16..28]);
         Ok(())
+    }
+
+    #[test]
+    fn a_new_ring_is_zeroed() {
+        for len in [0, 1, 4095, EAGER_ZERO_BYTES, EAGER_ZERO_BYTES + 1, 16 << 20] {
+            let buf = zeroed(len).unwrap();
+            assert_eq!((buf.len(), buf.capacity()), (len, len));
+            assert!(buf.iter().all(|&b| b == 0));
+        }
+        assert!(zeroed(usize::MAX).is_none(), "an impossible size fails");
     }
 
     #[test]
