@@ -716,6 +716,7 @@ impl Config {
             });
         }
 
+        check_mixing(&ctx, &devices, &streams, &stream_spans)?;
         let warnings = check_pads(&ctx, &devices, &streams, &stream_spans)?;
         check_socket_paths(&ctx, &socket_paths)?;
         let d = raw.daemon;
@@ -786,9 +787,130 @@ fn same_path(a: &Path, b: &Path) -> bool {
         }
 }
 
-/// A pad carries one stream per direction (two would need mixing), and a
-/// raw one (no WAV header to announce the format; capture is always raw)
-/// one format: its client cannot tell formats apart. Returns the warnings
+/// Whether the device takes one opener per direction, so that several
+/// streams of one direction on it are mixed by the daemon: a pad, or an
+/// ALSA `hw:`/`plughw:` PCM. (A null device, and ALSA PCMs such as
+/// `default` or `dmix`, take every stream as it is.)
+pub fn device_takes_one_opener(d: &DeviceConfig) -> bool {
+    match d.kind.as_str() {
+        "pad" => true,
+        "alsa" => d
+            .options
+            .get("pcm")
+            .and_then(toml::Value::as_str)
+            .is_some_and(|p| p.starts_with("hw:") || p.starts_with("plughw:")),
+        _ => false,
+    }
+}
+
+impl Config {
+    /// Whether the daemon mixes the streams of `dir` on device `device`
+    /// (two or more of them on a device that takes one opener).
+    pub fn mixed(&self, device: usize, dir: Direction) -> bool {
+        self.devices
+            .get(device)
+            .is_some_and(device_takes_one_opener)
+            && self
+                .streams
+                .iter()
+                .filter(|s| s.device == device && s.direction == dir)
+                .count()
+                >= 2
+    }
+}
+
+/// Streams that are mixed (two or more of one direction on a device that
+/// takes one opener) must each offer exactly one and the same format, rate
+/// and channel count, in a format the mixer can sum.
+fn check_mixing(
+    ctx: &Ctx<'_>,
+    devices: &[DeviceConfig],
+    streams: &[StreamConfig],
+    spans: &[(Range<usize>, Range<usize>)],
+) -> Result<(), ConfigError> {
+    for (di, d) in devices.iter().enumerate() {
+        if !device_takes_one_opener(d) {
+            continue;
+        }
+        for dir in [Direction::Output, Direction::Input] {
+            let ids: Vec<usize> = streams
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.device == di && s.direction == dir)
+                .map(|(i, _)| i)
+                .collect();
+            let (Some(&first), true) = (ids.first(), ids.len() >= 2) else {
+                continue;
+            };
+            let one = |s: &StreamConfig| {
+                s.formats.len() == 1 && s.rates.len() == 1 && s.channels_min == s.channels_max
+            };
+            let shape = |s: &StreamConfig| (s.formats.clone(), s.rates.clone(), s.channels_min);
+            for &id in &ids {
+                let (Some(s), Some(f)) = (streams.get(id), streams.get(first)) else {
+                    continue;
+                };
+                let other = if id == first {
+                    ids.get(1).copied().unwrap_or(first)
+                } else {
+                    id
+                };
+                let span = spans.get(id).map(|(s, _)| s.clone());
+                if !one(s) || shape(s) != shape(f) {
+                    let offers = |s: &StreamConfig| match (s.formats.as_slice(), s.rates.as_slice())
+                    {
+                        ([fmt], [rate]) if one(s) => {
+                            format!("{fmt} {rate} Hz {} ch", s.channels_min)
+                        }
+                        _ => format!(
+                            "{} format(s), {} rate(s) and {}..{} channels",
+                            s.formats.len(),
+                            s.rates.len(),
+                            s.channels_min,
+                            s.channels_max
+                        ),
+                    };
+                    let why = if one(s) {
+                        format!(
+                            "stream {id} offers {}, stream {first} {}",
+                            offers(s),
+                            offers(f)
+                        )
+                    } else {
+                        format!("stream {id} offers {}", offers(s))
+                    };
+                    return Err(ctx.err(
+                        span,
+                        &format!("streams[{id}]"),
+                        format!(
+                            "streams {first} and {other} share device `{}` and are mixed ({} streams): they must offer exactly one and the same format, rate and channel count ({why})",
+                            d.name,
+                            dir.name(),
+                        ),
+                    ));
+                }
+                if let Some(bad) = s
+                    .formats
+                    .iter()
+                    .find(|f| !vsound_devices::mix::format_mixes(**f))
+                {
+                    return Err(ctx.err(
+                        span,
+                        &format!("streams[{id}].formats"),
+                        format!(
+                            "streams {first} and {other} share device `{}` and are mixed: the daemon cannot sum {bad} frames; use a linear format (S16, S32, FLOAT, ...)",
+                            d.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A raw pad (no WAV header to announce the format; capture is always raw)
+/// carries one format: its client cannot tell formats apart. Returns the warnings
 /// for raw pads that allow format changes.
 fn check_pads(
     ctx: &Ctx<'_>,
@@ -805,28 +927,11 @@ fn check_pads(
             .and_then(toml::Value::as_bool)
             == Some(true);
         for dir in [Direction::Output, Direction::Input] {
-            let mut first: Option<usize> = None;
             for (id, sc) in streams.iter().enumerate() {
                 if sc.device != di || sc.direction != dir {
                     continue;
                 }
-                let (span, device_span) = match spans.get(id) {
-                    Some((s, d)) => (Some(s.clone()), Some(d.clone())),
-                    None => (None, None),
-                };
-                let key = format!("streams[{id}].device");
-                if let Some(f) = first {
-                    return Err(ctx.err(
-                        device_span,
-                        &key,
-                        format!(
-                            "pad `{}` already carries stream {f}'s {}; a pad takes one stream per direction (give this stream its own pad)",
-                            d.name,
-                            dir.name()
-                        ),
-                    ));
-                }
-                first = Some(id);
+                let span = spans.get(id).map(|(s, _)| s.clone());
                 let raw = dir == Direction::Input || !wav;
                 let several = sc.formats.len() > 1
                     || sc.rates.len() > 1
@@ -900,20 +1005,59 @@ device = "n"
         "formats = [\"S16\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n";
 
     #[test]
-    fn two_streams_of_one_direction_on_a_pad_are_refused_with_the_reason() {
-        let src = pad_config(
-            "",
-            &format!(
-                "[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n{ONE_FORMAT}\n[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n{ONE_FORMAT}"
-            ),
-        );
-        let e = err(&src);
-        assert_eq!(e.key, "streams[1].device");
+    fn two_streams_of_one_direction_on_a_pad_are_mixed_when_they_share_one_format() {
+        let two = |a: &str, b: &str| {
+            pad_config(
+                "",
+                &format!(
+                    "[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n{a}\n[[streams]]\ndirection = \"input\"\ndevice = \"p\"\n{ONE_FORMAT}\n[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n{b}"
+                ),
+            )
+        };
+        let c = Config::from_toml("t", &two(ONE_FORMAT, ONE_FORMAT)).unwrap();
+        assert!(c.mixed(0, Direction::Output));
+        assert!(!c.mixed(0, Direction::Input), "one input stream");
+        // Another rate: refused, naming both streams and the device.
+        let e = err(&two(ONE_FORMAT, &ONE_FORMAT.replace("48000", "44100")));
+        assert_eq!(e.key, "streams[2]");
         assert!(
-            e.message.contains("already carries stream 0's output"),
+            e.message
+                .contains("streams 0 and 2 share device `p` and are mixed"),
             "{e}"
         );
-        assert_eq!((e.line, e.file.as_str()), (14, "test.toml"), "{e}");
+        assert!(
+            e.message
+                .contains("stream 2 offers S16 44100 Hz 2 ch, stream 0 S16 48000 Hz 2 ch"),
+            "{e}"
+        );
+        assert_eq!((e.line, e.file.as_str()), (19, "test.toml"), "{e}");
+        // Several formats on one of them: refused.
+        let e = err(&two(
+            &ONE_FORMAT.replace("[\"S16\"]", "[\"S16\", \"S32\"]"),
+            ONE_FORMAT,
+        ));
+        assert_eq!(e.key, "streams[0]");
+        assert!(e.message.contains("offers 2 format(s)"), "{e}");
+        // A format the mixer cannot sum: refused.
+        let mu = ONE_FORMAT.replace("S16", "MU_LAW");
+        let e = err(&two(&mu, &mu));
+        assert_eq!(e.key, "streams[0].formats");
+        assert!(e.message.contains("cannot sum MU_LAW"), "{e}");
+        // A null device takes streams as they are: never mixed.
+        let null = "[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\nformats = [\"S16\", \"S32\"]\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n";
+        assert!(!Config::from_toml("t", null)
+            .unwrap()
+            .mixed(0, Direction::Output));
+        // ALSA: hw: takes one opener, default does not.
+        let alsa = |pcm: &str| {
+            format!("[devices.a]\nkind = \"alsa\"\npcm = \"{pcm}\"\n[[streams]]\ndirection = \"output\"\ndevice = \"a\"\n{ONE_FORMAT}[[streams]]\ndirection = \"output\"\ndevice = \"a\"\n{ONE_FORMAT}")
+        };
+        assert!(Config::from_toml("t", &alsa("hw:0,0"))
+            .unwrap()
+            .mixed(0, Direction::Output));
+        assert!(!Config::from_toml("t", &alsa("default"))
+            .unwrap()
+            .mixed(0, Direction::Output));
     }
 
     #[test]

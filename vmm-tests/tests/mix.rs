@@ -1,0 +1,198 @@
+//! Mixing end to end: two guest output streams on one pad play two known
+//! signals at once, and the pad's client receives their sum.
+//!
+//! Signal A has samples that are multiples of 256, signal B samples with
+//! |B| < 128 (neither ever zero), so every received sample R decodes
+//! uniquely: B is R's low byte sign-extended, A is R - B. Each part must be
+//! its signal exactly, after some leading silence (the streams start at
+//! slightly different times).
+//!
+//! Needs the `vsound` binary: `cargo build --bin vsound` first, or set
+//! `VSOUND_BIN`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{ErrorKind, Read};
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vmm_tests::audio::{check_statuses, wait_drained, wait_jack, Geometry};
+use vmm_tests::snd::{PcmFormat, PcmRate};
+use vmm_tests::{ConnectOptions, Daemon, DaemonOptions, Queue, Status};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+const PERIODS: usize = 100;
+
+/// A reproducible signal of `n` samples: `scale` times a value in
+/// 1..=max with a random sign.
+fn signal(n: usize, seed: u64, max: u64, scale: i16) -> Vec<i16> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = (x % max + 1) as i16 * scale;
+            if x & (1 << 40) != 0 {
+                -v
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn bytes(s: &[i16]) -> Vec<u8> {
+    s.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// `part` must be zero but for one run equal to `want`, starting on a
+/// frame boundary. Returns where it starts (in samples).
+fn find_exact(name: &str, part: &[i16], want: &[i16], channels: usize) -> usize {
+    let start = part
+        .iter()
+        .position(|&v| v != 0)
+        .unwrap_or_else(|| panic!("{name}: nothing received"));
+    assert_eq!(start % channels, 0, "{name}: starts mid-frame");
+    let got = part.get(start..start + want.len()).unwrap_or_else(|| {
+        panic!(
+            "{name}: only {} of {} samples received",
+            part.len() - start,
+            want.len()
+        )
+    });
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{name}: sample {i} (of {}) is {} not {} (a gap or a loss in the mix)",
+            want.len(),
+            got[i],
+            want[i]
+        );
+    }
+    let rest = &part[start + want.len()..];
+    assert!(
+        rest.iter().all(|&v| v == 0),
+        "{name}: {} samples after its end are not silence",
+        rest.iter().filter(|&&v| v != 0).count()
+    );
+    start
+}
+
+#[test]
+fn two_output_streams_on_one_pad_are_summed_sample_exact() {
+    let dir = vmm_tests::unprivileged::tempdir("vsound-mix-").unwrap();
+    let path = dir.path().join("pad.sock");
+    let one = "formats = [\"S16\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n";
+    let config = format!(
+        "[devices.pad0]\nkind = \"pad\"\npath = {:?}\n\n\
+         [[streams]]\ndirection = \"output\"\ndevice = \"pad0\"\n{one}\n\
+         [[streams]]\ndirection = \"output\"\ndevice = \"pad0\"\n{one}",
+        path.display().to_string()
+    );
+    let mut daemon = Daemon::spawn_with(&DaemonOptions {
+        config_toml: Some(config),
+        ..DaemonOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut snd = daemon
+        .connect(&ConnectOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c = UnixStream::connect(&path).unwrap();
+    wait_jack(&mut snd, 0, true, TIMEOUT).unwrap();
+
+    let g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
+    let samples = PERIODS * g.period_bytes() / 2;
+    let a = signal(samples, 1, 126, 256);
+    let b = signal(samples, 2, 127, 1);
+    let periods =
+        |s: &[i16]| -> Vec<Vec<u8>> { s.chunks(g.period_bytes() / 2).map(bytes).collect() };
+    let (pa, pb) = (periods(&a), periods(&b));
+
+    // The client reads until the daemon has been quiet for a second.
+    c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let reader = {
+        let mut c = c.try_clone().unwrap();
+        let want = 2 * samples;
+        thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        if got.len() >= want || Instant::now() > deadline {
+                            break;
+                        }
+                    }
+                    Err(e) => panic!("pad client read failed: {e}"),
+                }
+            }
+            got
+        })
+    };
+
+    for s in [0, 1] {
+        assert_eq!(g.set_params(&mut snd, s).unwrap(), Status::Ok, "SET_PARAMS");
+        assert_eq!(snd.prepare(s).unwrap(), Status::Ok, "PREPARE");
+    }
+    // Four periods in flight per stream, refilled as they complete.
+    let mut next = [0usize; 2];
+    for (s, p) in [(0u32, &pa), (1, &pb)] {
+        for q in p.iter().take(4) {
+            snd.tx(s, q, &[]).unwrap();
+        }
+        next[s as usize] = 4;
+    }
+    wait_drained(&mut snd, Queue::Tx, TIMEOUT).unwrap();
+    assert_eq!(snd.start(0).unwrap(), Status::Ok, "START 0");
+    // B starts a little later: it joins the mix where the bus is.
+    thread::sleep(Duration::from_millis(35));
+    assert_eq!(snd.start(1).unwrap(), Status::Ok, "START 1");
+    let mut done = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while done.len() < 2 * PERIODS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = snd.wait_io(Queue::Tx, left).unwrap();
+        assert!(!got.is_empty(), "only {} completions", done.len());
+        for c in got {
+            let s = c.stream_id;
+            let p = if s == 0 { &pa } else { &pb };
+            if let Some(q) = p.get(next[s as usize]) {
+                snd.tx(s, q, &[]).unwrap();
+                next[s as usize] += 1;
+            }
+            done.push(c);
+        }
+    }
+    check_statuses(&done, &[Status::Ok]).unwrap();
+    for s in [0, 1] {
+        assert_eq!(snd.stop(s).unwrap(), Status::Ok, "STOP");
+        assert_eq!(snd.release(s).unwrap(), Status::Ok, "RELEASE");
+    }
+    let got = reader.join().unwrap();
+    daemon
+        .check_alive()
+        .unwrap_or_else(|e| panic!("the daemon died: {e}"));
+    assert_eq!(got.len() % 4, 0, "whole frames");
+    let r: Vec<i16> = got
+        .chunks_exact(2)
+        .map(|w| i16::from_le_bytes([w[0], w[1]]))
+        .collect();
+    let part_b: Vec<i16> = r.iter().map(|&v| i16::from(v as u8 as i8)).collect();
+    let part_a: Vec<i16> = r.iter().zip(&part_b).map(|(&v, &b)| v - b).collect();
+    let at_a = find_exact("signal A", &part_a, &a, 2);
+    let at_b = find_exact("signal B", &part_b, &b, 2);
+    eprintln!(
+        "received {} frames; A from frame {}, B from frame {} ({} ms later)",
+        r.len() / 2,
+        at_a / 2,
+        at_b / 2,
+        (at_b as i64 - at_a as i64) / 2 / 48
+    );
+    assert!(at_b > at_a, "B started later");
+    snd.disconnect().unwrap();
+    daemon.kill().unwrap();
+}
