@@ -12,12 +12,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vmm_tests::audio::{check_statuses, wait_drained, wait_jack, Geometry};
+use vmm_tests::audio::{check_statuses, noise, wait_drained, wait_jack, Geometry};
 use vmm_tests::snd::{PcmFormat, PcmRate};
 use vmm_tests::{ConnectOptions, Daemon, DaemonOptions, Queue, Status};
 
@@ -79,22 +79,29 @@ fn find_exact(name: &str, part: &[i16], want: &[i16], channels: usize) -> usize 
     start
 }
 
-#[test]
-fn two_output_streams_on_one_pad_are_summed_sample_exact() {
+/// A daemon with one pad and two streams of `direction` on it (S16,
+/// 48 kHz, stereo).
+fn spawn(direction: &str) -> (Daemon, std::path::PathBuf, tempfile::TempDir) {
     let dir = vmm_tests::unprivileged::tempdir("vsound-mix-").unwrap();
     let path = dir.path().join("pad.sock");
     let one = "formats = [\"S16\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n";
     let config = format!(
         "[devices.pad0]\nkind = \"pad\"\npath = {:?}\n\n\
-         [[streams]]\ndirection = \"output\"\ndevice = \"pad0\"\n{one}\n\
-         [[streams]]\ndirection = \"output\"\ndevice = \"pad0\"\n{one}",
+         [[streams]]\ndirection = \"{direction}\"\ndevice = \"pad0\"\n{one}\n\
+         [[streams]]\ndirection = \"{direction}\"\ndevice = \"pad0\"\n{one}",
         path.display().to_string()
     );
-    let mut daemon = Daemon::spawn_with(&DaemonOptions {
+    let daemon = Daemon::spawn_with(&DaemonOptions {
         config_toml: Some(config),
         ..DaemonOptions::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
+    (daemon, path, dir)
+}
+
+#[test]
+fn two_output_streams_on_one_pad_are_summed_sample_exact() {
+    let (mut daemon, path, _dir) = spawn("output");
     let mut snd = daemon
         .connect(&ConnectOptions::default())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -193,6 +200,92 @@ fn two_output_streams_on_one_pad_are_summed_sample_exact() {
         (at_b as i64 - at_a as i64) / 2 / 48
     );
     assert!(at_b > at_a, "B started later");
+    snd.disconnect().unwrap();
+    daemon.kill().unwrap();
+}
+
+/// Two input streams on one pad both record what the pad's client writes:
+/// silence, then the client's bytes whole and bit-exact, then silence.
+#[test]
+fn two_input_streams_on_one_pad_both_record_the_client() {
+    let (mut daemon, path, _dir) = spawn("input");
+    let mut snd = daemon
+        .connect(&ConnectOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut c = UnixStream::connect(&path).unwrap();
+    wait_jack(&mut snd, 0, true, TIMEOUT).unwrap();
+    let g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
+    // Ten periods of noise whose first frame has no zero byte.
+    let mut pattern = noise(10 * g.period_bytes(), 7);
+    for b in &mut pattern[..g.frame_bytes()] {
+        *b |= 1;
+    }
+    // One period before the client writes, up to five of delay, the
+    // pattern, one after.
+    let total = 1 + 5 + 10 + 1;
+    for s in [0, 1] {
+        assert_eq!(g.set_params(&mut snd, s).unwrap(), Status::Ok, "SET_PARAMS");
+        assert_eq!(snd.prepare(s).unwrap(), Status::Ok, "PREPARE");
+        for _ in 0..4 {
+            snd.rx(s, g.period_bytes(), &[]).unwrap();
+        }
+    }
+    wait_drained(&mut snd, Queue::Rx, TIMEOUT).unwrap();
+    for s in [0, 1] {
+        assert_eq!(snd.start(s).unwrap(), Status::Ok, "START");
+    }
+    let mut done: [Vec<vmm_tests::IoCompletion>; 2] = [Vec::new(), Vec::new()];
+    let mut queued = [4usize; 2];
+    let mut written = false;
+    let deadline = Instant::now() + TIMEOUT;
+    while done.iter().any(|d| d.len() < total) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = snd.wait_io(Queue::Rx, left).unwrap();
+        assert!(!got.is_empty(), "rx completions stalled");
+        for x in got {
+            let s = x.stream_id as usize;
+            if queued[s] < total {
+                snd.rx(x.stream_id, g.period_bytes(), &[]).unwrap();
+                queued[s] += 1;
+            }
+            done[s].push(x);
+        }
+        // Both capture endpoints are open once each stream completed one.
+        if !written && done.iter().all(|d| !d.is_empty()) {
+            c.write_all(&pattern).unwrap();
+            written = true;
+        }
+    }
+    for (s, d) in done.iter().enumerate() {
+        check_statuses(d, &[Status::Ok]).unwrap();
+        let got: Vec<u8> = d.iter().flat_map(|x| x.data.iter().copied()).collect();
+        let at = got
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or_else(|| panic!("stream {s}: the client's bytes never arrived"));
+        assert_eq!(at % g.frame_bytes(), 0, "stream {s}: starts mid-frame");
+        let rest = &got[at..];
+        assert!(rest.len() >= pattern.len(), "stream {s}: capture too short");
+        assert!(
+            rest[..pattern.len()] == pattern[..],
+            "stream {s}: not the client's bytes (from byte {at})"
+        );
+        assert!(
+            rest[pattern.len()..].iter().all(|&b| b == 0),
+            "stream {s}: not silence after the client's bytes"
+        );
+        eprintln!(
+            "stream {s}: the client's {} bytes from byte {at}",
+            pattern.len()
+        );
+    }
+    for s in [0, 1] {
+        assert_eq!(snd.stop(s).unwrap(), Status::Ok, "STOP");
+        assert_eq!(snd.release(s).unwrap(), Status::Ok, "RELEASE");
+    }
+    daemon
+        .check_alive()
+        .unwrap_or_else(|e| panic!("the daemon died: {e}"));
     snd.disconnect().unwrap();
     daemon.kill().unwrap();
 }
