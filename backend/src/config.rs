@@ -155,6 +155,8 @@ struct RawStream {
     /// The controls' name: "NAME Playback Volume" (default "Master") or
     /// "NAME Capture Volume" (default "Capture Volume").
     control_name: Option<Spanned<String>>,
+    /// The channel map: one position per channel (`channels.max` of them).
+    positions: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +193,9 @@ pub struct StreamConfig {
     pub on_remove: OnRemove,
     /// `volume = true`: the stream's volume and mute controls.
     pub volume: Option<VolumeConfig>,
+    /// `positions`: the channel map of its (group, direction), position
+    /// codes, one per channel (`channels_max` of them).
+    pub positions: Option<Vec<u8>>,
 }
 
 /// A stream's controls as configured.
@@ -700,7 +705,70 @@ impl Config {
                 None
             };
 
+            let positions = match &s.positions {
+                None => None,
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for p in list.get_ref() {
+                        let code = crate::constants::chmap_code(p.get_ref()).ok_or_else(|| {
+                            ctx.err(
+                                Some(p.span()),
+                                &key("positions"),
+                                format!(
+                                    "unknown channel position `{}` (one of: {})",
+                                    p.get_ref(),
+                                    crate::constants::CHMAP_NAMES.join(", ")
+                                ),
+                            )
+                        })?;
+                        if code > 2 && out.contains(&code) {
+                            return Err(ctx.err(
+                                Some(p.span()),
+                                &key("positions"),
+                                format!("`{}` is given twice", p.get_ref()),
+                            ));
+                        }
+                        out.push(code);
+                    }
+                    if out.len() != usize::from(channels_max) {
+                        return Err(ctx.err(
+                            Some(list.span()),
+                            &key("positions"),
+                            format!(
+                                "{} positions for a stream of up to {channels_max} channels: give one per channel of `channels.max`",
+                                out.len()
+                            ),
+                        ));
+                    }
+                    Some(out)
+                }
+            };
+            // Streams of one group and direction share one channel map.
+            if let Some(mine) = &positions {
+                if let Some((other, _)) =
+                    streams
+                        .iter()
+                        .enumerate()
+                        .find(|(_, o): &(usize, &StreamConfig)| {
+                            o.group == group
+                                && o.direction
+                                    == match s.direction {
+                                        RawDirection::Output => Direction::Output,
+                                        RawDirection::Input => Direction::Input,
+                                    }
+                                && o.positions.as_ref().is_some_and(|p| p != mine)
+                        })
+                {
+                    return Err(ctx.err(
+                        s.positions.as_ref().map(Spanned::span),
+                        &key("positions"),
+                        format!("stream {other} of the same group and direction has another channel map (one map per group and direction)"),
+                    ));
+                }
+            }
+
             streams.push(StreamConfig {
+                positions,
                 volume,
                 direction: match s.direction {
                     RawDirection::Output => Direction::Output,
