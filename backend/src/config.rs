@@ -335,7 +335,9 @@ fn locate(src: &str, span: Option<Range<usize>>) -> (usize, usize, Option<String
         .and_then(|h| h.split("]]").next())
         .or_else(|| header.strip_prefix('[').and_then(|h| h.split(']').next()))
     {
-        return (line, column, Some(inner.trim().to_owned()));
+        // `[]` names no table: no key to give.
+        let inner = inner.trim();
+        return (line, column, (!inner.is_empty()).then(|| inner.to_owned()));
     }
     let key = text
         .split_once('=')
@@ -1071,6 +1073,16 @@ device = "n"
 
     const ONE_FORMAT: &str =
         "formats = [\"S16\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n";
+
+    #[test]
+    fn an_empty_table_header_still_gets_a_key_in_the_error() {
+        // Found by the config fuzz target: `[]daemon]` gave an empty key.
+        let e = Config::from_toml("f.toml", "[]daemon]\n").unwrap_err();
+        assert!(!e.key.is_empty(), "{e}");
+        assert_eq!((e.line, e.key.as_str()), (1, "-"), "{e}");
+        let e = Config::from_toml("f.toml", "[[]]\n").unwrap_err();
+        assert!(!e.key.is_empty(), "{e}");
+    }
 
     #[test]
     fn two_streams_of_one_direction_on_a_pad_are_mixed_when_they_share_one_format() {
