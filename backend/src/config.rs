@@ -155,6 +155,8 @@ struct RawStream {
     /// The controls' name: "NAME Playback Volume" (default "Master") or
     /// "NAME Capture Volume" (default "Capture Volume").
     control_name: Option<Spanned<String>>,
+    /// The channel map: one position per channel (`channels.max` of them).
+    positions: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +193,9 @@ pub struct StreamConfig {
     pub on_remove: OnRemove,
     /// `volume = true`: the stream's volume and mute controls.
     pub volume: Option<VolumeConfig>,
+    /// `positions`: the channel map of its (group, direction), position
+    /// codes, one per channel (`channels_max` of them).
+    pub positions: Option<Vec<u8>>,
 }
 
 /// A stream's controls as configured.
@@ -330,7 +335,9 @@ fn locate(src: &str, span: Option<Range<usize>>) -> (usize, usize, Option<String
         .and_then(|h| h.split("]]").next())
         .or_else(|| header.strip_prefix('[').and_then(|h| h.split(']').next()))
     {
-        return (line, column, Some(inner.trim().to_owned()));
+        // `[]` names no table: no key to give.
+        let inner = inner.trim();
+        return (line, column, (!inner.is_empty()).then(|| inner.to_owned()));
     }
     let key = text
         .split_once('=')
@@ -700,7 +707,70 @@ impl Config {
                 None
             };
 
+            let positions = match &s.positions {
+                None => None,
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for p in list.get_ref() {
+                        let code = crate::constants::chmap_code(p.get_ref()).ok_or_else(|| {
+                            ctx.err(
+                                Some(p.span()),
+                                &key("positions"),
+                                format!(
+                                    "unknown channel position `{}` (one of: {})",
+                                    p.get_ref(),
+                                    crate::constants::CHMAP_NAMES.join(", ")
+                                ),
+                            )
+                        })?;
+                        if code > 2 && out.contains(&code) {
+                            return Err(ctx.err(
+                                Some(p.span()),
+                                &key("positions"),
+                                format!("`{}` is given twice", p.get_ref()),
+                            ));
+                        }
+                        out.push(code);
+                    }
+                    if out.len() != usize::from(channels_max) {
+                        return Err(ctx.err(
+                            Some(list.span()),
+                            &key("positions"),
+                            format!(
+                                "{} positions for a stream of up to {channels_max} channels: give one per channel of `channels.max`",
+                                out.len()
+                            ),
+                        ));
+                    }
+                    Some(out)
+                }
+            };
+            // Streams of one group and direction share one channel map.
+            if let Some(mine) = &positions {
+                if let Some((other, _)) =
+                    streams
+                        .iter()
+                        .enumerate()
+                        .find(|(_, o): &(usize, &StreamConfig)| {
+                            o.group == group
+                                && o.direction
+                                    == match s.direction {
+                                        RawDirection::Output => Direction::Output,
+                                        RawDirection::Input => Direction::Input,
+                                    }
+                                && o.positions.as_ref().is_some_and(|p| p != mine)
+                        })
+                {
+                    return Err(ctx.err(
+                        s.positions.as_ref().map(Spanned::span),
+                        &key("positions"),
+                        format!("stream {other} of the same group and direction has another channel map (one map per group and direction)"),
+                    ));
+                }
+            }
+
             streams.push(StreamConfig {
+                positions,
                 volume,
                 direction: match s.direction {
                     RawDirection::Output => Direction::Output,
@@ -716,6 +786,7 @@ impl Config {
             });
         }
 
+        check_mixing(&ctx, &devices, &streams, &stream_spans)?;
         let warnings = check_pads(&ctx, &devices, &streams, &stream_spans)?;
         check_socket_paths(&ctx, &socket_paths)?;
         let d = raw.daemon;
@@ -786,9 +857,130 @@ fn same_path(a: &Path, b: &Path) -> bool {
         }
 }
 
-/// A pad carries one stream per direction (two would need mixing), and a
-/// raw one (no WAV header to announce the format; capture is always raw)
-/// one format: its client cannot tell formats apart. Returns the warnings
+/// Whether the device takes one opener per direction, so that several
+/// streams of one direction on it are mixed by the daemon: a pad, or an
+/// ALSA `hw:`/`plughw:` PCM. (A null device, and ALSA PCMs such as
+/// `default` or `dmix`, take every stream as it is.)
+pub fn device_takes_one_opener(d: &DeviceConfig) -> bool {
+    match d.kind.as_str() {
+        "pad" => true,
+        "alsa" => d
+            .options
+            .get("pcm")
+            .and_then(toml::Value::as_str)
+            .is_some_and(|p| p.starts_with("hw:") || p.starts_with("plughw:")),
+        _ => false,
+    }
+}
+
+impl Config {
+    /// Whether the daemon mixes the streams of `dir` on device `device`
+    /// (two or more of them on a device that takes one opener).
+    pub fn mixed(&self, device: usize, dir: Direction) -> bool {
+        self.devices
+            .get(device)
+            .is_some_and(device_takes_one_opener)
+            && self
+                .streams
+                .iter()
+                .filter(|s| s.device == device && s.direction == dir)
+                .count()
+                >= 2
+    }
+}
+
+/// Streams that are mixed (two or more of one direction on a device that
+/// takes one opener) must each offer exactly one and the same format, rate
+/// and channel count, in a format the mixer can sum.
+fn check_mixing(
+    ctx: &Ctx<'_>,
+    devices: &[DeviceConfig],
+    streams: &[StreamConfig],
+    spans: &[(Range<usize>, Range<usize>)],
+) -> Result<(), ConfigError> {
+    for (di, d) in devices.iter().enumerate() {
+        if !device_takes_one_opener(d) {
+            continue;
+        }
+        for dir in [Direction::Output, Direction::Input] {
+            let ids: Vec<usize> = streams
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.device == di && s.direction == dir)
+                .map(|(i, _)| i)
+                .collect();
+            let (Some(&first), true) = (ids.first(), ids.len() >= 2) else {
+                continue;
+            };
+            let one = |s: &StreamConfig| {
+                s.formats.len() == 1 && s.rates.len() == 1 && s.channels_min == s.channels_max
+            };
+            let shape = |s: &StreamConfig| (s.formats.clone(), s.rates.clone(), s.channels_min);
+            for &id in &ids {
+                let (Some(s), Some(f)) = (streams.get(id), streams.get(first)) else {
+                    continue;
+                };
+                let other = if id == first {
+                    ids.get(1).copied().unwrap_or(first)
+                } else {
+                    id
+                };
+                let span = spans.get(id).map(|(s, _)| s.clone());
+                if !one(s) || shape(s) != shape(f) {
+                    let offers = |s: &StreamConfig| match (s.formats.as_slice(), s.rates.as_slice())
+                    {
+                        ([fmt], [rate]) if one(s) => {
+                            format!("{fmt} {rate} Hz {} ch", s.channels_min)
+                        }
+                        _ => format!(
+                            "{} format(s), {} rate(s) and {}..{} channels",
+                            s.formats.len(),
+                            s.rates.len(),
+                            s.channels_min,
+                            s.channels_max
+                        ),
+                    };
+                    let why = if one(s) {
+                        format!(
+                            "stream {id} offers {}, stream {first} {}",
+                            offers(s),
+                            offers(f)
+                        )
+                    } else {
+                        format!("stream {id} offers {}", offers(s))
+                    };
+                    return Err(ctx.err(
+                        span,
+                        &format!("streams[{id}]"),
+                        format!(
+                            "streams {first} and {other} share device `{}` and are mixed ({} streams): they must offer exactly one and the same format, rate and channel count ({why})",
+                            d.name,
+                            dir.name(),
+                        ),
+                    ));
+                }
+                if let Some(bad) = s
+                    .formats
+                    .iter()
+                    .find(|f| !vsound_devices::mix::format_mixes(**f))
+                {
+                    return Err(ctx.err(
+                        span,
+                        &format!("streams[{id}].formats"),
+                        format!(
+                            "streams {first} and {other} share device `{}` and are mixed: the daemon cannot sum {bad} frames; use a linear format (S16, S32, FLOAT, ...)",
+                            d.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A raw pad (no WAV header to announce the format; capture is always raw)
+/// carries one format: its client cannot tell formats apart. Returns the warnings
 /// for raw pads that allow format changes.
 fn check_pads(
     ctx: &Ctx<'_>,
@@ -805,28 +997,11 @@ fn check_pads(
             .and_then(toml::Value::as_bool)
             == Some(true);
         for dir in [Direction::Output, Direction::Input] {
-            let mut first: Option<usize> = None;
             for (id, sc) in streams.iter().enumerate() {
                 if sc.device != di || sc.direction != dir {
                     continue;
                 }
-                let (span, device_span) = match spans.get(id) {
-                    Some((s, d)) => (Some(s.clone()), Some(d.clone())),
-                    None => (None, None),
-                };
-                let key = format!("streams[{id}].device");
-                if let Some(f) = first {
-                    return Err(ctx.err(
-                        device_span,
-                        &key,
-                        format!(
-                            "pad `{}` already carries stream {f}'s {}; a pad takes one stream per direction (give this stream its own pad)",
-                            d.name,
-                            dir.name()
-                        ),
-                    ));
-                }
-                first = Some(id);
+                let span = spans.get(id).map(|(s, _)| s.clone());
                 let raw = dir == Direction::Input || !wav;
                 let several = sc.formats.len() > 1
                     || sc.rates.len() > 1
@@ -900,20 +1075,69 @@ device = "n"
         "formats = [\"S16\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n";
 
     #[test]
-    fn two_streams_of_one_direction_on_a_pad_are_refused_with_the_reason() {
-        let src = pad_config(
-            "",
-            &format!(
-                "[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n{ONE_FORMAT}\n[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n{ONE_FORMAT}"
-            ),
-        );
-        let e = err(&src);
-        assert_eq!(e.key, "streams[1].device");
+    fn an_empty_table_header_still_gets_a_key_in_the_error() {
+        // Found by the config fuzz target: `[]daemon]` gave an empty key.
+        let e = Config::from_toml("f.toml", "[]daemon]\n").unwrap_err();
+        assert!(!e.key.is_empty(), "{e}");
+        assert_eq!((e.line, e.key.as_str()), (1, "-"), "{e}");
+        let e = Config::from_toml("f.toml", "[[]]\n").unwrap_err();
+        assert!(!e.key.is_empty(), "{e}");
+    }
+
+    #[test]
+    fn two_streams_of_one_direction_on_a_pad_are_mixed_when_they_share_one_format() {
+        let two = |a: &str, b: &str| {
+            pad_config(
+                "",
+                &format!(
+                    "[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n{a}\n[[streams]]\ndirection = \"input\"\ndevice = \"p\"\n{ONE_FORMAT}\n[[streams]]\ndirection = \"output\"\ndevice = \"p\"\n{b}"
+                ),
+            )
+        };
+        let c = Config::from_toml("t", &two(ONE_FORMAT, ONE_FORMAT)).unwrap();
+        assert!(c.mixed(0, Direction::Output));
+        assert!(!c.mixed(0, Direction::Input), "one input stream");
+        // Another rate: refused, naming both streams and the device.
+        let e = err(&two(ONE_FORMAT, &ONE_FORMAT.replace("48000", "44100")));
+        assert_eq!(e.key, "streams[2]");
         assert!(
-            e.message.contains("already carries stream 0's output"),
+            e.message
+                .contains("streams 0 and 2 share device `p` and are mixed"),
             "{e}"
         );
-        assert_eq!((e.line, e.file.as_str()), (14, "test.toml"), "{e}");
+        assert!(
+            e.message
+                .contains("stream 2 offers S16 44100 Hz 2 ch, stream 0 S16 48000 Hz 2 ch"),
+            "{e}"
+        );
+        assert_eq!((e.line, e.file.as_str()), (19, "test.toml"), "{e}");
+        // Several formats on one of them: refused.
+        let e = err(&two(
+            &ONE_FORMAT.replace("[\"S16\"]", "[\"S16\", \"S32\"]"),
+            ONE_FORMAT,
+        ));
+        assert_eq!(e.key, "streams[0]");
+        assert!(e.message.contains("offers 2 format(s)"), "{e}");
+        // A format the mixer cannot sum: refused.
+        let mu = ONE_FORMAT.replace("S16", "MU_LAW");
+        let e = err(&two(&mu, &mu));
+        assert_eq!(e.key, "streams[0].formats");
+        assert!(e.message.contains("cannot sum MU_LAW"), "{e}");
+        // A null device takes streams as they are: never mixed.
+        let null = "[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\nformats = [\"S16\", \"S32\"]\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n";
+        assert!(!Config::from_toml("t", null)
+            .unwrap()
+            .mixed(0, Direction::Output));
+        // ALSA: hw: takes one opener, default does not.
+        let alsa = |pcm: &str| {
+            format!("[devices.a]\nkind = \"alsa\"\npcm = \"{pcm}\"\n[[streams]]\ndirection = \"output\"\ndevice = \"a\"\n{ONE_FORMAT}[[streams]]\ndirection = \"output\"\ndevice = \"a\"\n{ONE_FORMAT}")
+        };
+        assert!(Config::from_toml("t", &alsa("hw:0,0"))
+            .unwrap()
+            .mixed(0, Direction::Output));
+        assert!(!Config::from_toml("t", &alsa("default"))
+            .unwrap()
+            .mixed(0, Direction::Output));
     }
 
     #[test]

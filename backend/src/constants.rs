@@ -164,6 +164,22 @@ pub mod chmap_pos {
     pub const RC: u8 = 11;
 }
 
+/// Every channel position's name, by its code (`VIRTIO_SND_CHMAP_*`, spec
+/// 5.14.6.9.1; ALSA's names).
+pub const CHMAP_NAMES: [&str; 37] = [
+    "NONE", "NA", "MONO", "FL", "FR", "RL", "RR", "FC", "LFE", "SL", "SR", "RC", "FLC", "FRC",
+    "RLC", "RRC", "FLW", "FRW", "FLH", "FCH", "FRH", "TC", "TFL", "TFR", "TFC", "TRL", "TRR",
+    "TRC", "TFLC", "TFRC", "TSL", "TSR", "LLFE", "RLFE", "BC", "BLC", "BRC",
+];
+
+/// A channel position's code from its name (case-insensitive).
+pub fn chmap_code(name: &str) -> Option<u8> {
+    CHMAP_NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .and_then(|i| u8::try_from(i).ok())
+}
+
 /// The most channels a channel map can describe.
 pub const CHMAP_MAX_SIZE: usize = 18;
 
@@ -190,6 +206,15 @@ pub fn standard_positions(channels: u8) -> [u8; CHMAP_MAX_SIZE] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_position_names_match_their_codes() {
+        assert_eq!(chmap_code("FL"), Some(chmap_pos::FL));
+        assert_eq!(chmap_code("rc"), Some(chmap_pos::RC));
+        assert_eq!(chmap_code("MONO"), Some(chmap_pos::MONO));
+        assert_eq!(chmap_code("BRC"), Some(36));
+        assert_eq!(chmap_code("XX"), None);
+    }
 
     #[test]
     fn request_codes_round_trip_and_unknown_codes_are_refused() {

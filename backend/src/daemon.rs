@@ -19,9 +19,11 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::GuestMemoryAtomic;
+use vsound_devices::mix::MixDevice;
 use vsound_devices::{registry, unix_socket};
 
 use crate::config::Config;
+use crate::constants::Direction;
 use crate::device::SoundDevice;
 use crate::hotplug::ManagedDevice;
 use crate::queue::Mem;
@@ -87,7 +89,27 @@ impl DaemonState {
             .enumerate()
             .map(|(i, d)| {
                 registry::build(&d.name, &d.kind, d.options.clone())
-                    .map(|dev| ManagedDevice::new(i, d.name.clone(), dev))
+                    .map(|dev| {
+                        // Several streams of one direction on a device that
+                        // takes one opener: the daemon mixes them.
+                        let play = config.mixed(i, Direction::Output);
+                        let cap = config.mixed(i, Direction::Input);
+                        let dev: Arc<dyn vsound_devices::HostDevice> = if play || cap {
+                            log::info!(
+                                "device {}: mixing its {} streams",
+                                d.name,
+                                match (play, cap) {
+                                    (true, true) => "output and input",
+                                    (true, false) => "output",
+                                    _ => "input",
+                                }
+                            );
+                            Arc::new(MixDevice::new(dev, play, cap))
+                        } else {
+                            dev
+                        };
+                        ManagedDevice::new(i, d.name.clone(), dev)
+                    })
                     .map_err(|message| DaemonError::Device {
                         name: d.name.clone(),
                         message,

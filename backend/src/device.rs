@@ -70,6 +70,8 @@ pub struct Chmap {
     pub group: u32,
     pub direction: Direction,
     pub channels: u8,
+    /// Configured positions (`positions`), else the usual ones.
+    pub positions: Option<Vec<u8>>,
 }
 
 /// Errors building the device.
@@ -152,11 +154,17 @@ impl SoundDevice {
                 .iter_mut()
                 .find(|c| c.group == sc.group && c.direction == sc.direction)
             {
-                Some(c) => c.channels = c.channels.max(sc.channels_max),
+                Some(c) => {
+                    c.channels = c.channels.max(sc.channels_max);
+                    if c.positions.is_none() {
+                        c.positions = sc.positions.clone();
+                    }
+                }
                 None => chmaps.push(Chmap {
                     group: sc.group,
                     direction: sc.direction,
                     channels: sc.channels_max,
+                    positions: sc.positions.clone(),
                 }),
             }
         }
@@ -306,8 +314,22 @@ impl SoundDevice {
         ChmapInfo {
             hda_fn_nid: c.group.into(),
             direction: c.direction.code(),
-            channels: c.channels.min(CHMAP_MAX_SIZE as u8),
-            positions: standard_positions(c.channels),
+            channels: c
+                .positions
+                .as_ref()
+                .and_then(|p| u8::try_from(p.len()).ok())
+                .unwrap_or(c.channels)
+                .min(CHMAP_MAX_SIZE as u8),
+            positions: match &c.positions {
+                Some(p) => {
+                    let mut out = [0u8; CHMAP_MAX_SIZE];
+                    for (slot, pos) in out.iter_mut().zip(p) {
+                        *slot = *pos;
+                    }
+                    out
+                }
+                None => standard_positions(c.channels),
+            },
         }
     }
 

@@ -454,6 +454,8 @@ fn find_pad<'a>(ctx: &'a Ctx, name: &'a str) -> Result<PadInfo<'a>, String> {
     let opts: PadOptions = toml::Value::Table(dev.options.clone())
         .try_into()
         .map_err(|e| format!("pad `{name}` in {}: {e}", ctx.config_name))?;
+    // Several streams of one direction on a pad are mixed, and share one
+    // format (check-config): the first speaks for them all.
     let stream = |dir: Direction| {
         cfg.streams
             .iter()

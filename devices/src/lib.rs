@@ -21,6 +21,7 @@ pub mod alsa;
 pub mod alsa_log;
 pub mod attach;
 mod format;
+pub mod mix;
 pub mod null;
 pub mod pad;
 pub mod registry;

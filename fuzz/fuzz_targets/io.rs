@@ -248,7 +248,7 @@ impl Run<'_> {
             return;
         };
         self.any_len[r][usize::from(chain.head_index())] = true;
-        match IoMessage::parse(chain, dir) {
+        match IoMessage::parse(chain, dir, q.size()) {
             Ok((_stream, mut msg)) => {
                 let mut buf = vec![0u8; 0];
                 for _ in 0..inp.u8() % 4 {

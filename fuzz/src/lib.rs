@@ -221,6 +221,10 @@ impl Virtqueue for LocalQueue {
         &self.gate
     }
 
+    fn size(&self) -> u16 {
+        self.queue.lock().unwrap().size()
+    }
+
     fn pop(&self, _pass: &RingPass<'_>) -> Option<Chain> {
         let mut q = self.queue.lock().unwrap();
         q.pop_descriptor_chain(self.mem.memory())

@@ -17,7 +17,8 @@
 # alsa-file, two-groups, vmm-restart, driver-reload, hot-remove-silence,
 # hot-remove-error, jacks, pause-resume-playback, pause-resume-capture,
 # system-reset-playback, reboot-playback, daemon-restart-replug, pad-recipe-feed-first,
-# pad-recipe-record-first, pad-fill-silence-gap, pad-tool-round-trip, controls.
+# pad-recipe-record-first, pad-fill-silence-gap, pad-tool-round-trip, controls,
+# pad-mix-two-aplays.
 # Host-side helpers: pad-client.py (records/feeds a pad, reacts to the guest console),
 # pcm-check.py (compares received PCM with the file played), qmp.py (QEMU's monitor:
 # pause, resume, reset the VM, unplug and plug a device). The test signals are made once
@@ -472,6 +473,50 @@ PY
         grep -c "event value: numid=[0-9]*,iface=MIXER,name='Master Playback Volume'" || true)
     say "    guest mixer events for Master Playback Volume after the host's call: $told"
     [[ $told -ge 1 ]] || bad "the guest's amixer events saw no change from the host (CTL_NOTIFY)"
+}
+
+# 4c. Mixing: two aplays at once on the two substreams of hw:0,0, both bound to one pad.
+#     The pad's client must receive their sum, bit-exact: A's samples are multiples of
+#     256 and B's below 128 in magnitude, so the sum decodes uniquely (B = the low byte,
+#     sign-extended; A = the rest), and each part must be its file exactly, whatever
+#     the offset between the two plays.
+case_pad_mix_two_aplays() {
+    python3 - "$DATA" <<'PY'
+import math, struct, sys, wave
+d = sys.argv[1]
+def write(name, frames):
+    with wave.open(f"{d}/{name}.wav", "wb") as w:
+        w.setnchannels(2); w.setsampwidth(2); w.setframerate(48000)
+        w.writeframes(b"".join(struct.pack("<hh", l, r) for l, r in frames))
+    with open(f"{d}/{name}.raw", "wb") as f:
+        f.write(b"".join(struct.pack("<hh", l, r) for l, r in frames))
+n = 96000  # 2 s
+# (phases so that neither file starts with a silent frame)
+write("mixa", [(256 * round(60 * math.sin(2 * math.pi * 440 * i / 48000 + 0.5)),
+                256 * round(50 * math.sin(2 * math.pi * 660 * i / 48000 + 1))) for i in range(n)])
+write("mixb", [(round(100 * math.sin(2 * math.pi * 1000 * i / 48000 + 0.3)),
+                round(90 * math.sin(2 * math.pi * 1500 * i / 48000 + 1))) for i in range(n)])
+PY
+    start_daemon "$(config pad-mix.toml)" || return 1
+    start_client rx pad0 || return 1
+    guest guest pcm-io.sh --data "$DATA/mixa.wav" --data "$DATA/mixb.wav" --env PLAY_PARALLEL=1 \
+        --env "PLAY=hw:CARD=SoundCard,DEV=0,SUBDEV=0@/data/mixa.wav@2000 hw:CARD=SoundCard,DEV=0,SUBDEV=1@/data/mixb.wav@2000" ||
+        return 1
+    kill_bg
+    segments rx 1 || return 1
+    python3 - "$CDIR/rx.0" "$CDIR/rx-a.raw" "$CDIR/rx-b.raw" <<'PY' >>"$OUT" || return 1
+import array, sys
+r = array.array("h", open(sys.argv[1], "rb").read()[: (len(open(sys.argv[1], "rb").read()) // 2) * 2])
+b = array.array("h", (((v & 0xFF) ^ 0x80) - 0x80 for v in r))
+a = array.array("h", (v - x for v, x in zip(r, b)))
+assert all(v % 256 == 0 for v in a)
+open(sys.argv[2], "wb").write(a.tobytes())
+open(sys.argv[3], "wb").write(b.tobytes())
+print(f"    received {len(r) * 2} bytes; decoded into A and B parts")
+PY
+    # Either play may start first (up to half a second apart): silence around each part.
+    pcm exact "$DATA/mixa.raw" "$CDIR/rx-a.raw" --frame 4 --rate 192000 --lead-silence auto --max-tail 96000 || return 1
+    pcm exact "$DATA/mixb.raw" "$CDIR/rx-b.raw" --frame 4 --rate 192000 --lead-silence auto --max-tail 96000
 }
 
 # 5a. Hot removal, on_remove = "silence": the pad client disconnects 2 s into a
@@ -1038,6 +1083,7 @@ CASES=(
     pad-tool-round-trip
     pad-fill-silence-gap
     controls
+    pad-mix-two-aplays
 )
 # Cases that need daemon work still in progress (none now).
 PENDING_CASES=()

@@ -40,8 +40,69 @@ fn is_daemon_thread(name: &str) -> bool {
 #[test]
 fn the_daemon_allocates_nothing_per_period_through_vhost_user() {
     let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
-    let socket = dir.path().join("vsound.sock");
     let config = Config::default_config().unwrap();
+    run_counted(
+        &dir,
+        config,
+        &[(0, Direction::Output), (1, Direction::Input)],
+        |_| {},
+    );
+}
+
+/// The same through the mixer: two output and two input streams on one pad
+/// (with a client, so that the mixed endpoints are open and used).
+#[test]
+fn mixing_streams_on_a_pad_allocates_nothing_per_period() {
+    let dir = vmm_tests::unprivileged::tempdir("vsound-t-").unwrap();
+    let pad = dir.path().join("pad.sock");
+    let one = "formats = [\"S16\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n";
+    let streams: String = ["output", "output", "input", "input"]
+        .iter()
+        .map(|d| format!("[[streams]]\ndirection = \"{d}\"\ndevice = \"pad0\"\n{one}\n"))
+        .collect();
+    let src = format!(
+        "[devices.pad0]\nkind = \"pad\"\npath = {:?}\n\n{streams}",
+        pad.display().to_string()
+    );
+    let config = Config::from_toml("mix.toml", &src).unwrap();
+    assert!(config.mixed(0, vsound::constants::Direction::Output));
+    assert!(config.mixed(0, vsound::constants::Direction::Input));
+    let mut client = None;
+    run_counted(
+        &dir,
+        config,
+        &[
+            (0, Direction::Output),
+            (1, Direction::Output),
+            (2, Direction::Input),
+            (3, Direction::Input),
+        ],
+        |snd| {
+            let c = std::os::unix::net::UnixStream::connect(&pad).unwrap();
+            let mut r = c.try_clone().unwrap();
+            // Drains the pad's playback (the test's thread, not counted).
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while matches!(std::io::Read::read(&mut r, &mut buf), Ok(n) if n > 0) {}
+            });
+            client = Some(c);
+            vmm_tests::audio::wait_jack(snd, 0, true, Duration::from_secs(10)).unwrap();
+        },
+    );
+    drop(client);
+}
+
+/// The counts are process-wide: one test counts at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run_counted(
+    dir: &tempfile::TempDir,
+    config: Config,
+    streams: &[(u32, Direction)],
+    before: impl FnOnce(&mut SndDriver),
+) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let socket = dir.path().join("vsound.sock");
     let spec = SocketSpec::Path(socket.clone());
     let served = thread::Builder::new()
         .name("daemon-main".into())
@@ -49,8 +110,8 @@ fn the_daemon_allocates_nothing_per_period_through_vhost_user() {
         .unwrap();
 
     let mut snd = SndDriver::connect(&socket, &ConnectOptions::default()).unwrap();
-    let mut load =
-        Load::prepare(&mut snd, &[(0, Direction::Output), (1, Direction::Input)]).unwrap();
+    before(&mut snd);
+    let mut load = Load::prepare(&mut snd, streams).unwrap();
     load.start().unwrap();
     let periods = |n: u64| move |l: &Load| l.streams().iter().any(|s| s.done < n);
     let limit = Instant::now() + Duration::from_secs(10);
@@ -88,13 +149,13 @@ fn the_daemon_allocates_nothing_per_period_through_vhost_user() {
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
         .map(|s| s.trim().to_owned())
         .collect();
-    for expected in [
-        "vsound-s0",
-        "vsound-s1",
-        "vsound-watchdog",
-        "vring_worker",
-        "vsound",
-    ] {
+    let workers: Vec<String> = (0..streams.len()).map(|i| format!("vsound-s{i}")).collect();
+    for expected in
+        workers
+            .iter()
+            .map(String::as_str)
+            .chain(["vsound-watchdog", "vring_worker", "vsound"])
+    {
         assert!(
             names.iter().any(|n| n == expected),
             "no thread {expected} in {names:?}"

@@ -109,6 +109,54 @@ fn chmap_info_gives_the_usual_positions_per_group_and_direction() {
     }
 }
 
+/// `positions` in the config gives the stream's group and direction that
+/// channel map instead of the usual one; check-config refuses bad ones.
+#[test]
+fn configured_channel_positions_are_the_maps_the_guest_reads() {
+    let toml = "[devices.n]\nkind = \"null\"\n\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\nchannels = { min = 1, max = 4 }\npositions = [\"FL\", \"FR\", \"FC\", \"LFE\"]\n\n[[streams]]\ndirection = \"input\"\ndevice = \"n\"\n";
+    let d = vmm_tests::Daemon::spawn_with(&vmm_tests::DaemonOptions {
+        config_toml: Some(toml.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut snd = d.connect(&vmm_tests::ConnectOptions::default()).unwrap();
+    let maps = snd.chmap_info(0, 2).unwrap();
+    assert_eq!(maps[0].channels, 4);
+    assert_eq!(&maps[0].positions[..4], &[chmap::FL, chmap::FR, 7, 8]);
+    assert_eq!(
+        &maps[1].positions[..2],
+        &[chmap::FL, chmap::FR],
+        "the usual ones"
+    );
+    let dir = vmm_tests::unprivileged::tempdir("vsound-chmap-").unwrap();
+    for (bad, what) in [
+        (
+            "[\"FL\", \"FR\", \"XX\", \"LFE\"]",
+            "unknown channel position `XX`",
+        ),
+        (
+            "[\"FL\", \"FR\"]",
+            "2 positions for a stream of up to 4 channels",
+        ),
+        ("[\"FL\", \"FL\", \"FC\", \"LFE\"]", "`FL` is given twice"),
+    ] {
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, toml.replace("[\"FL\", \"FR\", \"FC\", \"LFE\"]", bad)).unwrap();
+        let o = std::process::Command::new(vmm_tests::Daemon::binary().unwrap())
+            .args(["check-config", f.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && e.contains("c.toml:8:")
+                && e.contains("streams[0].positions")
+                && e.contains(what),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn jack_remap_is_not_supported_and_a_bad_jack_is_bad_msg() {
     let (_d, mut snd) = setup();
