@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use vsound_devices::Format;
+use vsound_devices::{Format, Sample};
 
 use crate::config::{Config, VolumeConfig};
 use crate::constants::Direction;
@@ -359,48 +359,8 @@ pub fn format_takes_gain(format: Format) -> bool {
     sample_kind(format).is_some()
 }
 
-#[derive(Clone, Copy)]
-enum Sample {
-    /// Little-endian integer: bytes per sample, significant bits, signed.
-    Int {
-        bytes: usize,
-        bits: u32,
-        signed: bool,
-    },
-    F32,
-    F64,
-}
-
 fn sample_kind(format: Format) -> Option<Sample> {
-    use Format::*;
-    let int = |bytes, bits, signed| {
-        Some(Sample::Int {
-            bytes,
-            bits,
-            signed,
-        })
-    };
-    match format {
-        S8 => int(1, 8, true),
-        U8 => int(1, 8, false),
-        S16 => int(2, 16, true),
-        U16 => int(2, 16, false),
-        S18_3 => int(3, 18, true),
-        U18_3 => int(3, 18, false),
-        S20_3 => int(3, 20, true),
-        U20_3 => int(3, 20, false),
-        S24_3 => int(3, 24, true),
-        U24_3 => int(3, 24, false),
-        S20 => int(4, 20, true),
-        U20 => int(4, 20, false),
-        S24 => int(4, 24, true),
-        U24 => int(4, 24, false),
-        S32 => int(4, 32, true),
-        U32 => int(4, 32, false),
-        Float => Some(Sample::F32),
-        Float64 => Some(Sample::F64),
-        _ => None,
-    }
+    format.sample()
 }
 
 /// Applies `gain` to interleaved frames of `format` in place. Unity leaves

@@ -256,3 +256,54 @@ mod tests {
         assert_eq!(p.bytes_per_second(), 192_000);
     }
 }
+
+/// How a linear PCM format stores one sample (little-endian): what the
+/// daemon needs to scale (volume) or sum (mixing) samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sample {
+    /// An integer: bytes per sample, significant bits, signed or not
+    /// (unsigned ones are centred on half their range).
+    Int {
+        bytes: usize,
+        bits: u32,
+        signed: bool,
+    },
+    F32,
+    F64,
+}
+
+impl Format {
+    /// The sample layout of a linear PCM format; `None` for the companded
+    /// (MU_LAW, A_LAW), DSD and IEC958 ones.
+    pub fn sample(self) -> Option<Sample> {
+        use Format::*;
+        let int = |bytes, bits, signed| {
+            Some(Sample::Int {
+                bytes,
+                bits,
+                signed,
+            })
+        };
+        match self {
+            S8 => int(1, 8, true),
+            U8 => int(1, 8, false),
+            S16 => int(2, 16, true),
+            U16 => int(2, 16, false),
+            S18_3 => int(3, 18, true),
+            U18_3 => int(3, 18, false),
+            S20_3 => int(3, 20, true),
+            U20_3 => int(3, 20, false),
+            S24_3 => int(3, 24, true),
+            U24_3 => int(3, 24, false),
+            S20 => int(4, 20, true),
+            U20 => int(4, 20, false),
+            S24 => int(4, 24, true),
+            U24 => int(4, 24, false),
+            S32 => int(4, 32, true),
+            U32 => int(4, 32, false),
+            Float => Some(Sample::F32),
+            Float64 => Some(Sample::F64),
+            _ => None,
+        }
+    }
+}

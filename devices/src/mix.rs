@@ -23,6 +23,7 @@
 //! `Unsupported`). Nothing is allocated per period: the FIFOs, the ring
 //! and the mix buffers are made at open.
 
+use crate::Sample;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -44,47 +45,8 @@ pub fn format_mixes(format: Format) -> bool {
     sample_kind(format).is_some()
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Sample {
-    Int {
-        bytes: usize,
-        bits: u32,
-        signed: bool,
-    },
-    F32,
-    F64,
-}
-
 fn sample_kind(format: Format) -> Option<Sample> {
-    use Format::*;
-    let int = |bytes, bits, signed| {
-        Some(Sample::Int {
-            bytes,
-            bits,
-            signed,
-        })
-    };
-    match format {
-        S8 => int(1, 8, true),
-        U8 => int(1, 8, false),
-        S16 => int(2, 16, true),
-        U16 => int(2, 16, false),
-        S18_3 => int(3, 18, true),
-        U18_3 => int(3, 18, false),
-        S20_3 => int(3, 20, true),
-        U20_3 => int(3, 20, false),
-        S24_3 => int(3, 24, true),
-        U24_3 => int(3, 24, false),
-        S20 => int(4, 20, true),
-        U20 => int(4, 20, false),
-        S24 => int(4, 24, true),
-        U24 => int(4, 24, false),
-        S32 => int(4, 32, true),
-        U32 => int(4, 32, false),
-        Float => Some(Sample::F32),
-        Float64 => Some(Sample::F64),
-        _ => None,
-    }
+    format.sample()
 }
 
 impl Sample {
