@@ -106,12 +106,15 @@ impl MockBackend {
 
     fn process(&mut self, index: usize, vrings: &[VringRwLock]) {
         let vring = &vrings[index];
-        let chains: Vec<_> = vring
-            .get_mut()
-            .get_queue_mut()
-            .iter(self.mem.memory())
-            .unwrap()
-            .collect();
+        // A kick can arrive before the frontend has marked the queue ready
+        // (the eventfd is set up first): nothing to do yet, the frontend
+        // kicks again. Unwrapping here made this mock (not the daemon) race.
+        let mut guard = vring.get_mut();
+        let Ok(iter) = guard.get_queue_mut().iter(self.mem.memory()) else {
+            return;
+        };
+        let chains: Vec<_> = iter.collect();
+        drop(guard);
         for chain in chains {
             let head = chain.head_index();
             let descs: Vec<Desc> = chain
