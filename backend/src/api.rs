@@ -324,15 +324,9 @@ pub fn rfc3339(secs: u64) -> String {
         .map_or_else(|| secs.to_string(), |t| t.to_string())
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A time for `status`: when, and for how long until now.
 fn when(secs: u64) -> Value {
-    json!({ "at": rfc3339(secs), "for_seconds": now().saturating_sub(secs) })
+    json!({ "at": rfc3339(secs), "for_seconds": crate::hotplug::unix_now().saturating_sub(secs) })
 }
 
 fn status(state: &DaemonState) -> Value {

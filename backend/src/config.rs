@@ -526,7 +526,7 @@ impl Config {
         for (id, s) in raw.streams.into_iter().enumerate() {
             let whole = s.span();
             let s = s.into_inner();
-            stream_spans.push((whole, s.device.span()));
+            stream_spans.push((whole.clone(), s.device.span()));
             let key = |k: &str| format!("streams[{id}].{k}");
             let device = devices
                 .iter()
@@ -695,6 +695,8 @@ impl Config {
                 for (k, given) in [
                     ("volume_db", s.volume_db.as_ref().map(Spanned::span)),
                     ("control_name", s.control_name.as_ref().map(Spanned::span)),
+                    // `muted` is a plain bool: point at the stream.
+                    ("muted", s.muted.then(|| whole.clone())),
                 ] {
                     if let Some(span) = given {
                         return Err(ctx.err(
@@ -1073,6 +1075,19 @@ device = "n"
 
     const ONE_FORMAT: &str =
         "formats = [\"S16\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n";
+
+    #[test]
+    fn control_keys_without_volume_are_refused_at_their_stream() {
+        let base = "[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n";
+        for (extra, key) in [
+            ("muted = true\n", "streams[0].muted"),
+            ("volume_db = -6.0\n", "streams[0].volume_db"),
+        ] {
+            let e = Config::from_toml("f.toml", &format!("{base}{extra}")).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.message.contains("needs `volume = true`"), "{e}");
+        }
+    }
 
     #[test]
     fn an_empty_table_header_still_gets_a_key_in_the_error() {

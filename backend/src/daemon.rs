@@ -25,7 +25,7 @@ use vsound_devices::{registry, unix_socket};
 use crate::config::Config;
 use crate::constants::Direction;
 use crate::device::SoundDevice;
-use crate::hotplug::ManagedDevice;
+use crate::hotplug::{unix_now, ManagedDevice};
 use crate::queue::Mem;
 use crate::signals::{SignalFd, Stop};
 use crate::vhost_user::{Connection, VsoundBackend};
@@ -72,12 +72,6 @@ pub struct DaemonState {
     /// The volume and mute controls: every connection's device uses these
     /// levels, so they survive a VMM reconnect.
     pub controls: Arc<crate::controls::Controls>,
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl DaemonState {

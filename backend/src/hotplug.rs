@@ -34,7 +34,8 @@ pub struct ManagedDevice {
     last_error: Mutex<Option<(String, u64)>>,
 }
 
-fn unix_now() -> u64 {
+/// The time now as Unix seconds (0 before 1970): `status` times.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -980,9 +980,12 @@ impl StreamRuntime {
             )
         };
         let (Some(queue), Some(pass)) = (queue.as_ref(), pass) else {
-            self.finish_tick(next, &negotiated, shared);
+            self.finish_tick(next, None, &negotiated, shared);
             return false;
         };
+        // The completed message, for the counters (taken with the lock
+        // `finish_tick` takes anyway).
+        let mut completed = None;
         if let Some(mut msg) = finished {
             let (status, bytes) = match dir {
                 Direction::Output if msg.failed() => (Status::IoErr, 0),
@@ -1002,11 +1005,8 @@ impl StreamRuntime {
                     (if ok { Status::Ok } else { Status::IoErr }, msg.payload())
                 }
             };
-            let payload = msg.payload();
+            completed = Some((status == Status::Ok, msg.payload()));
             msg.complete(queue.as_ref(), &pass, dir, status, latency, bytes);
-            self.lock()
-                .stats
-                .count(status == Status::Ok, payload, params.frame_bytes());
         }
         // tx: the next message's first chunk, read under this pass.
         let mut tx = None;
@@ -1032,7 +1032,7 @@ impl StreamRuntime {
             }
         }
         drop(pass);
-        self.finish_tick(next, &negotiated, shared);
+        self.finish_tick(next, completed, &negotiated, shared);
 
         // tx: hand the frames to the device, the message back in `current`
         // (the rest of a large one chunk by chunk, see `play`).
@@ -1044,12 +1044,25 @@ impl StreamRuntime {
         false
     }
 
-    fn finish_tick(&self, next: Option<IoMessage>, negotiated: &Negotiated, shared: &Shared) {
+    /// `completed`: whether the message completed this tick was OK, and its
+    /// payload bytes.
+    fn finish_tick(
+        &self,
+        next: Option<IoMessage>,
+        completed: Option<(bool, u32)>,
+        negotiated: &Negotiated,
+        shared: &Shared,
+    ) {
         let mut xrun = false;
         let mut orphan = None;
         {
             let mut inner = self.lock();
             inner.busy = false;
+            if let Some((ok, bytes)) = completed {
+                inner
+                    .stats
+                    .count(ok, bytes, negotiated.params.frame_bytes());
+            }
             let period = u64::from(negotiated.params.period_bytes);
             let advance = match &next {
                 Some(m) => {
