@@ -1078,7 +1078,8 @@ device = "n"
 
     #[test]
     fn control_keys_without_volume_are_refused_at_their_stream() {
-        let base = "[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n";
+        let base =
+            "[devices.n]\nkind = \"null\"\n[[streams]]\ndirection = \"output\"\ndevice = \"n\"\n";
         for (extra, key) in [
             ("muted = true\n", "streams[0].muted"),
             ("volume_db = -6.0\n", "streams[0].volume_db"),
