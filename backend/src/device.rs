@@ -18,6 +18,7 @@ use crate::hotplug::ManagedDevice;
 use crate::io::{self, IoMessage};
 use crate::pacer::now_ns;
 use crate::queue::{RingPass, Virtqueue};
+use crate::reactor::{self, Lane};
 use crate::stream::PcmState;
 use crate::wire::{ChmapInfo, JackInfo, VirtioSndConfig};
 use crate::worker::{Shared, StreamRuntime, HANG_NS};
@@ -85,8 +86,8 @@ pub enum DeviceError {
     NoDevice(u32, usize),
 }
 
-/// A thread to join at shutdown: a stream's worker (stream index, worker
-/// generation) or the watchdog (`None`).
+/// A thread to join at shutdown: a lane's (lane index, lane generation)
+/// or the watchdog (`None`).
 type Worker = (Option<(usize, u64)>, JoinHandle<()>);
 
 /// The device behind one VMM connection.
@@ -99,6 +100,14 @@ pub struct SoundDevice {
     /// The control elements and the levels they set (the daemon's: they
     /// outlive this connection).
     pub controls: Arc<Controls>,
+    /// The threads that run the streams (see `reactor.rs`): the shared
+    /// reactor first (streams on devices that never block), then one lane
+    /// per stream on a device that may block.
+    pub lanes: Vec<Arc<Lane>>,
+    /// Per I/O queue (tx, rx): how many lanes have a stream running on it,
+    /// and so take its buffers themselves at every tick (its kicks are off
+    /// while any does).
+    kick_votes: Mutex<[u32; 2]>,
     workers: Mutex<Vec<Worker>>,
     stopping: Arc<Stopping>,
 }
@@ -168,6 +177,33 @@ impl SoundDevice {
                 }),
             }
         }
+        // The shared reactor, and a lane of its own for each stream on a
+        // device whose calls may block.
+        let mut lanes = Vec::new();
+        let shared_members: Vec<usize> = (0..streams.len())
+            .filter(|&i| streams.get(i).is_some_and(|s| !s.device.dev.may_block()))
+            .collect();
+        if !shared_members.is_empty() {
+            lanes.push(Arc::new(
+                Lane::new("vsound-reactor".into(), shared_members, false)
+                    .map_err(DeviceError::Spawn)?,
+            ));
+        }
+        for (i, s) in streams.iter().enumerate() {
+            if s.device.dev.may_block() {
+                lanes.push(Arc::new(
+                    Lane::new(format!("vsound-s{}", s.id), vec![i], true)
+                        .map_err(DeviceError::Spawn)?,
+                ));
+            }
+        }
+        for lane in &lanes {
+            for &i in &lane.members {
+                if let Some(s) = streams.get(i) {
+                    let _ = s.lane.set(lane.clone());
+                }
+            }
+        }
         let dev = Arc::new(SoundDevice {
             streams,
             jacks,
@@ -175,11 +211,13 @@ impl SoundDevice {
             host_devices: host_devices.to_vec(),
             shared,
             controls,
+            lanes,
+            kick_votes: Mutex::new([0; 2]),
             workers: Mutex::new(Vec::new()),
             stopping: Arc::new(Stopping::default()),
         });
-        for s in &dev.streams {
-            dev.spawn_worker(s, 0)?;
+        for i in 0..dev.lanes.len() {
+            dev.spawn_lane(&dev, i, 0)?;
         }
         let weak = Arc::downgrade(&dev);
         let stopping = dev.stopping.clone();
@@ -207,51 +245,98 @@ impl SoundDevice {
         Ok(dev)
     }
 
-    fn spawn_worker(&self, s: &Arc<StreamRuntime>, generation: u64) -> Result<(), DeviceError> {
-        let s2 = s.clone();
+    fn spawn_lane(
+        &self,
+        me: &Arc<SoundDevice>,
+        index: usize,
+        generation: u64,
+    ) -> Result<(), DeviceError> {
+        let Some(lane) = self.lanes.get(index).cloned() else {
+            return Ok(());
+        };
+        let weak = Arc::downgrade(me);
         let h = std::thread::Builder::new()
-            .name(format!("vsound-s{}", s.id))
+            .name(lane.name.clone())
             .spawn(move || {
                 crate::sandbox::enter(crate::sandbox::ThreadKind::Stream);
-                s2.run(generation)
+                reactor::run(lane, weak, generation)
             })
             .map_err(DeviceError::Spawn)?;
-        let key = (usize::try_from(s.id).unwrap_or(usize::MAX), generation);
         self.workers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((Some(key), h));
+            .push((Some((index, generation)), h));
         Ok(())
     }
 
-    /// A stream whose host call hangs gets a new worker, and its device is
+    /// A lane whose host call hangs gets a new thread, and the device is
     /// treated as removed; the hung thread exits if the call ever returns.
-    /// Returns whether a stream is running or in a host call (then the
-    /// watchdog looks again soon).
-    fn check_hangs(&self) -> bool {
+    /// Returns whether a stream on a lane that may block is running or in a
+    /// host call (then the watchdog looks again soon).
+    fn check_hangs(self: &Arc<Self>) -> bool {
         let now = now_ns();
         let mut busy = false;
-        for s in &self.streams {
-            // A stream parked on a stopped ring (a paused VM) makes no host
-            // call: the watchdog idles.
-            busy |= s.host_call_age(now).is_some()
-                || (s.lock().state == PcmState::Started && !s.ring_stopped());
-            if s.host_call_age(now).is_some_and(|age| age > HANG_NS) {
-                log::warn!(
-                    "stream {}: a call into device {} hung for over {} ms; treating it as removed",
-                    s.id,
-                    s.device.name,
-                    HANG_NS / 1_000_000
-                );
-                let generation = s.retire_worker();
-                // The hung thread is left behind: it is never joined.
-                if let Err(e) = self.spawn_worker(s, generation) {
-                    log::error!("stream {}: {e}", s.id);
+        for (index, lane) in self.lanes.iter().enumerate() {
+            for s in lane.members.iter().filter_map(|&i| self.streams.get(i)) {
+                // A stream parked on a stopped ring (a paused VM) makes no
+                // host call: the watchdog idles.
+                if lane.may_block {
+                    busy |= s.host_call_age(now).is_some()
+                        || (s.lock().state == PcmState::Started && !s.ring_stopped());
                 }
-                s.device.mark_hung();
+                if s.host_call_age(now).is_some_and(|age| age > HANG_NS) {
+                    log::warn!(
+                        "stream {}: a call into device {} hung for over {} ms; treating it as removed",
+                        s.id,
+                        s.device.name,
+                        HANG_NS / 1_000_000
+                    );
+                    // The device first, so the new thread never calls it.
+                    s.device.mark_hung();
+                    s.clear_host_call();
+                    let generation = lane.retire();
+                    // The hung thread is left behind: it is never joined.
+                    if let Err(e) = self.spawn_lane(self, index, generation) {
+                        log::error!("{}: {e}", lane.name);
+                    }
+                    for m in lane.members.iter().filter_map(|&i| self.streams.get(i)) {
+                        m.wake();
+                    }
+                    break;
+                }
             }
         }
         busy
+    }
+
+    /// A lane starts (`off`) or stops taking `qi`'s buffers itself at its
+    /// ticks: the queue's kicks are off while any lane does; when the last
+    /// one stops, they are back on and the ring is drained once (a buffer
+    /// added in between is not left behind).
+    pub fn kick_vote(&self, qi: QueueIndex, off: bool) {
+        let Some(q) = self.queue(qi).cloned() else {
+            return;
+        };
+        let slot = usize::from(qi == QueueIndex::Rx);
+        let drain = {
+            let mut votes = self.kick_votes.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(v) = votes.get_mut(slot) else {
+                return;
+            };
+            if off {
+                *v = v.saturating_add(1);
+                if *v == 1 {
+                    q.set_kicks(false);
+                }
+                false
+            } else {
+                *v = v.saturating_sub(1);
+                *v == 0 && q.set_kicks(true)
+            }
+        };
+        if drain {
+            self.poll_io(qi);
+        }
     }
 
     /// The config space (spec 5.14.4).
@@ -541,10 +626,10 @@ impl SoundDevice {
         for (key, w) in workers {
             let current = match key {
                 None => true,
-                Some((stream, generation)) => self
-                    .streams
-                    .get(stream)
-                    .is_some_and(|s| s.worker_generation() == generation),
+                Some((lane, generation)) => self
+                    .lanes
+                    .get(lane)
+                    .is_some_and(|l| l.generation() == generation),
             };
             // A retired worker may still hang in its device: not joined.
             if !current || w.thread().id() == me {

@@ -37,6 +37,7 @@ pub mod pacer;
 pub mod pad_tool;
 pub mod queue;
 pub mod ratelimit;
+pub mod reactor;
 pub mod sandbox;
 pub mod sigbus;
 pub mod signals;

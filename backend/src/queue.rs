@@ -32,4 +32,17 @@ pub trait Virtqueue: Send + Sync {
     /// Puts a chain on the used ring with `len` bytes written, and notifies
     /// the driver if it asked to be (EVENT_IDX).
     fn complete(&self, pass: &RingPass<'_>, head: u16, len: u32);
+    /// Holds the driver's notifications back until the matching
+    /// [`release_notifications`](Self::release_notifications): completions
+    /// made meanwhile (by any thread) are announced by one notification
+    /// then, if the driver asked for one.
+    fn hold_notifications(&self) {}
+    /// Ends a [`hold_notifications`](Self::hold_notifications).
+    fn release_notifications(&self) {}
+    /// Turns the driver's kicks for new buffers off (someone takes them
+    /// from the ring at every tick) or back on. Returns whether buffers
+    /// may be waiting that no kick announced (drain the ring then).
+    fn set_kicks(&self, on: bool) -> bool {
+        on
+    }
 }

@@ -709,6 +709,8 @@ mod imp {
             ThreadKind::Stream => {
                 r.merge(&events());
                 r.allow_arg(SYS_prctl, 0, &[PR_SET_TIMERSLACK as u64]);
+                // The lane's absolute timer (created with the lane).
+                r.allow(&[SYS_timerfd_settime]);
                 with_host(&mut r);
             }
             ThreadKind::Watchdog => {
@@ -821,6 +823,8 @@ mod imp {
             SYS_epoll_create1,
             SYS_epoll_ctl,
             SYS_eventfd2,
+            // Each connection's stream lanes get their timer (reactor.rs).
+            SYS_timerfd_create,
         ]);
         r.allow_arg(SYS_socket, 0, &[AF_UNIX as u64]);
         r.allow_arg(SYS_ioctl, 1, &[FIONBIO, TCGETS]);
@@ -1250,11 +1254,8 @@ mod tests {
         }
         // Without a host device, no thread needs what sound-server clients
         // do.
-        for nr in [
-            libc::SYS_shmget,
-            libc::SYS_memfd_create,
-            libc::SYS_timerfd_create,
-        ] {
+        // (timerfd_create is the main thread's: each connection's lanes.)
+        for nr in [libc::SYS_shmget, libc::SYS_memfd_create] {
             assert!(!imp::rules_for(None, false).allows(nr), "{nr}");
             assert!(imp::rules_for(None, true).allows(nr), "{nr}");
         }

@@ -283,6 +283,13 @@ struct RingCtl {
     conn: Weak<Connection>,
     gate: RingGate,
     state: Mutex<RingState>,
+    /// A stream lane takes this ring's buffers at its ticks: a drain does
+    /// not turn the driver's kicks back on.
+    kicks_off: AtomicBool,
+    /// Completions hold their notification back (a lane's batch) while
+    /// non-zero; `owed`: one was made meanwhile.
+    held: std::sync::atomic::AtomicU32,
+    owed: AtomicBool,
 }
 
 impl RingCtl {
@@ -413,6 +420,9 @@ impl VringT<GM> for Vring {
                 conn: conn.as_ref().map(Arc::downgrade).unwrap_or_default(),
                 gate: RingGate::new(false),
                 state: Mutex::new(RingState::default()),
+                kicks_off: AtomicBool::new(false),
+                held: std::sync::atomic::AtomicU32::new(0),
+                owed: AtomicBool::new(false),
             }),
         };
         if let Some(c) = conn {
@@ -617,6 +627,56 @@ impl Virtqueue for VringQueue {
             log::warn!("cannot return descriptor {head}: {e}");
             return;
         }
+        let ctl = &self.vring.ctl;
+        if ctl.held.load(Ordering::SeqCst) > 0 {
+            ctl.owed.store(true, Ordering::SeqCst);
+            // Announced by the release, unless it already ran.
+            if ctl.held.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            ctl.owed.store(false, Ordering::SeqCst);
+        }
+        Self::notify(&mut state);
+    }
+
+    fn hold_notifications(&self) {
+        self.vring.ctl.held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn release_notifications(&self) {
+        let ctl = &self.vring.ctl;
+        let before = ctl.held.fetch_sub(1, Ordering::SeqCst);
+        if before == 0 {
+            // Unbalanced: undo.
+            ctl.held.store(0, Ordering::SeqCst);
+        }
+        if before <= 1 && ctl.owed.swap(false, Ordering::SeqCst) {
+            // One gate pass covers the used-ring read and the notification.
+            if let Some(_pass) = self.gate().enter() {
+                Self::notify(&mut self.vring.get_mut());
+            }
+        }
+    }
+
+    fn set_kicks(&self, on: bool) -> bool {
+        self.vring.ctl.kicks_off.store(!on, Ordering::SeqCst);
+        let Some(_pass) = self.gate().enter() else {
+            // A stopped ring: its next start drains and re-arms it.
+            return on;
+        };
+        let mut state = self.vring.get_mut();
+        if on {
+            state.enable_notification().unwrap_or(true)
+        } else {
+            let _ = state.disable_notification();
+            false
+        }
+    }
+}
+
+impl VringQueue {
+    /// Notifies the driver if it asked to be (EVENT_IDX).
+    fn notify(state: &mut vhost_user_backend::VringState<GM>) {
         match state.needs_notification() {
             Ok(false) => {}
             Ok(true) | Err(_) => {
@@ -695,7 +755,12 @@ impl VsoundBackend {
                     None => break,
                 }
             }
-            if !event_idx || !vring.enable_notification()? {
+            // A lane takes this ring's buffers at its ticks: its kicks stay
+            // off (see `reactor.rs`).
+            if !event_idx || vring.ctl.kicks_off.load(Ordering::SeqCst) {
+                break;
+            }
+            if !vring.enable_notification()? {
                 break;
             }
             empty_rounds = if popped { 0 } else { empty_rounds + 1 };

@@ -16,12 +16,10 @@
 //! `vsound_devices::attach`).
 
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use vmm_sys_util::eventfd::EventFd;
 use vsound_devices::attach::Slot;
 use vsound_devices::{CaptureSource, DeviceError, PlaybackSink, StreamParams};
 
@@ -30,8 +28,9 @@ use crate::constants::{pcm_features, Direction, EventType, QueueIndex, Status};
 use crate::events::EventQueue;
 use crate::hotplug::ManagedDevice;
 use crate::io::IoMessage;
-use crate::pacer::{now_ns, tighten_timer_slack, wait_fd_until, Schedule};
+use crate::pacer::{now_ns, Schedule};
 use crate::queue::Virtqueue;
+use crate::reactor::Lane;
 use crate::stream::PcmState;
 
 /// How long RELEASE or a reset waits for the worker to finish a
@@ -246,12 +245,14 @@ pub struct StreamRuntime {
     shared: Arc<Shared>,
     inner: Mutex<Inner>,
     idle: Condvar,
-    wake: EventFd,
+    /// The lane whose thread runs this stream (set once, when the device
+    /// is built); a thread that finds the lane's generation changed has
+    /// been replaced (a host call hung) and exits.
+    pub lane: OnceLock<Arc<Lane>>,
+    /// The control path asked the lane to look at this stream again.
+    woken: AtomicBool,
     /// The open host endpoint (attach/detach protocol).
     pub endpoint: Slot<Endpoint>,
-    /// The generation of the worker that owns this stream; a worker that
-    /// finds another number has been replaced (it hung) and exits.
-    worker_gen: AtomicU64,
     /// When the host call in progress started (ns), 0 if none.
     io_since: AtomicU64,
     /// Try to (re)open the endpoint at the next chance (device returned).
@@ -261,9 +262,9 @@ pub struct StreamRuntime {
     pub level: std::sync::OnceLock<Arc<crate::controls::Level>>,
 }
 
-/// What a worker keeps between ticks, outside the stream lock (its copy
-/// buffer is apart, see [`StreamRuntime::run`]).
-struct WorkerLocal {
+/// What the lane keeps for a stream between ticks, outside the stream lock
+/// (the copy buffer is the lane's, see `reactor.rs`).
+pub(crate) struct WorkerLocal {
     /// No reopen attempt before this time.
     next_open_ns: u64,
     generation: u64,
@@ -294,6 +295,28 @@ struct Resume {
     source: RxSource,
     /// rx: guest memory refused a copy (IO_ERR, nothing more written).
     fault: bool,
+}
+
+impl WorkerLocal {
+    pub(crate) fn new(generation: u64) -> WorkerLocal {
+        WorkerLocal {
+            next_open_ns: 0,
+            generation,
+            device_xruns: 0,
+            resume: None,
+        }
+    }
+}
+
+/// What a stream's lane does with it next.
+pub(crate) enum Next {
+    /// The lane's thread was replaced (a host call hung): it exits.
+    Replaced,
+    /// The connection ends: the stream is done.
+    Quit,
+    /// Look again at this time (`None`: only when woken); `Some(queue)`
+    /// while the stream runs on a started ring of that queue.
+    At(Option<u64>, Option<QueueIndex>),
 }
 
 impl Resume {
@@ -368,9 +391,9 @@ impl StreamRuntime {
                 epoch: 0,
             }),
             idle: Condvar::new(),
-            wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            lane: OnceLock::new(),
+            woken: AtomicBool::new(true),
             endpoint: Slot::new(),
-            worker_gen: AtomicU64::new(0),
             io_since: AtomicU64::new(0),
             reopen_now: AtomicBool::new(true),
             level: std::sync::OnceLock::new(),
@@ -433,9 +456,17 @@ impl StreamRuntime {
         guard
     }
 
-    /// Wakes the worker to look at the state again.
+    /// Wakes the stream's lane to look at its state again.
     pub fn wake(&self) {
-        let _ = self.wake.write(1);
+        self.woken.store(true, Ordering::SeqCst);
+        if let Some(lane) = self.lane.get() {
+            lane.wake();
+        }
+    }
+
+    /// Whether the stream was woken since the last call (and clears it).
+    pub(crate) fn take_woken(&self) -> bool {
+        self.woken.swap(false, Ordering::SeqCst)
     }
 
     /// Asks the worker to open the endpoint at once (device returned).
@@ -465,91 +496,67 @@ impl StreamRuntime {
         }
     }
 
-    /// Retires the current worker (it hung in a host call) and returns the
-    /// generation the replacement must run with.
-    pub fn retire_worker(&self) -> u64 {
+    /// Forgets the host call in progress (its thread was retired).
+    pub fn clear_host_call(&self) {
         self.io_since.store(0, Ordering::SeqCst);
-        self.worker_gen.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// The generation of the stream's current worker.
-    pub fn worker_generation(&self) -> u64 {
-        self.worker_gen.load(Ordering::SeqCst)
     }
 
     fn replaced(&self, local: &WorkerLocal) -> bool {
-        self.worker_gen.load(Ordering::SeqCst) != local.generation
+        self.lane
+            .get()
+            .is_some_and(|l| l.generation() != local.generation)
     }
 
-    /// The worker thread's body.
-    pub fn run(self: Arc<Self>, generation: u64) {
-        let shared = self.shared.clone();
-        tighten_timer_slack();
-        let mut local = WorkerLocal {
-            next_open_ns: 0,
-            generation,
-            device_xruns: 0,
-            resume: None,
+    /// Looks at the stream's state (its lane's thread, at a wake or after
+    /// a tick): plays on a message a ring stop cut, opens the endpoint of a
+    /// prepared or running stream that has none (the lane's devices open
+    /// without blocking; a device that may block has a lane of its own, so
+    /// a device that hangs in open cannot stall control or other streams),
+    /// and says when the stream next has work.
+    pub(crate) fn evaluate(
+        &self,
+        shared: &Shared,
+        local: &mut WorkerLocal,
+        scratch: &mut [u8],
+    ) -> Next {
+        if self.replaced(local) {
+            return Next::Replaced;
+        }
+        // A tx message its ring stopped in the middle of plays on as
+        // soon as the ring runs again.
+        if self.resume_playback(shared, local, scratch) {
+            return Next::Replaced;
+        }
+        let (due, state, negotiated) = {
+            let inner = self.lock();
+            if inner.quit {
+                return Next::Quit;
+            }
+            let due = (inner.state == PcmState::Started).then_some(inner.due);
+            (due, inner.state, inner.negotiated)
         };
-        // The copy buffer: allocated here, once, never grown.
-        let mut scratch = vec![0u8; SCRATCH_BYTES].into_boxed_slice();
-        loop {
-            if self.replaced(&local) {
-                return;
-            }
-            // A tx message its ring stopped in the middle of plays on as
-            // soon as the ring runs again.
-            if self.resume_playback(&shared, &mut local, &mut scratch) {
-                return;
-            }
-            let (due, state, negotiated) = {
-                let inner = self.lock();
-                if inner.quit {
-                    return;
+        // A stopped ring parks the stream: it is woken when the ring runs
+        // again (its schedule moved by the pause).
+        let due = due.filter(|_| !self.ring_stopped());
+        if matches!(
+            state,
+            PcmState::Prepared | PcmState::Started | PcmState::Stopped
+        ) && !self.endpoint.is_attached()
+        {
+            if let Some(n) = negotiated {
+                if let HostIo::Replaced = self.try_open(&n.params, local) {
+                    return Next::Replaced;
                 }
-                let due = (inner.state == PcmState::Started).then_some(inner.due);
-                (due, inner.state, inner.negotiated)
-            };
-            // A stopped ring parks the stream: it waits to be woken when
-            // the ring runs again (its schedule moved by the pause).
-            let due = due.filter(|_| !self.ring_stopped());
-            // A prepared or running stream without an endpoint opens one
-            // here, on the worker, so a device that hangs in open cannot
-            // stall the control queue.
-            if matches!(
-                state,
-                PcmState::Prepared | PcmState::Started | PcmState::Stopped
-            ) && !self.endpoint.is_attached()
-            {
-                if let Some(n) = negotiated {
-                    if let HostIo::Replaced = self.try_open(&n.params, &mut local) {
-                        return;
-                    }
-                }
-            }
-            let reopen_due = (!self.endpoint.is_attached() && state == PcmState::Prepared)
-                .then_some(local.next_open_ns);
-            let wait_until = match (due, reopen_due) {
-                (Some(d), _) => Some(d),
-                (None, Some(r)) if self.device.is_present() => Some(r),
-                _ => None,
-            };
-            match wait_fd_until(self.wake.as_raw_fd(), wait_until) {
-                Ok(true) => {
-                    let _ = self.wake.read();
-                    continue;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    log::error!("stream {}: wait failed: {e}", self.id);
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
-                }
-            }
-            if self.tick(&shared, &mut local, &mut scratch) {
-                return;
             }
         }
+        let reopen_due = (!self.endpoint.is_attached() && state == PcmState::Prepared)
+            .then_some(local.next_open_ns);
+        let at = match (due, reopen_due) {
+            (Some(d), _) => Some(d),
+            (None, Some(r)) if self.device.is_present() => Some(r),
+            _ => None,
+        };
+        Next::At(at, due.map(|_| self.queue_index()))
     }
 
     /// Opens the endpoint if the device is present (at most every
@@ -835,7 +842,12 @@ impl StreamRuntime {
     /// written only under a pass of its gate, taken after the host call of
     /// a capture chunk and given back before the host call of a playback
     /// chunk.
-    fn tick(&self, shared: &Shared, local: &mut WorkerLocal, scratch: &mut [u8]) -> bool {
+    pub(crate) fn tick(
+        &self,
+        shared: &Shared,
+        local: &mut WorkerLocal,
+        scratch: &mut [u8],
+    ) -> bool {
         let dir = self.direction();
         let queue = shared.queue(self.queue_index()).cloned();
         if queue.as_ref().is_some_and(|q| !q.gate().is_started()) {

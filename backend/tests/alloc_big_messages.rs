@@ -196,7 +196,9 @@ impl Guest {
 fn hot_path(counted: &[(i32, String, u64, u64)], me: i32) -> (u64, u64) {
     counted
         .iter()
-        .filter(|(tid, name, _, _)| *tid == me || name.starts_with("vsound-s"))
+        .filter(|(tid, name, _, _)| {
+            *tid == me || (name.starts_with("vsound-s") || name == "vsound-reactor")
+        })
         .fold((0, 0), |(n, b), (_, _, n2, b2)| (n + n2, b + b2))
 }
 

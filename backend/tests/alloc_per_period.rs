@@ -238,7 +238,9 @@ fn steady_state_periods_allocate_nothing() {
     }
     let on_hot_path: Vec<_> = counted
         .iter()
-        .filter(|(tid, name, _, _)| *tid == me || name.starts_with("vsound-s"))
+        .filter(|(tid, name, _, _)| {
+            *tid == me || (name.starts_with("vsound-s") || name == "vsound-reactor")
+        })
         .collect();
     assert_eq!(OVERFLOW.load(Ordering::Relaxed), 0);
     assert!(

@@ -106,6 +106,16 @@ pub trait HostDevice: Send + Sync {
     /// Whether the device is present now (a jack is "connected" when it is).
     fn is_attached(&self) -> bool;
 
+    /// Whether a call into the device (open, write, read) may block or
+    /// take long (a sound server, a kernel driver). The daemon serves the
+    /// streams of devices that never do (null, pad) from one shared
+    /// reactor thread, and gives each stream of any other device a thread
+    /// of its own, so that a device that hangs stalls only its streams.
+    /// The default is the safe answer.
+    fn may_block(&self) -> bool {
+        true
+    }
+
     /// Registers who to tell when the device attaches or detaches (the
     /// daemon sets one listener per device at startup; a later call replaces
     /// it). Devices that never change (null) ignore it.

@@ -473,6 +473,11 @@ impl HostDevice for MixDevice {
         self.inner.is_attached()
     }
 
+    /// As the device it mixes onto.
+    fn may_block(&self) -> bool {
+        self.inner.may_block()
+    }
+
     fn set_listener(&self, listener: Arc<dyn DeviceListener>) {
         self.inner.set_listener(listener);
     }

@@ -33,6 +33,11 @@ impl HostDevice for NullDevice {
         true
     }
 
+    /// Never.
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn check_params(
         &self,
         _dir: StreamDirection,

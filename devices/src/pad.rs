@@ -812,6 +812,11 @@ impl HostDevice for PadDevice {
         self.shared.attached.load(Ordering::Acquire)
     }
 
+    /// Never: a pad's I/O is a copy into its rings, under a short lock.
+    fn may_block(&self) -> bool {
+        false
+    }
+
     /// Does not replay the current state: read [`HostDevice::is_attached`]
     /// after setting a listener.
     fn set_listener(&self, listener: Arc<dyn DeviceListener>) {

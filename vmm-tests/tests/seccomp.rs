@@ -224,7 +224,7 @@ fn every_thread_of_a_running_daemon_is_under_its_own_filter() {
     let seen = wait_for_filters(
         &mut daemon,
         &[
-            ("vsound-s0", 3),
+            ("vsound-reactor", 3),
             ("vsound-watchdog", 3),
             ("vsound-watch", 3),
             ("vsound", 3),

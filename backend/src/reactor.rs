@@ -1,0 +1,414 @@
+//! The reactor: one thread serves every stream of a lane from one deadline
+//! heap and one absolute timer.
+//!
+//! A *lane* is a set of streams and the thread that runs them. Streams on
+//! devices whose calls never block (null, pad, a mix of them) share one
+//! lane, `vsound-reactor`; a stream on a device that may block in a call
+//! (ALSA, a test device that hangs) gets a lane of its own, so a device that
+//! hangs stalls only its own streams, and the hang watchdog replaces only
+//! that lane's thread.
+//!
+//! Each wake-up of a lane's thread:
+//! 1. re-evaluates the streams the control path woke (START, STOP, RELEASE,
+//!    a device that returned, a ring that runs again);
+//! 2. takes every stream whose due time has come off the heap, in due
+//!    order, and ticks it (the tick itself is `worker.rs`); on the shared
+//!    reactor with the guest's notifications held, so that the completions
+//!    of one wake-up reach it as one interrupt per queue;
+//! 3. while one of its streams runs on a queue, leaves that queue's kicks
+//!    off and takes new buffers from the ring itself before the ticks
+//!    (a re-queued buffer wakes no thread);
+//! 4. arms its `timerfd` (`TFD_TIMER_ABSTIME`, `CLOCK_MONOTONIC`) at the
+//!    earliest due time left, and sleeps in `poll` on the timer and its
+//!    wake eventfd.
+//!
+//! The heap is allocated once (four entries per stream); an entry that
+//! no longer matches its stream's armed time is stale and skipped, and a
+//! full heap is compacted in place, so a wake-up allocates nothing.
+//!
+//! This is a loop of its own rather than vhost-user-backend's epoll
+//! (`register_listener`) or `event-manager`: the lanes must run apart from
+//! the vhost-user queue thread (a control request must never wait behind a
+//! tick, and a lane is replaced when its device hangs, which a library's
+//! event loop thread cannot be), and two file descriptors need no
+//! dispatcher.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::constants::QueueIndex;
+use crate::device::SoundDevice;
+use crate::pacer::{now_ns, tighten_timer_slack};
+use crate::worker::{Next, StreamRuntime, WorkerLocal, SCRATCH_BYTES};
+
+/// A set of streams served by one thread.
+pub struct Lane {
+    pub name: String,
+    /// The streams (indices into the device's), in the order they are
+    /// re-evaluated.
+    pub members: Vec<usize>,
+    /// Whether the lane's devices may block in a call (a lane of its own,
+    /// watched closely by the hang watchdog).
+    pub may_block: bool,
+    /// Bumped when the lane's thread is replaced (a host call hung): the
+    /// old thread exits when it notices.
+    generation: AtomicU64,
+    wake: EventFd,
+    timer: OwnedFd,
+}
+
+impl Lane {
+    pub fn new(name: String, members: Vec<usize>, may_block: bool) -> io::Result<Lane> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nobody else owns.
+        let timer = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Lane {
+            name,
+            members,
+            may_block,
+            generation: AtomicU64::new(0),
+            wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            timer,
+        })
+    }
+
+    /// Makes the lane's thread look at its woken streams.
+    pub fn wake(&self) {
+        let _ = self.wake.write(1);
+    }
+
+    /// The generation the lane's current thread runs with.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Retires the lane's thread (it hung in a host call) and returns the
+    /// generation its replacement runs with.
+    pub fn retire(&self) -> u64 {
+        self.generation
+            .fetch_add(1, Ordering::SeqCst)
+            .wrapping_add(1)
+    }
+
+    /// Arms the timer at `at` (absolute, `CLOCK_MONOTONIC`), or disarms it.
+    fn arm(&self, at: Option<u64>) {
+        let ns = at.map_or(0, |t| t.max(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: libc::time_t::try_from(ns / 1_000_000_000).unwrap_or(libc::time_t::MAX),
+                tv_nsec: libc::c_long::try_from(ns % 1_000_000_000).unwrap_or(0),
+            },
+        };
+        // SAFETY: a valid timerfd and a valid itimerspec; the old value
+        // is not asked for.
+        let r = unsafe {
+            libc::timerfd_settime(
+                self.timer.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            log::error!(
+                "{}: cannot arm the timer: {}",
+                self.name,
+                io::Error::last_os_error()
+            );
+        }
+    }
+
+    /// Sleeps until the timer fires or the lane is woken.
+    fn sleep(&self) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.timer.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::error!("{}: poll failed: {e}", self.name);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            return;
+        }
+        if fds[0].revents != 0 {
+            let _ = self.wake.read();
+        }
+        if fds[1].revents != 0 {
+            let mut expirations = [0u8; 8];
+            // SAFETY: reading 8 bytes into an 8-byte buffer from a timerfd.
+            let _ = unsafe {
+                libc::read(
+                    self.timer.as_raw_fd(),
+                    expirations.as_mut_ptr().cast(),
+                    expirations.len(),
+                )
+            };
+        }
+    }
+}
+
+/// The two I/O queues, as indices into a lane's per-queue state.
+const IO_QUEUES: [QueueIndex; 2] = [QueueIndex::Tx, QueueIndex::Rx];
+
+fn io_slot(q: QueueIndex) -> usize {
+    usize::from(q == QueueIndex::Rx)
+}
+
+/// The body of a lane's thread (`generation`: the lane's, at its spawn).
+pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
+    tighten_timer_slack();
+    let Some(dev) = device.upgrade() else {
+        return;
+    };
+    let streams: Vec<Arc<StreamRuntime>> = lane
+        .members
+        .iter()
+        .filter_map(|&i| dev.streams.get(i).cloned())
+        .collect();
+    let shared = dev.shared.clone();
+    drop(dev);
+    let n = streams.len();
+    let mut locals: Vec<WorkerLocal> = (0..n).map(|_| WorkerLocal::new(generation)).collect();
+    // When each stream is armed (the heap entry that is current), and
+    // whether it runs on a started ring (for the queue's kicks).
+    let mut armed: Vec<Option<u64>> = vec![None; n];
+    let mut running: Vec<Option<QueueIndex>> = vec![None; n];
+    let mut quit: Vec<bool> = vec![false; n];
+    let capacity = n.saturating_mul(4).saturating_add(8);
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::with_capacity(capacity);
+    // The copy buffer, shared by the lane's streams (one tick at a time):
+    // allocated here, once, never grown.
+    let mut scratch = vec![0u8; SCRATCH_BYTES].into_boxed_slice();
+    // Whether this lane has turned each I/O queue's kicks off.
+    let mut kicks_off = [false; 2];
+
+    // Every stream is looked at once at the start.
+    for s in &streams {
+        s.take_woken();
+    }
+    let mut first = true;
+    loop {
+        if lane.generation() != generation {
+            return;
+        }
+        let Some(dev) = device.upgrade() else {
+            return;
+        };
+        // 1. Streams the control path woke (all of them the first time).
+        for (slot, s) in streams.iter().enumerate() {
+            if !first && !s.take_woken() {
+                continue;
+            }
+            let Some(local) = locals.get_mut(slot) else {
+                continue;
+            };
+            match s.evaluate(&shared, local, &mut scratch) {
+                Next::Replaced => return,
+                Next::Quit => {
+                    set(&mut quit, slot, true);
+                    set(&mut armed, slot, None);
+                    set(&mut running, slot, None);
+                }
+                Next::At(at, run_q) => {
+                    arm_stream(&mut heap, &mut armed, slot, at);
+                    set(&mut running, slot, run_q);
+                }
+            }
+        }
+        first = false;
+        if n > 0 && quit.iter().all(|&q| q) {
+            release_kicks(&dev, &mut kicks_off);
+            return;
+        }
+
+        // 2. and 3. Due streams, ring intake first, notifications held.
+        let now = now_ns();
+        if heap.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+            for q in IO_QUEUES {
+                if kicks_off.get(io_slot(q)).copied().unwrap_or(false) {
+                    dev.poll_io(q);
+                }
+            }
+            // Only a lane whose calls never block holds notifications: a
+            // hold held across a call that hangs would hold every lane's.
+            let batch = !lane.may_block;
+            for q in IO_QUEUES.iter().filter(|_| batch) {
+                if let Some(vq) = shared.queue(*q) {
+                    vq.hold_notifications();
+                }
+            }
+            let mut replaced = false;
+            while let Some(&Reverse((t, slot))) = heap.peek() {
+                if t > now {
+                    break;
+                }
+                heap.pop();
+                if armed.get(slot).copied().flatten() != Some(t) {
+                    continue;
+                }
+                set(&mut armed, slot, None);
+                let (Some(s), Some(local)) = (streams.get(slot), locals.get_mut(slot)) else {
+                    continue;
+                };
+                if s.tick(&shared, local, &mut scratch) {
+                    replaced = true;
+                    break;
+                }
+                match s.evaluate(&shared, local, &mut scratch) {
+                    Next::Replaced => {
+                        replaced = true;
+                        break;
+                    }
+                    Next::Quit => {
+                        set(&mut quit, slot, true);
+                        set(&mut running, slot, None);
+                    }
+                    Next::At(at, run_q) => {
+                        arm_stream(&mut heap, &mut armed, slot, at);
+                        set(&mut running, slot, run_q);
+                    }
+                }
+            }
+            for q in IO_QUEUES.iter().filter(|_| batch) {
+                if let Some(vq) = shared.queue(*q) {
+                    vq.release_notifications();
+                }
+            }
+            if replaced {
+                return;
+            }
+        }
+
+        // 3. Kicks off while a stream of this lane runs on the queue.
+        for q in IO_QUEUES {
+            let want_off = running.contains(&Some(q));
+            if let Some(k) = kicks_off.get_mut(io_slot(q)) {
+                if *k != want_off {
+                    *k = want_off;
+                    dev.kick_vote(q, want_off);
+                }
+            }
+        }
+        drop(dev);
+
+        // 4. Sleep until the earliest due time or a wake.
+        lane.arm(heap.peek().map(|Reverse((t, _))| *t));
+        lane.sleep();
+    }
+}
+
+/// Gives back this lane's "kicks off" votes (the lane ends).
+fn release_kicks(dev: &SoundDevice, kicks_off: &mut [bool; 2]) {
+    for q in IO_QUEUES {
+        if let Some(k) = kicks_off.get_mut(io_slot(q)) {
+            if *k {
+                *k = false;
+                dev.kick_vote(q, false);
+            }
+        }
+    }
+}
+
+fn set<T>(v: &mut [T], i: usize, x: T) {
+    if let Some(e) = v.get_mut(i) {
+        *e = x;
+    }
+}
+
+/// Arms stream `slot` at `at` (or disarms it): one heap entry per armed
+/// time; a full heap is compacted to the current entries first (no
+/// allocation: each stream has at most one, and the heap holds four per
+/// stream).
+fn arm_stream(
+    heap: &mut BinaryHeap<Reverse<(u64, usize)>>,
+    armed: &mut [Option<u64>],
+    slot: usize,
+    at: Option<u64>,
+) {
+    let Some(current) = armed.get_mut(slot) else {
+        return;
+    };
+    if *current == at {
+        return;
+    }
+    *current = at;
+    let Some(t) = at else {
+        return;
+    };
+    if heap.len() >= heap.capacity() {
+        heap.retain(|Reverse((t, s))| armed.get(*s).copied().flatten() == Some(*t));
+    }
+    heap.push(Reverse((t, slot)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_heap_is_compacted_in_place_and_keeps_every_current_entry() {
+        let mut heap = BinaryHeap::with_capacity(4);
+        let cap = heap.capacity();
+        let mut armed = vec![None; 2];
+        // Re-arming one stream again and again leaves stale entries.
+        for t in 1..=(cap as u64 * 3) {
+            arm_stream(&mut heap, &mut armed, 0, Some(t));
+            arm_stream(&mut heap, &mut armed, 1, Some(1000 + t));
+            assert_eq!(heap.capacity(), cap, "the heap never grows");
+        }
+        let current: Vec<_> = heap
+            .iter()
+            .filter(|Reverse((t, s))| armed[*s] == Some(*t))
+            .map(|Reverse(e)| *e)
+            .collect();
+        assert_eq!(current.len(), 2);
+        assert!(current.contains(&(cap as u64 * 3, 0)));
+        assert!(current.contains(&(1000 + cap as u64 * 3, 1)));
+    }
+
+    #[test]
+    fn the_timer_fires_at_an_absolute_time_and_a_wake_ends_the_sleep_at_once() {
+        let lane = Lane::new("t".into(), Vec::new(), false).unwrap();
+        let start = now_ns();
+        lane.arm(Some(start + 5_000_000));
+        lane.sleep();
+        let woke = now_ns();
+        assert!(woke >= start + 5_000_000, "never early");
+        lane.arm(Some(now_ns() + 10_000_000_000));
+        lane.wake();
+        let t = now_ns();
+        lane.sleep();
+        assert!(now_ns() - t < 1_000_000_000, "the wake ended the sleep");
+    }
+}
