@@ -59,6 +59,9 @@ pub struct Lane {
     /// Bumped when the lane's thread is replaced (a host call hung): the
     /// old thread exits when it notices.
     generation: AtomicU64,
+    /// The lane's "kicks off" votes per I/O queue (`SoundDevice::kick_vote`),
+    /// kept here so that a thread replacing a hung one inherits them.
+    votes: std::sync::Mutex<[bool; 2]>,
     wake: EventFd,
     timer: OwnedFd,
 }
@@ -82,6 +85,7 @@ impl Lane {
             members,
             may_block,
             generation: AtomicU64::new(0),
+            votes: std::sync::Mutex::new([false; 2]),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             timer,
         })
@@ -103,6 +107,14 @@ impl Lane {
         self.generation
             .fetch_add(1, Ordering::SeqCst)
             .wrapping_add(1)
+    }
+
+    fn kicks_off(&self) -> [bool; 2] {
+        *self.votes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_kicks_off(&self, v: [bool; 2]) {
+        *self.votes.lock().unwrap_or_else(|e| e.into_inner()) = v;
     }
 
     /// Arms the timer at `at` (absolute, `CLOCK_MONOTONIC`), or disarms it.
@@ -207,11 +219,15 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
     let mut quit: Vec<bool> = vec![false; n];
     let capacity = n.saturating_mul(4).saturating_add(8);
     let mut heap: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::with_capacity(capacity);
-    // The copy buffer, shared by the lane's streams (one tick at a time):
-    // allocated here, once, never grown.
-    let mut scratch = vec![0u8; SCRATCH_BYTES].into_boxed_slice();
-    // Whether this lane has turned each I/O queue's kicks off.
-    let mut kicks_off = [false; 2];
+    // Each stream's copy buffer, allocated here, once, never grown: one
+    // per stream, not one per lane, because a message its ring stopped in
+    // the middle of keeps its next chunk there until the ring runs again.
+    let mut scratch: Vec<Box<[u8]>> = (0..n)
+        .map(|_| vec![0u8; SCRATCH_BYTES].into_boxed_slice())
+        .collect();
+    // Whether this lane has turned each I/O queue's kicks off: the lane's,
+    // so a thread that replaces a hung one goes on with its votes.
+    let mut kicks_off = lane.kicks_off();
 
     // Every stream is looked at once at the start.
     for s in &streams {
@@ -230,10 +246,10 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
             if !first && !s.take_woken() {
                 continue;
             }
-            let Some(local) = locals.get_mut(slot) else {
+            let (Some(local), Some(buf)) = (locals.get_mut(slot), scratch.get_mut(slot)) else {
                 continue;
             };
-            match s.evaluate(&shared, local, &mut scratch) {
+            match s.evaluate(&shared, local, buf) {
                 Next::Replaced => return,
                 Next::Quit => {
                     set(&mut quit, slot, true);
@@ -249,6 +265,7 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
         first = false;
         if n > 0 && quit.iter().all(|&q| q) {
             release_kicks(&dev, &mut kicks_off);
+            lane.set_kicks_off(kicks_off);
             return;
         }
 
@@ -278,14 +295,18 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
                     continue;
                 }
                 set(&mut armed, slot, None);
-                let (Some(s), Some(local)) = (streams.get(slot), locals.get_mut(slot)) else {
+                let (Some(s), Some(local), Some(buf)) = (
+                    streams.get(slot),
+                    locals.get_mut(slot),
+                    scratch.get_mut(slot),
+                ) else {
                     continue;
                 };
-                if s.tick(&shared, local, &mut scratch) {
+                if s.tick(&shared, local, buf) {
                     replaced = true;
                     break;
                 }
-                match s.evaluate(&shared, local, &mut scratch) {
+                match s.evaluate(&shared, local, buf) {
                     Next::Replaced => {
                         replaced = true;
                         break;
@@ -317,6 +338,7 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
                 if *k != want_off {
                     *k = want_off;
                     dev.kick_vote(q, want_off);
+                    lane.set_kicks_off(kicks_off);
                 }
             }
         }
