@@ -12,7 +12,8 @@
 #   * installs the build deps (gcc, pkg-config, libasound2-dev), the guest tools
 #     (busybox-static, alsa-utils, libasound2, cpio, xz-utils, zstd, sox, socat,
 #     python3, kmod for depmod, strace for the packaging test) and qemu-system-x86 >= 10
-#     from bookworm-backports (bookworm's own 7.2 has no vhost-user-snd-pci);
+#     from bookworm-backports (bookworm's own 7.2 has no vhost-user-snd-pci), and PipeWire
+#     1.4 (pipewire, pipewire-bin, wireplumber, pipewire-alsa), also from backports;
 #   * creates the system user vsound-test (in group audio) the tests run the daemon as.
 # When everything is present it only runs dpkg-query and exits within a fraction of a
 # second: `apt-get update` runs only when something has to be installed and apt does not
@@ -21,6 +22,12 @@ set -euo pipefail
 
 readonly QEMU_PKG=qemu-system-x86
 readonly QEMU_MIN_VERSION=1:10.0
+# A real clock for the tests: a headless PipeWire 1.4 server, its ALSA PCM
+# (`pipewire`, from pipewire-alsa) and pw-record/pw-play (pipewire-bin), from
+# bookworm-backports (bookworm's own 0.3.65 lacks the null-sink options used).
+readonly PW_PKGS=(pipewire pipewire-bin wireplumber pipewire-alsa)
+# pw_min PKG: the oldest version of PKG that will do (wireplumber has its own numbering).
+pw_min() { if [[ $1 == wireplumber ]]; then echo 0.5; else echo 1.4; fi; }
 readonly BACKPORTS=bookworm-backports
 readonly BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.sources
 BUILD_ONLY=0
@@ -104,14 +111,18 @@ for p in "${PKGS[@]}"; do
     installed "$p" || missing+=("$p")
 done
 need_qemu=0
+need_pw=0
 need_source=0
 if ((!BUILD_ONLY)); then
     installed "$QEMU_PKG" "$QEMU_MIN_VERSION" || need_qemu=1
+    for p in "${PW_PKGS[@]}"; do
+        installed "$p" "$(pw_min "$p")" || need_pw=1
+    done
     # the guest kernel is fetched from backports by vmm-tests/guest/fetch-kernel.sh
     backports_configured || need_source=1
 fi
 
-if [[ ${#missing[@]} -eq 0 && $need_qemu -eq 0 && $need_source -eq 0 ]]; then
+if [[ ${#missing[@]} -eq 0 && $need_qemu -eq 0 && $need_pw -eq 0 && $need_source -eq 0 ]]; then
     if ((BUILD_ONLY)); then
         log "build dependencies present"
     else
@@ -160,6 +171,9 @@ done
 if ((need_qemu)); then
     known "$QEMU_PKG" "$BACKPORTS" || apt_update
 fi
+if ((need_pw)); then
+    known pipewire "$BACKPORTS" || apt_update
+fi
 
 # apt_install ARGS...: install; if that fails on lists that were not refreshed by this run
 # (stale lists give 404s), update once and try again
@@ -180,6 +194,14 @@ if ((need_qemu)); then
     apt_install -t "$BACKPORTS" "$QEMU_PKG"
     installed "$QEMU_PKG" "$QEMU_MIN_VERSION" ||
         die "$QEMU_PKG $(dpkg-query -W -f='${Version}' "$QEMU_PKG" 2>/dev/null) is older than $QEMU_MIN_VERSION"
+fi
+if ((need_pw)); then
+    log "installing ${PW_PKGS[*]} from $BACKPORTS"
+    apt_install -t "$BACKPORTS" "${PW_PKGS[@]}"
+    for p in "${PW_PKGS[@]}"; do
+        installed "$p" "$(pw_min "$p")" ||
+            die "$p $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null) is older than $(pw_min "$p")"
+    done
 fi
 if ((BUILD_ONLY)); then
     log "done (build dependencies)"

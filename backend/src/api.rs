@@ -433,6 +433,7 @@ pub fn streams_json(state: &DaemonState, dev: &crate::device::SoundDevice) -> Ve
             );
             m.insert("xruns".into(), json!(st.xruns));
             m.insert("latency_bytes".into(), json!(st.latency_bytes));
+            m.insert("rate_ppm".into(), json!(st.rate_ppm));
             m.insert("volume".into(), volume_json(state, id));
             Some(Value::Object(m))
         })
@@ -456,6 +457,7 @@ fn streams_json_idle(state: &DaemonState) -> Vec<Value> {
             m.insert("frames_without_device".into(), json!(0));
             m.insert("xruns".into(), json!(0));
             m.insert("latency_bytes".into(), json!(0));
+            m.insert("rate_ppm".into(), json!(0));
             m.insert("volume".into(), volume_json(state, id));
             Some(Value::Object(m))
         })

@@ -25,6 +25,7 @@ pub mod controls;
 pub mod ctl;
 pub mod daemon;
 pub mod device;
+pub mod device_clock;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -23,13 +23,28 @@ pub fn now_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
+/// The largest rate correction a schedule takes, in parts per million (a
+/// card's crystal is within ±100 ppm; a sound server's clock within a few
+/// hundred).
+pub const MAX_RATE_PPM: i32 = 2_000;
+
 /// The schedule of one running stream.
+///
+/// A stream on a device with a clock of its own runs at that clock's rate:
+/// [`Schedule::set_rate_ppm`] makes the schedule that much faster (or
+/// slower, negative) from the current position on, without a jump.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Schedule {
     start_ns: u64,
     bytes_per_second: u64,
     /// Bytes consumed (or produced) since start.
     position: u64,
+    /// The rate correction, and the position and time it runs from.
+    ppm: i32,
+    anchor_ns: u64,
+    anchor_position: u64,
+    /// `start_ns` as made, before any shift: tells one START from another.
+    origin_ns: u64,
 }
 
 impl Schedule {
@@ -38,14 +53,41 @@ impl Schedule {
             start_ns,
             bytes_per_second: bytes_per_second.max(1),
             position: 0,
+            ppm: 0,
+            anchor_ns: start_ns,
+            anchor_position: 0,
+            origin_ns: start_ns,
         }
     }
 
     /// When the byte at `position` is due.
     pub fn due_ns(&self) -> u64 {
-        let offset = u128::from(self.position) * 1_000_000_000 / u128::from(self.bytes_per_second);
-        self.start_ns
+        let bytes = u128::from(self.position.saturating_sub(self.anchor_position));
+        let per_million = u128::from((1_000_000 + i64::from(self.ppm)).max(1).unsigned_abs());
+        let offset =
+            bytes * 1_000_000_000 * 1_000_000 / u128::from(self.bytes_per_second) / per_million;
+        self.anchor_ns
             .saturating_add(u64::try_from(offset).unwrap_or(u64::MAX))
+    }
+
+    /// Runs the schedule `ppm` parts per million faster than real time
+    /// from now on (clamped to ±[`MAX_RATE_PPM`]); what was due stays due.
+    pub fn set_rate_ppm(&mut self, ppm: i32) {
+        let ppm = ppm.clamp(-MAX_RATE_PPM, MAX_RATE_PPM);
+        if ppm != self.ppm {
+            self.anchor_ns = self.due_ns();
+            self.anchor_position = self.position;
+            self.ppm = ppm;
+        }
+    }
+
+    pub fn rate_ppm(&self) -> i32 {
+        self.ppm
+    }
+
+    /// When the schedule was made (its start before any shift).
+    pub fn origin_ns(&self) -> u64 {
+        self.origin_ns
     }
 
     /// Advances by `bytes` and returns the new due time.
@@ -62,6 +104,7 @@ impl Schedule {
     /// long: the guest did not live that time, so nothing falls due in it).
     pub fn shift(&mut self, ns: u64) {
         self.start_ns = self.start_ns.saturating_add(ns);
+        self.anchor_ns = self.anchor_ns.saturating_add(ns);
     }
 }
 
@@ -135,6 +178,23 @@ mod tests {
             s.advance(2048);
         }
         assert_eq!(s.due_ns(), 32_000_000);
+    }
+
+    #[test]
+    fn a_rate_change_keeps_what_was_due_and_scales_what_follows() {
+        // 192,000 bytes per second: 1,920 bytes are 10 ms.
+        let mut s = Schedule::new(1_000_000, 192_000);
+        assert_eq!(s.advance(1_920), 11_000_000);
+        s.set_rate_ppm(1_000);
+        assert_eq!(s.due_ns(), 11_000_000, "no jump at the change");
+        // 10 ms of audio at 1,000 ppm fast take 10 ms / 1.001.
+        assert_eq!(s.advance(1_920), 11_000_000 + 9_990_009);
+        s.set_rate_ppm(-1_000);
+        assert_eq!(s.advance(1_920), 11_000_000 + 9_990_009 + 10_010_010);
+        s.set_rate_ppm(1_000_000);
+        assert_eq!(s.rate_ppm(), MAX_RATE_PPM, "clamped");
+        s.shift(5);
+        assert_eq!(s.due_ns(), 11_000_000 + 9_990_009 + 10_010_010 + 5);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use vsound_devices::{CaptureSource, DeviceError, PlaybackSink, StreamParams};
 
 use crate::config::StreamConfig;
 use crate::constants::{pcm_features, Direction, EventType, QueueIndex, Status};
+use crate::device_clock::{DeviceClock, Flow};
 use crate::events::EventQueue;
 use crate::hotplug::ManagedDevice;
 use crate::io::IoMessage;
@@ -82,6 +83,9 @@ pub struct Stats {
     /// Running dry at the end of playback is not one.
     pub xruns: u64,
     pub latency_bytes: u32,
+    /// The schedule's rate correction, in ppm, for a device with a clock of
+    /// its own (see `device_clock.rs`).
+    pub rate_ppm: i32,
 }
 
 impl Stats {
@@ -274,6 +278,16 @@ pub(crate) struct WorkerLocal {
     /// chunks: where it got to, to go on from when the ring runs again
     /// (rx: the chunk recorded last waits in the copy buffer).
     resume: Option<Resume>,
+    /// Pacing by the endpoint's clock (see `device_clock.rs`), and the
+    /// schedule start it learnt its level for.
+    clock: DeviceClock,
+    clock_start: u64,
+    /// The endpoint was told to hold its clock (the stream not running).
+    paused: bool,
+    /// The due time of the tick in progress (to read a level as of then).
+    tick_due: u64,
+    /// How long ticks have waited for the device in a row (ns).
+    waited_ns: u64,
 }
 
 /// How far the worker got with message `head` of `epoch`, `len` bytes.
@@ -304,8 +318,24 @@ impl WorkerLocal {
             generation,
             device_xruns: 0,
             resume: None,
+            clock: DeviceClock::new(),
+            clock_start: 0,
+            paused: false,
+            tick_due: 0,
+            waited_ns: 0,
         }
     }
+}
+
+/// The longest a stream waits in a row for its device to take or make
+/// frames (see [`StreamRuntime::wait_for_device`]).
+const MAX_DEVICE_WAIT_NS: u64 = 1_000_000_000;
+
+/// Whether a tick goes on (see [`StreamRuntime::wait_for_device`]).
+enum Wait {
+    Go,
+    Later,
+    Replaced,
 }
 
 /// What a stream's lane does with it next.
@@ -527,6 +557,27 @@ impl StreamRuntime {
         if self.resume_playback(shared, local, scratch) {
             return Next::Replaced;
         }
+        // A device with a clock holds it while the stream does not run (STOP,
+        // a paused VM), so it does not underrun meanwhile.
+        // First, so that what follows sees the state after it (RELEASE may
+        // come meanwhile: no endpoint is opened for a released stream).
+        let (state, negotiated) = {
+            let inner = self.lock();
+            (inner.state, inner.negotiated)
+        };
+        let hold = state != PcmState::Started || self.ring_stopped();
+        if hold != local.paused && self.endpoint.is_attached() {
+            if let Some(n) = negotiated {
+                local.paused = hold;
+                let io = self.host_call(local, &n.params, false, false, |ep| match ep {
+                    Endpoint::Playback(s) => s.set_paused(hold).map(|()| s.latency_bytes()),
+                    Endpoint::Capture(s) => s.set_paused(hold).map(|()| s.latency_bytes()),
+                });
+                if let HostIo::Replaced = io {
+                    return Next::Replaced;
+                }
+            }
+        }
         let (due, state, negotiated) = {
             let inner = self.lock();
             if inner.quit {
@@ -559,12 +610,23 @@ impl StreamRuntime {
         Next::At(at, due.map(|_| self.queue_index()))
     }
 
+    /// Whether the stream's state is one that holds an endpoint.
+    fn wants_endpoint(&self) -> bool {
+        matches!(
+            self.lock().state,
+            PcmState::Prepared | PcmState::Started | PcmState::Stopped
+        )
+    }
+
     /// Opens the endpoint if the device is present (at most every
     /// [`REOPEN_INTERVAL_NS`] unless the device just returned).
     fn try_open(&self, params: &StreamParams, local: &mut WorkerLocal) -> HostIo {
         let now = now_ns();
         let asked = self.reopen_now.swap(false, Ordering::SeqCst);
         if (!asked && now < local.next_open_ns) || !self.device.is_present() {
+            return HostIo::Failed;
+        }
+        if !self.wants_endpoint() {
             return HostIo::Failed;
         }
         self.io_since.store(now.max(1), Ordering::SeqCst);
@@ -583,7 +645,16 @@ impl StreamRuntime {
         match opened {
             Ok(ep) => {
                 log::info!("stream {}: on device {}", self.id, self.device.name);
+                // A new endpoint: its clock is not known, and it runs.
+                local.clock = DeviceClock::new();
+                local.paused = false;
                 self.endpoint.attach(ep);
+                // Released (or reset) while it opened: RELEASE sets the
+                // state before it closes the endpoint, so either it closed
+                // this one or this sees its state.
+                if !self.wants_endpoint() {
+                    self.close_endpoint();
+                }
                 HostIo::Done
             }
             Err(e) => {
@@ -598,12 +669,14 @@ impl StreamRuntime {
     /// One host call on the lent endpoint, timed for the hang watchdog.
     /// With `may_open`, an endpoint that is not there is opened first (a
     /// message's first chunk; the rest of a message never goes to an
-    /// endpoint opened in its middle).
+    /// endpoint opened in its middle). With `last` (a message's last chunk
+    /// of a tick), the endpoint's fill level then paces the stream.
     fn host_call(
         &self,
         local: &mut WorkerLocal,
         params: &StreamParams,
         may_open: bool,
+        last: bool,
         f: impl FnOnce(&mut Endpoint) -> Result<u32, DeviceError>,
     ) -> HostIo {
         let device_xruns = |ep: &Endpoint| match ep {
@@ -629,6 +702,11 @@ impl StreamRuntime {
         match result {
             Ok(latency) => {
                 let xruns = device_xruns(&lent.item);
+                let fill = match (&lent.item, last) {
+                    (Endpoint::Playback(s), true) => s.fill_frames(),
+                    (Endpoint::Capture(s), true) => s.fill_frames(),
+                    _ => None,
+                };
                 self.endpoint.give_back(lent);
                 // The device's own underruns/overruns (ALSA recovered them):
                 // the guest hears of new ones, once per call.
@@ -639,7 +717,11 @@ impl StreamRuntime {
                     // A new endpoint counts from zero.
                     local.device_xruns = xruns;
                 }
-                self.lock().stats.latency_bytes = latency;
+                let mut inner = self.lock();
+                inner.stats.latency_bytes = latency;
+                if let Some(f) = fill {
+                    self.pace_by_device(&mut inner, local, params, f.frames);
+                }
                 HostIo::Done
             }
             Err(DeviceError::Gone) => {
@@ -665,6 +747,112 @@ impl StreamRuntime {
                 HostIo::Failed
             }
         }
+    }
+
+    /// A device on its own clock that has not taken (playback) or made
+    /// (capture) the frames of this tick yet, a sound server still
+    /// starting or a card stalled, holds the tick back: the schedule waits
+    /// for the device by the frames it lacks, as a guest's clock waits for
+    /// its card on bare metal, rather than dropping frames or making up
+    /// silence. A wait longer than [`MAX_DEVICE_WAIT_NS`] in all gives up:
+    /// the tick goes on, frames lost and counted.
+    fn wait_for_device(
+        &self,
+        local: &mut WorkerLocal,
+        params: &StreamParams,
+        current: Option<usize>,
+    ) -> Wait {
+        let frame = u64::from(params.frame_bytes().max(1));
+        let dir = self.direction();
+        let need = match dir {
+            // The next message goes to the device at this tick.
+            Direction::Output => self.lock().pending.front().map(|m| u64::from(m.payload())),
+            // The current message is read from it.
+            Direction::Input => current.map(|len| len as u64),
+        };
+        let Some(need) = need.map(|b| i64::try_from(b / frame).unwrap_or(i64::MAX)) else {
+            return Wait::Go;
+        };
+        if !self.endpoint.is_attached() || local.waited_ns >= MAX_DEVICE_WAIT_NS {
+            local.waited_ns = 0;
+            return Wait::Go;
+        }
+        let mut fill = None;
+        let io = self.host_call(local, params, false, false, |ep| match ep {
+            Endpoint::Playback(s) => {
+                fill = s.fill_frames();
+                Ok(s.latency_bytes())
+            }
+            Endpoint::Capture(s) => {
+                fill = s.fill_frames();
+                Ok(s.latency_bytes())
+            }
+        });
+        if let HostIo::Replaced = io {
+            return Wait::Replaced;
+        }
+        let have = match (fill, dir) {
+            (Some(f), Direction::Output) => f.room,
+            (Some(f), Direction::Input) => f.frames,
+            (None, _) => return Wait::Go,
+        };
+        let short = u64::try_from(need.saturating_sub(have)).unwrap_or(0);
+        if short == 0 {
+            local.waited_ns = 0;
+            return Wait::Go;
+        }
+        let wait = short
+            .saturating_mul(1_000_000_000)
+            .checked_div(u64::from(params.rate))
+            .unwrap_or(0)
+            .max(1_000_000);
+        local.waited_ns = local.waited_ns.saturating_add(wait);
+        let mut inner = self.lock();
+        if inner.state == PcmState::Started {
+            if let Some(s) = inner.schedule.as_mut() {
+                s.shift(wait);
+            }
+            inner.due = inner.due.saturating_add(wait);
+        }
+        log::trace!("stream {}: waiting {wait} ns for the device", self.id);
+        Wait::Later
+    }
+
+    /// Corrects the running stream's schedule by its endpoint's level
+    /// (`frames` queued or captured, just now): read as of the tick's due
+    /// time, so that the tick's own lateness is not taken for drift.
+    fn pace_by_device(
+        &self,
+        inner: &mut Inner,
+        local: &mut WorkerLocal,
+        params: &StreamParams,
+        frames: i64,
+    ) {
+        if inner.state != PcmState::Started || params.rate == 0 {
+            return;
+        }
+        let Some(schedule) = inner.schedule.as_mut() else {
+            return;
+        };
+        if local.clock_start != schedule.origin_ns() {
+            local.clock_start = schedule.origin_ns();
+            local.clock.restart();
+        }
+        let now = now_ns();
+        let late = now.saturating_sub(local.tick_due) as f64 * 1e-9;
+        let late = if local.tick_due == 0 || late > 0.1 {
+            0.0
+        } else {
+            late
+        };
+        let level = frames as f64 / f64::from(params.rate);
+        let (level, flow) = match self.direction() {
+            Direction::Output => (level + late, Flow::Playback),
+            Direction::Input => (level - late, Flow::Capture),
+        };
+        let ppm = local.clock.feed(now, level, flow);
+        schedule.set_rate_ppm(ppm);
+        inner.stats.rate_ppm = schedule.rate_ppm();
     }
 
     /// A host device under- or overran: counted, and PCM_XRUN if negotiated.
@@ -790,7 +978,8 @@ impl StreamRuntime {
             // Only a message's first chunk may open the endpoint: one that
             // went away meanwhile (a removal) fails the rest.
             let first = at.offset == 0;
-            let io = self.host_call(local, params, first, |ep| match ep {
+            let last = at.offset + at.pending >= at.len;
+            let io = self.host_call(local, params, first, last, |ep| match ep {
                 Endpoint::Playback(sink) => sink.write(buf).map(|()| sink.latency_bytes()),
                 Endpoint::Capture(_) => Err(DeviceError::Gone),
             });
@@ -865,6 +1054,7 @@ impl StreamRuntime {
             if inner.state != PcmState::Started || now_ns() < inner.due {
                 return false;
             }
+            local.tick_due = inner.due;
             let Some(n) = inner.negotiated else {
                 return false;
             };
@@ -879,6 +1069,11 @@ impl StreamRuntime {
         };
         let params = negotiated.params;
         let chunk = chunk_bytes(&params, scratch.len());
+        match self.wait_for_device(local, &params, current.map(|(_, len)| len)) {
+            Wait::Go => {}
+            Wait::Later => return false,
+            Wait::Replaced => return true,
+        }
 
         // rx: record the finished message's frames first, chunk by chunk:
         // each read from the device holding no message and no pass, then
@@ -903,13 +1098,20 @@ impl StreamRuntime {
                     if at.source == RxSource::Device {
                         let more = len - at.offset - n;
                         let mut filled = 0;
-                        let io = self.host_call(local, &params, at.offset == 0, |ep| match ep {
-                            Endpoint::Capture(src) => {
-                                filled = src.read_part(buf, more)?;
-                                Ok(src.latency_bytes())
-                            }
-                            Endpoint::Playback(_) => Err(DeviceError::Gone),
-                        });
+                        let io =
+                            self.host_call(
+                                local,
+                                &params,
+                                at.offset == 0,
+                                more == 0,
+                                |ep| match ep {
+                                    Endpoint::Capture(src) => {
+                                        filled = src.read_part(buf, more)?;
+                                        Ok(src.latency_bytes())
+                                    }
+                                    Endpoint::Playback(_) => Err(DeviceError::Gone),
+                                },
+                            );
                         match io {
                             // A short chunk ends the device's read: the rest
                             // of the message is silence (status OK).

@@ -7,9 +7,27 @@
 //! are recovered on the spot, without `snd_pcm_recover`, which sleeps while a
 //! suspended card resumes. The daemon keeps the guest's clock either way.
 //! Since the daemon hands each period over just when it is due, a stream
-//! keeps one period of cushion in the PCM: playback puts a period of silence
-//! ahead of the guest's frames whenever the PCM (re)starts, and capture
-//! reads nothing until the PCM holds a period more than asked for.
+//! keeps a cushion in the PCM (a period, and at least [`CUSHION_MS`]):
+//! playback puts that much silence ahead of the guest's frames whenever the
+//! PCM (re)starts, and capture reads nothing until the PCM holds that much
+//! more than asked for.
+//!
+//! # The device's clock
+//!
+//! A PCM keeps its own time (a card's crystal, a sound server's graph).
+//! Its fill level (`fill_frames`: queued frames for playback, captured ones
+//! for capture) tells the daemon how the device's clock runs against its
+//! own, and the daemon paces the guest to keep it level (`device_clock.rs`
+//! in the daemon), so the guest plays and records at the device's rate.
+//! STOP (or a VM pause) pauses the PCM (`snd_pcm_pause`, or a drop and a
+//! new cushion when the PCM cannot pause) so that no underrun follows.
+//!
+//! # Closing
+//!
+//! A playback PCM is drained when the stream closes: what the guest played
+//! is heard to its end. The drain runs on the device's monitor thread,
+//! which closes the PCM once its frames have played (or after the buffer's
+//! length and [`DRAIN_SLACK`]), so closing never blocks the stream.
 //!
 //! # Attach and detach
 //!
@@ -32,6 +50,7 @@
 //! device. A missing PCM is never fatal: the device is built detached.
 
 use std::ffi::CString;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -42,7 +61,7 @@ use alsa::{Direction, ValueOr};
 use serde::Deserialize;
 
 use crate::{
-    CaptureSource, Clock, DeviceError, DeviceListener, Format, HostDevice, PlaybackSink,
+    CaptureSource, Clock, DeviceError, DeviceListener, Fill, Format, HostDevice, PlaybackSink,
     StreamDirection, StreamParams,
 };
 
@@ -56,6 +75,21 @@ const DEFAULT_RETRY_MS: u64 = 500;
 /// A probe is an open and a close; alsa-lib's complaints about the missing
 /// PCM are rate-limited ([`crate::alsa_log`]).
 pub const MAX_RETRY: Duration = Duration::from_secs(1);
+
+/// The least cushion a stream keeps in its PCM, in milliseconds: a period
+/// of the device's, a period of the guest's, and this much slack for a late
+/// wake-up of the daemon (a sound server takes frames a quantum at a time).
+pub const CUSHION_MS: u32 = 20;
+
+/// How long a draining PCM may take beyond the length of its buffer.
+pub const DRAIN_SLACK: Duration = Duration::from_millis(250);
+
+/// How long a drained PCM stays open after its last frame left the PCM's
+/// buffer: a sound server's plugin still holds a quantum or two of them.
+const DRAIN_TAIL: Duration = Duration::from_millis(100);
+
+/// How often the monitor thread looks at PCMs being drained.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// Options of a `kind = "alsa"` device.
 #[derive(Clone, Debug, Deserialize)]
@@ -158,17 +192,25 @@ impl AlsaDevice {
         let pcm = PCM::open(&self.pcm, dir, true).map_err(|e| open_error(&e))?;
         let geometry = configure_hw(&pcm, params, self.pcm_name())?;
         configure_sw(&pcm, dir, geometry.period).map_err(|e| setup_error(&e))?;
+        let period = usize::try_from(geometry.period).unwrap_or(0);
+        let buffer = usize::try_from(geometry.buffer).unwrap_or(0);
+        let cushion = cushion_frames(params, period, buffer);
         pcm.prepare().map_err(|e| setup_error(&e))?;
         if dir == Direction::Capture {
             pcm.start().map_err(|e| setup_error(&e))?;
         }
         Ok(Stream {
-            pcm,
+            pcm: ManuallyDrop::new(pcm),
+            dir,
             shared: Arc::clone(&self.shared),
             generation,
             frame_bytes: frame_bytes(params)?,
-            period: usize::try_from(geometry.period).unwrap_or(0),
-            buffer: usize::try_from(geometry.buffer).unwrap_or(0),
+            period,
+            buffer,
+            cushion,
+            can_pause: geometry.can_pause,
+            paused: Paused::No,
+            rate: params.rate,
             primed: false,
             gone: false,
             xruns: 0,
@@ -234,7 +276,7 @@ impl HostDevice for AlsaDevice {
 
     fn open_playback(&self, params: &StreamParams) -> Result<Box<dyn PlaybackSink>, DeviceError> {
         let stream = self.open_stream(params, Direction::Playback)?;
-        let mut silence = vec![0; stream.period.saturating_mul(stream.frame_bytes)];
+        let mut silence = vec![0; stream.cushion.saturating_mul(stream.frame_bytes)];
         params.format.fill_silence(&mut silence);
         Ok(Box::new(AlsaSink { stream, silence }))
     }
@@ -295,6 +337,8 @@ fn frame_bytes(params: &StreamParams) -> Result<usize, DeviceError> {
 struct Geometry {
     period: i64,
     buffer: i64,
+    /// The PCM can pause (`snd_pcm_pause`).
+    can_pause: bool,
 }
 
 /// Sets the hardware parameters for `params`. Access, format, channels and
@@ -309,13 +353,22 @@ fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry
         )));
     }
     let period = i64::from(params.period_bytes / frame);
-    let buffer = i64::from(params.buffer_bytes / frame);
-    if period == 0 || buffer < period {
+    let guest_buffer = i64::from(params.buffer_bytes / frame);
+    if period == 0 || guest_buffer < period {
         return Err(DeviceError::Unsupported(format!(
             "period of {} bytes in a buffer of {} bytes",
             params.period_bytes, params.buffer_bytes
         )));
     }
+    // Room for the cushion, a guest period on top of it and a period of
+    // the device's still to be taken, with slack (see [`cushion_frames`]):
+    // the guest's buffer may be smaller.
+    let slack = i64::from(params.rate) * i64::from(CUSHION_MS) / 1000;
+    let buffer = guest_buffer.max(
+        period
+            .saturating_mul(3)
+            .saturating_add(slack.saturating_mul(2)),
+    );
     let refused = |what: String| move |e: alsa::Error| param_error(&e, what, name);
     let hw = HwParams::any(pcm).map_err(|e| setup_error(&e))?;
     hw.set_access(Access::RWInterleaved)
@@ -351,6 +404,7 @@ fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry
     let chosen = Geometry {
         period: hw.get_period_size().map_err(|e| setup_error(&e))?,
         buffer: hw.get_buffer_size().map_err(|e| setup_error(&e))?,
+        can_pause: hw.can_pause(),
     };
     if chosen.period != period || chosen.buffer != buffer {
         log::debug!(
@@ -360,6 +414,23 @@ fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry
         );
     }
     Ok(chosen)
+}
+
+/// The cushion a stream keeps in its PCM, in frames: the device takes a
+/// period at a time, so the fill drops by that much at once, and a wake-up
+/// of the daemon may be [`CUSHION_MS`] late; never more than leaves room in
+/// the buffer for a guest period on top (a tick hands one over) and a
+/// device period not yet taken.
+fn cushion_frames(params: &StreamParams, period: usize, buffer: usize) -> usize {
+    let slack = u64::from(params.rate) * u64::from(CUSHION_MS) / 1000;
+    let guest_period = params.period_bytes / params.frame_bytes().max(1);
+    let room = usize::try_from(guest_period)
+        .unwrap_or(usize::MAX)
+        .saturating_add(period);
+    period
+        .saturating_add(usize::try_from(slack).unwrap_or(usize::MAX))
+        .min(buffer.saturating_sub(room))
+        .max(1)
 }
 
 /// Playback starts as soon as a period is queued; a poll would wake once a
@@ -470,10 +541,24 @@ struct Shared {
     first_retry: Duration,
 }
 
+/// A closed playback PCM playing its last frames.
+struct Draining {
+    pcm: PCM,
+    /// Its buffer size in frames: `avail` reaches it when it is empty.
+    buffer: i64,
+    /// When it is closed at the latest.
+    deadline: Instant,
+    /// When its buffer was first seen empty.
+    empty_since: Option<Instant>,
+}
+
 /// Requests to the monitor thread, under [`Shared::control`]. The lock is
-/// only ever held to flip these flags.
+/// only ever held to flip these flags and move PCMs in and out of
+/// `draining`.
 #[derive(Default)]
 struct Control {
+    /// Closed playback PCMs still playing their last frames.
+    draining: Vec<Draining>,
     stop: bool,
     /// A stream found the PCM gone; the listener is still to be told.
     detach_pending: bool,
@@ -487,6 +572,8 @@ enum Event {
     Stop,
     Detached,
     Probe,
+    /// Look at the PCMs being drained.
+    Drain,
 }
 
 impl Shared {
@@ -505,6 +592,48 @@ impl Shared {
     fn stop(&self) {
         lock(&self.control).stop = true;
         self.wake.notify_all();
+    }
+
+    /// Hands a playback PCM over to be closed once it has played what it
+    /// holds, or at `deadline` (see [`Shared::drained`]).
+    fn drain(&self, pcm: PCM, buffer: usize, deadline: Instant) {
+        let mut control = lock(&self.control);
+        if control.stop {
+            return;
+        }
+        control.draining.push(Draining {
+            pcm,
+            buffer: i64::try_from(buffer).unwrap_or(i64::MAX),
+            deadline,
+            empty_since: None,
+        });
+        drop(control);
+        self.wake.notify_all();
+    }
+
+    /// Closes the draining PCMs that have played their frames (or run out
+    /// of time); the others are looked at again in [`DRAIN_POLL`].
+    fn drained(&self) {
+        let mut draining = std::mem::take(&mut lock(&self.control).draining);
+        let now = Instant::now();
+        draining.retain_mut(|d| {
+            // The PCM's buffer is empty once `avail` is all of it (`delay`
+            // may keep a sound server's own latency in it).
+            let playing = d.pcm.state() == alsa::pcm::State::Running
+                && d.pcm.avail().is_ok_and(|avail| avail < d.buffer);
+            if now >= d.deadline {
+                log::warn!("{}: drain took too long; closed", self.name);
+                return false;
+            }
+            if playing {
+                return true;
+            }
+            let since = *d.empty_since.get_or_insert(now);
+            now.saturating_duration_since(since) < DRAIN_TAIL
+        });
+        if !draining.is_empty() {
+            lock(&self.control).draining.append(&mut draining);
+        }
     }
 
     /// A stream opened at `generation` found the PCM gone. Marks the device
@@ -533,42 +662,59 @@ impl Shared {
     }
 
     /// Waits for the next thing to do: forever while attached, at most
-    /// `delay` while detached.
+    /// `delay` while detached, at most [`DRAIN_POLL`] while a PCM drains.
     fn next_event(&self, delay: Duration) -> Event {
-        let deadline = Instant::now().checked_add(delay);
+        let start = Instant::now();
+        let deadline = start.checked_add(delay);
+        let drain_at = start + DRAIN_POLL;
         let mut control = lock(&self.control);
         loop {
             if control.stop {
+                control.draining.clear();
                 return Event::Stop;
             }
             if control.detach_pending {
                 control.detach_pending = false;
                 return Event::Detached;
             }
-            if self.attached.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if !control.draining.is_empty() && now >= drain_at {
+                return Event::Drain;
+            }
+            let attached = self.attached.load(Ordering::SeqCst);
+            let mut wait = None;
+            if attached {
                 control.probe_now = false;
-                control = self
+            } else {
+                if control.probe_now {
+                    control.probe_now = false;
+                    return Event::Probe;
+                }
+                let left = match deadline {
+                    Some(d) => d.saturating_duration_since(now),
+                    None => delay,
+                };
+                if left.is_zero() {
+                    return Event::Probe;
+                }
+                wait = Some(left);
+            }
+            if !control.draining.is_empty() {
+                let left = drain_at.saturating_duration_since(now);
+                wait = Some(wait.map_or(left, |w: Duration| w.min(left)));
+            }
+            control = match wait {
+                None => self
                     .wake
                     .wait(control)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            if control.probe_now {
-                control.probe_now = false;
-                return Event::Probe;
-            }
-            let left = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => delay,
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(w) => {
+                    self.wake
+                        .wait_timeout(control, w)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
             };
-            if left.is_zero() {
-                return Event::Probe;
-            }
-            control = self
-                .wake
-                .wait_timeout(control, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
         }
     }
 
@@ -579,6 +725,7 @@ impl Shared {
         loop {
             match self.next_event(delay) {
                 Event::Stop => return,
+                Event::Drain => self.drained(),
                 Event::Detached => {
                     log::warn!("{}: gone", self.name);
                     if let Some(listener) = self.listener() {
@@ -631,15 +778,23 @@ where
 
 /// An open PCM, shared by the sink and the source.
 struct Stream {
-    pcm: PCM,
+    /// Taken out only by `drop` (to close it, or to hand it to the monitor
+    /// thread to drain).
+    pcm: ManuallyDrop<PCM>,
+    dir: Direction,
     shared: Arc<Shared>,
     generation: u64,
     frame_bytes: usize,
     /// Period and buffer sizes the PCM chose, in frames.
     period: usize,
     buffer: usize,
-    /// Whether the cushion of one period is in place since the PCM was last
-    /// started (see [`AlsaSink::write`] and [`AlsaSource::read_available`]).
+    /// The cushion kept in the PCM, in frames ([`cushion_frames`]).
+    cushion: usize,
+    can_pause: bool,
+    paused: Paused,
+    rate: u32,
+    /// Whether the cushion is in place since the PCM was last started (see
+    /// [`AlsaSink::write`] and [`AlsaSource::read_available`]).
     primed: bool,
     /// Set once the PCM failed for good: every later call says `Gone`.
     gone: bool,
@@ -648,7 +803,109 @@ struct Stream {
     lost_frames: u64,
 }
 
+/// How a stream's PCM is held while the guest's stream is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Paused {
+    No,
+    /// Playback: not fed, left to play out what it holds (all of it the
+    /// guest counts as played already); an underrun meanwhile is no xrun,
+    /// and it starts over with a new cushion. Pausing a sound server's PCM
+    /// would put a quantum of silence in the middle of what it holds.
+    Idle,
+    /// `snd_pcm_pause`: it keeps its frames and resumes where it was.
+    Held,
+    /// Dropped (the PCM cannot pause): it starts over with a new cushion.
+    Dropped,
+}
+
 impl Stream {
+    /// Pauses or resumes the PCM (see [`Paused`]).
+    fn set_paused(&mut self, pause: bool) -> Result<(), DeviceError> {
+        let dir = self.dir;
+        if self.gone {
+            return Err(DeviceError::Gone);
+        }
+        let result = match (pause, self.paused) {
+            (true, Paused::No) if dir == Direction::Playback => Ok(Paused::Idle),
+            (false, Paused::Idle) => {
+                let state = self.pcm.state();
+                if matches!(
+                    state,
+                    alsa::pcm::State::XRun | alsa::pcm::State::Setup | alsa::pcm::State::Draining
+                ) {
+                    self.primed = false;
+                    self.pcm.prepare().map(|()| Paused::No)
+                } else {
+                    Ok(Paused::No)
+                }
+            }
+            (true, Paused::No) => {
+                if self.can_pause && self.pcm.state() == alsa::pcm::State::Running {
+                    self.pcm.pause(true).map(|()| Paused::Held)
+                } else {
+                    self.pcm.drop().map(|()| Paused::Dropped)
+                }
+            }
+            (false, Paused::Held) => self.pcm.pause(false).map(|()| Paused::No),
+            (false, Paused::Dropped) => {
+                self.primed = false;
+                let prepared = self.pcm.prepare();
+                match (prepared, dir) {
+                    (Ok(()), Direction::Capture) => self.pcm.start().map(|()| Paused::No),
+                    (r, _) => r.map(|()| Paused::No),
+                }
+            }
+            (_, now) => Ok(now),
+        };
+        match result {
+            Ok(now) => {
+                if now != self.paused {
+                    log::debug!("{}: {:?} -> {now:?}", self.shared.name, self.paused);
+                }
+                self.paused = now;
+                Ok(())
+            }
+            Err(e) if is_gone(e.errno()) => Err(self.gone()),
+            // The PCM was not in a state to pause (an xrun just then): it
+            // starts over, as a dropped one.
+            Err(e) => {
+                log::debug!("{}: pause({pause}): {e}; starting over", self.shared.name);
+                self.paused = if pause { Paused::Dropped } else { Paused::No };
+                let _ = self.pcm.drop();
+                let _ = self.pcm.prepare();
+                if !pause && dir == Direction::Capture {
+                    let _ = self.pcm.start();
+                }
+                self.primed = false;
+                Ok(())
+            }
+        }
+    }
+
+    /// Playback: frames queued, not yet played; capture: frames captured,
+    /// not yet read. `None` while the PCM is not running (paused, just
+    /// recovered, not primed).
+    fn fill_frames(&self) -> Option<Fill> {
+        if self.gone || !self.primed || self.paused != Paused::No {
+            return None;
+        }
+        let (avail, delay) = self.pcm.avail_delay().ok()?;
+        if self.pcm.state() != alsa::pcm::State::Running {
+            return None;
+        }
+        let buffer = i64::try_from(self.buffer).unwrap_or(i64::MAX);
+        Some(match self.dir {
+            Direction::Playback => Fill {
+                frames: delay,
+                room: avail,
+            },
+            Direction::Capture => Fill {
+                frames: avail,
+                room: buffer.saturating_sub(avail),
+            },
+        })
+    }
+
     fn gone(&mut self) -> DeviceError {
         if !self.gone {
             self.gone = true;
@@ -703,8 +960,44 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        // Dropping the PCM closes it: `snd_pcm_close` drops pending frames,
-        // it does not drain them, so this never blocks.
+        // A playback PCM with frames to play is handed to the monitor
+        // thread, which closes it once they have played; closing here
+        // (`snd_pcm_close` drops pending frames) would cut the sound's end.
+        let mut drain = false;
+        if !self.gone && self.dir == Direction::Playback && self.paused != Paused::Dropped {
+            if self.paused == Paused::Held {
+                let _ = self.pcm.pause(false);
+            }
+            drain = self.pcm.delay().is_ok_and(|queued| queued > 0);
+            if drain && self.pcm.state() == alsa::pcm::State::Prepared {
+                let _ = self.pcm.start();
+            }
+        }
+        // SAFETY: `self.pcm` is not used after this (it is being dropped).
+        let pcm = unsafe { ManuallyDrop::take(&mut self.pcm) };
+        log::debug!(
+            "{}: closing; {} ({:?})",
+            self.shared.name,
+            if drain {
+                "draining"
+            } else {
+                "nothing to drain"
+            },
+            self.paused
+        );
+        if drain {
+            let frames = u64::try_from(self.buffer.max(1)).unwrap_or(u64::MAX);
+            let length = Duration::from_micros(
+                frames.saturating_mul(1_000_000) / u64::from(self.rate.max(1)),
+            );
+            self.shared.drain(
+                pcm,
+                self.buffer,
+                Instant::now() + length.saturating_add(DRAIN_TAIL + DRAIN_SLACK),
+            );
+        } else {
+            drop(pcm);
+        }
         if self.xruns > 0 || self.lost_frames > 0 {
             log::debug!(
                 "{}: stream closed after {} xruns, {} frames dropped",
@@ -761,6 +1054,9 @@ impl PlaybackSink for AlsaSink {
         if s.gone {
             return Err(DeviceError::Gone);
         }
+        if s.paused != Paused::No {
+            s.set_paused(false)?;
+        }
         let fb = s.frame_bytes;
         let whole = frames.len() / fb * fb;
         let mut rest = frames.get(..whole).unwrap_or_default();
@@ -789,6 +1085,14 @@ impl PlaybackSink for AlsaSink {
     fn latency_bytes(&self) -> u32 {
         self.stream.latency_bytes()
     }
+
+    fn set_paused(&mut self, paused: bool) -> Result<(), DeviceError> {
+        self.stream.set_paused(paused)
+    }
+
+    fn fill_frames(&self) -> Option<Fill> {
+        self.stream.fill_frames()
+    }
 }
 
 struct AlsaSource {
@@ -810,12 +1114,15 @@ impl AlsaSource {
         if s.gone {
             return Err(DeviceError::Gone);
         }
+        if s.paused != Paused::No {
+            s.set_paused(false)?;
+        }
         let fb = s.frame_bytes;
         let whole = buf.len() / fb * fb;
         if !s.primed {
             // Leave a period of room, or the PCM overruns while it fills.
             let need = (whole.saturating_add(more) / fb)
-                .saturating_add(s.period)
+                .saturating_add(s.cushion)
                 .min(s.buffer.saturating_sub(s.period))
                 .max(1);
             match s.pcm.avail() {
@@ -873,6 +1180,14 @@ impl CaptureSource for AlsaSource {
 
     fn latency_bytes(&self) -> u32 {
         self.stream.latency_bytes()
+    }
+
+    fn set_paused(&mut self, paused: bool) -> Result<(), DeviceError> {
+        self.stream.set_paused(paused)
+    }
+
+    fn fill_frames(&self) -> Option<Fill> {
+        self.stream.fill_frames()
     }
 }
 

@@ -64,6 +64,17 @@ pub enum StreamDirection {
 }
 
 /// Who keeps time for a stream bound to a device.
+/// How full a device on its own clock is, in frames (see
+/// [`PlaybackSink::fill_frames`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fill {
+    /// Playback: queued, not yet played; capture: captured, not yet read.
+    pub frames: i64,
+    /// Playback: room for more frames now; capture: frames it can still
+    /// capture before it overruns.
+    pub room: i64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Clock {
     /// The daemon paces completions on `CLOCK_MONOTONIC` (null, pad).
@@ -169,6 +180,19 @@ pub trait PlaybackSink: Send {
     fn xruns(&self) -> u64 {
         0
     }
+    /// Holds the device's clock (`true`: the guest stopped the stream, or
+    /// the VM paused) or lets it run again, keeping what it holds. Never
+    /// blocks. A sink without a clock of its own has nothing to hold.
+    fn set_paused(&mut self, paused: bool) -> Result<(), DeviceError> {
+        let _ = paused;
+        Ok(())
+    }
+    /// For a sink on its own clock ([`Clock::Device`]): the frames queued in
+    /// it, not yet played, as of now. The daemon paces the guest so that
+    /// this stays level (the device's clock becomes the guest's).
+    fn fill_frames(&self) -> Option<Fill> {
+        None
+    }
 }
 
 /// Where a capture stream's frames come from. Dropping it closes it.
@@ -205,5 +229,17 @@ pub trait CaptureSource: Send {
     /// daemon reports new ones to the guest as PCM_XRUN.
     fn xruns(&self) -> u64 {
         0
+    }
+    /// Holds the device's clock (`true`: the guest stopped the stream, or
+    /// the VM paused) or lets it run again. Never blocks.
+    fn set_paused(&mut self, paused: bool) -> Result<(), DeviceError> {
+        let _ = paused;
+        Ok(())
+    }
+    /// For a source on its own clock ([`Clock::Device`]): the frames it
+    /// captured that were not read yet, as of now (kept level, as for
+    /// [`PlaybackSink::fill_frames`]).
+    fn fill_frames(&self) -> Option<Fill> {
+        None
     }
 }

@@ -26,6 +26,7 @@ pub mod bench;
 pub mod daemon;
 pub mod frontend;
 pub mod memory;
+pub mod pipewire;
 pub mod snd;
 pub mod unprivileged;
 pub mod virtqueue;

@@ -134,6 +134,27 @@ pcm.vsin {{
     }
 }
 
+/// The silence the ALSA sink puts ahead of the guest's frames when its PCM
+/// starts: a period of the PCM's (here the guest's) and 20 ms
+/// (`vsound_devices::alsa::CUSHION_MS`).
+fn cushion_bytes(g: &Geometry) -> usize {
+    g.period_bytes() + g.bytes_per_second() as usize * 20 / 1000
+}
+
+/// `out.raw` once the PCM was closed: a playback PCM is drained after
+/// RELEASE, and closed when its frames have played (the `file` plugin
+/// writes what it holds then); waits up to 2 s for `len` bytes.
+fn closed_file(path: &std::path::Path, len: usize) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let file = fs::read(path).unwrap_or_default();
+        if file.len() >= len || std::time::Instant::now() > deadline {
+            return file;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn prepare(snd: &mut SndDriver, stream: u32, g: &Geometry) {
     assert_eq!(g.set_params(snd, stream).unwrap(), Status::Ok, "SET_PARAMS");
     assert_eq!(snd.prepare(stream).unwrap(), Status::Ok, "PREPARE");
@@ -145,11 +166,11 @@ fn stop_and_release(snd: &mut SndDriver, stream: u32) {
 }
 
 /// Playback reaches the ALSA PCM bit-exact: after RELEASE (which closes the
-/// PCM), `out.raw` holds exactly one period of silence (the sink's cushion,
+/// PCM), `out.raw` holds exactly the sink's cushion of silence (a period and 20 ms,
 /// written when the PCM starts) followed by exactly the guest's bytes; every
 /// buffer completes OK on schedule.
 #[test]
-fn playback_lands_in_the_pcm_bit_exact_after_one_period_of_silence() {
+fn playback_lands_in_the_pcm_bit_exact_after_the_cushion_of_silence() {
     let g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
     let mut alsa = Alsa::spawn(&[]);
     let mut snd = alsa.driver();
@@ -171,11 +192,11 @@ fn playback_lands_in_the_pcm_bit_exact_after_one_period_of_silence() {
     stop_and_release(&mut snd, OUT);
     alsa.alive();
 
-    let file = fs::read(&alsa.out_raw).unwrap();
-    let mut want = vec![0u8; g.period_bytes()];
+    let file = closed_file(&alsa.out_raw, cushion_bytes(&g) + periods.concat().len());
+    let mut want = vec![0u8; cushion_bytes(&g)];
     want.extend(periods.concat());
     if let Some(d) = difference(&file, &want) {
-        panic!("out.raw is not one period of silence then the guest's bytes: {d}");
+        panic!("out.raw is not the cushion's silence then the guest's bytes: {d}");
     }
     eprintln!(
         "out.raw: {} bytes as expected; {}",
@@ -302,10 +323,10 @@ fn a_missing_pcm_does_not_disturb_a_present_one() {
     stop_and_release(&mut snd, GONE);
     stop_and_release(&mut snd, OUT);
     alsa.alive();
-    let file = fs::read(&alsa.out_raw).unwrap();
-    let mut want = vec![0u8; g.period_bytes()];
+    let file = closed_file(&alsa.out_raw, cushion_bytes(&g) + periods.concat().len());
+    let mut want = vec![0u8; cushion_bytes(&g)];
     want.extend(periods.concat());
     if let Some(d) = difference(&file, &want) {
-        panic!("out.raw is not one period of silence then the guest's bytes: {d}");
+        panic!("out.raw is not the cushion's silence then the guest's bytes: {d}");
     }
 }

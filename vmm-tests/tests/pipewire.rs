@@ -1,0 +1,302 @@
+//! The ALSA device on a real clock: a headless PipeWire server (see
+//! `vmm_tests::pipewire`), reached through the `pipewire` ALSA PCM, the
+//! way a desktop host's sound goes. What reached PipeWire's null sink is
+//! recorded from its monitor and compared with what the guest played, bit
+//! for bit; capture records what `pw-play` plays into the sink.
+//!
+//! Needs the `vsound` binary (`cargo build --bin vsound`) and PipeWire 1.4
+//! (`scripts/install-deps.sh`); `VSOUND_NO_PIPEWIRE=1` skips these tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vmm_tests::audio::{
+    check_statuses, noise, play_streaming, start_timed, wait_drained, Geometry,
+};
+use vmm_tests::pipewire::{find, PipeWire, PCM};
+use vmm_tests::snd::{PcmFormat, PcmRate};
+use vmm_tests::{ConnectOptions, Daemon, DaemonOptions, Queue, SndDriver, Status};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const OUT: u32 = 0;
+const IN: u32 = 1;
+
+fn config() -> String {
+    format!(
+        r#"
+[devices.pw]
+kind = "alsa"
+pcm = "{PCM}"
+
+[[streams]]
+direction = "output"
+device = "pw"
+formats = ["S16"]
+rates = [48000]
+channels = {{ min = 2, max = 2 }}
+
+[[streams]]
+direction = "input"
+device = "pw"
+formats = ["S16"]
+rates = [48000]
+channels = {{ min = 2, max = 2 }}
+"#
+    )
+}
+
+/// PipeWire and a daemon on it, or `None` when PipeWire is not tested.
+fn start() -> Option<(PipeWire, Daemon)> {
+    let pw = PipeWire::start().unwrap_or_else(|e| panic!("{e}"))?;
+    let daemon = Daemon::spawn_with(&DaemonOptions {
+        config_toml: Some(config()),
+        env: pw.env(),
+        ..DaemonOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    Some((pw, daemon))
+}
+
+fn driver(daemon: &Daemon) -> SndDriver {
+    daemon
+        .connect(&ConnectOptions::default())
+        .unwrap_or_else(|e| panic!("{e}: {:?}", std::error::Error::source(&e)))
+}
+
+fn geometry() -> Geometry {
+    Geometry::new(PcmFormat::S16, PcmRate::R48000, 2)
+}
+
+/// Plays `pcm` on the output stream as Linux does (SET_PARAMS, PREPARE, the
+/// buffer queued, START, a new period each time one completes), then STOP
+/// and RELEASE right after the last completion, as a guest's `aplay` ends.
+fn play(snd: &mut SndDriver, pcm: &[u8], allowed: &[Status], mut on_completion: impl FnMut(usize)) {
+    let g = geometry();
+    assert_eq!(g.set_params(snd, OUT).unwrap(), Status::Ok, "SET_PARAMS");
+    assert_eq!(snd.prepare(OUT).unwrap(), Status::Ok, "PREPARE");
+    let periods: Vec<Vec<u8>> = pcm.chunks(g.period_bytes()).map(<[u8]>::to_vec).collect();
+    let timeout = TIMEOUT + g.duration_of(pcm.len() as u64);
+    let (done, _) = play_streaming(snd, OUT, &periods, g.periods as usize, timeout, |k| {
+        on_completion(k)
+    })
+    .unwrap();
+    check_statuses(&done, allowed).unwrap();
+    assert_eq!(snd.stop(OUT).unwrap(), Status::Ok, "STOP");
+    assert_eq!(snd.release(OUT).unwrap(), Status::Ok, "RELEASE");
+}
+
+/// `want` is in `got` whole, bit for bit; its offset.
+fn contains(got: &[u8], want: &[u8], what: &str) -> usize {
+    let head = &want[..want.len().min(4096)];
+    let Some(at) = find(got, head) else {
+        panic!(
+            "{what}: its first {} bytes never reached the sink ({} bytes recorded, {} of them not zero)",
+            head.len(),
+            got.len(),
+            got.iter().filter(|b| **b != 0).count()
+        );
+    };
+    let end = at + want.len();
+    let Some(tail) = got.get(at..end) else {
+        panic!(
+            "{what}: cut: {} of {} bytes reached the sink",
+            got.len() - at,
+            want.len()
+        );
+    };
+    if let Some(i) = tail.iter().zip(want).position(|(a, b)| a != b) {
+        let i = i / 4 * 4;
+        // What happened there: frames of `want` skipped, or others put in.
+        let probe = &want[i..want.len().min(i + 256)];
+        let inserted = find(&got[at + i..], probe);
+        let lost = find(&want[i..], &got[at + i..(at + i + 256).min(got.len())]);
+        let zeros = got[at + i..].iter().take_while(|b| **b == 0).count();
+        panic!(
+            "{what}: differs from byte {i} of {} (frame {}): {} bytes put in ({zeros} zero bytes follow), \
+             or {} bytes lost",
+            want.len(),
+            i / 4,
+            inserted.map_or("no".into(), |n| n.to_string()),
+            lost.map_or("no".into(), |n| n.to_string()),
+        );
+    }
+    at
+}
+
+/// The daemon's log says nothing of an xrun.
+fn no_xruns(daemon: &Daemon) {
+    let log = daemon.log();
+    let xruns: Vec<&str> = log.lines().filter(|l| l.contains("xrun")).collect();
+    assert!(xruns.is_empty(), "xruns: {xruns:#?}");
+}
+
+/// A 100 ms beep and a 2 s tone, played and released as a guest's `aplay`
+/// does, reach PipeWire whole and bit-exact: the end of each is played out
+/// (the PCM drains on close) rather than cut.
+#[test]
+fn a_beep_and_a_tone_reach_pipewire_whole_and_bit_exact() {
+    let Some((pw, mut daemon)) = start() else {
+        return;
+    };
+    let g = geometry();
+    let mut snd = driver(&daemon);
+    let rec = pw.record("beep.wav").unwrap();
+    let beep = noise(g.bytes_per_second() as usize / 10, 1);
+    play(&mut snd, &beep, &[Status::Ok], |_| {});
+    thread::sleep(Duration::from_millis(300));
+    let tone = noise(2 * g.bytes_per_second() as usize, 2);
+    play(&mut snd, &tone, &[Status::Ok], |_| {});
+    thread::sleep(Duration::from_millis(500));
+    let got = rec.stop().unwrap();
+    daemon.check_alive().unwrap();
+    let b = contains(&got, &beep, "the beep");
+    let t = contains(&got, &tone, "the tone");
+    assert!(t > b, "the tone came before the beep");
+    no_xruns(&daemon);
+    eprintln!(
+        "beep ({} bytes) at byte {b}, tone ({} bytes) at byte {t} of {} recorded",
+        beep.len(),
+        tone.len(),
+        got.len()
+    );
+}
+
+/// 60 s of playback on PipeWire's clock: every frame reaches the sink, in
+/// order, none lost or repeated, and the daemon sees no xrun.
+#[test]
+fn sixty_seconds_on_pipewire_lose_no_frame_and_have_no_xrun() {
+    let Some((pw, mut daemon)) = start() else {
+        return;
+    };
+    let g = geometry();
+    let mut snd = driver(&daemon);
+    let rec = pw.record("long.wav").unwrap();
+    let pcm = noise(60 * g.bytes_per_second() as usize, 3);
+    let started = Instant::now();
+    play(&mut snd, &pcm, &[Status::Ok], |_| {});
+    let took = started.elapsed();
+    thread::sleep(Duration::from_millis(500));
+    let got = rec.stop().unwrap();
+    daemon.check_alive().unwrap();
+    contains(&got, &pcm, "60 s of noise");
+    no_xruns(&daemon);
+    eprintln!("60 s played in {took:?}, all {} bytes bit-exact", pcm.len());
+}
+
+/// PipeWire killed mid-playback (SIGKILL: the PCM fails under the stream)
+/// and started again: the daemon keeps the guest playing on its own clock
+/// meanwhile (every buffer completes), and the stream comes back to the
+/// new server by itself: what the guest plays after the restart reaches
+/// the sink bit-exact.
+#[test]
+fn pipewire_killed_and_restarted_mid_playback_gets_the_stream_back() {
+    let Some((mut pw, mut daemon)) = start() else {
+        return;
+    };
+    let g = geometry();
+    let mut snd = driver(&daemon);
+    let pcm = noise(8 * g.bytes_per_second() as usize, 4);
+    let per_second = 100; // periods
+    let mut killed_at = None;
+    let mut restarted_at = None;
+    let mut rec = None;
+    // Buffers that reached no device (PipeWire gone) say IO_ERR.
+    play(&mut snd, &pcm, &[Status::Ok, Status::IoErr], |k| {
+        if k == 2 * per_second {
+            pw.kill();
+            killed_at = Some(Instant::now());
+        }
+        if k == 3 * per_second {
+            pw.restart().unwrap();
+            restarted_at = Some(Instant::now());
+            rec = Some(pw.record("after.wav").unwrap());
+        }
+    });
+    thread::sleep(Duration::from_millis(500));
+    let got = rec.expect("restarted").stop().unwrap();
+    daemon.check_alive().unwrap();
+    // The last 3 s were played well after the restart and the recorder.
+    let last = &pcm[pcm.len() - 3 * g.bytes_per_second() as usize..];
+    contains(&got, last, "the last 3 s after the restart");
+    let log = daemon.log();
+    assert!(log.contains("went away"), "no removal seen:\n{log}");
+    assert!(
+        log.matches("on device pw").count() >= 2,
+        "the stream did not reopen the device:\n{log}"
+    );
+    eprintln!(
+        "killed {:?} before the end, restarted {:?} after the kill; the last 3 s reached the new server bit-exact",
+        killed_at.unwrap().elapsed(),
+        restarted_at.unwrap().duration_since(killed_at.unwrap())
+    );
+}
+
+/// 10 s of capture from PipeWire (the null sink's monitor, while `pw-play`
+/// plays noise into the sink): the guest's buffers hold the noise bit-exact
+/// and contiguous, from where it starts to the end, with no xrun.
+#[test]
+fn ten_seconds_of_capture_from_pipewire_are_bit_exact_and_contiguous() {
+    let Some((pw, mut daemon)) = start() else {
+        return;
+    };
+    let g = geometry();
+    let mut snd = driver(&daemon);
+    let source = noise(14 * g.bytes_per_second() as usize, 5);
+    let mut player = pw.play(&source).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        g.set_params(&mut snd, IN).unwrap(),
+        Status::Ok,
+        "SET_PARAMS"
+    );
+    assert_eq!(snd.prepare(IN).unwrap(), Status::Ok, "PREPARE");
+    let n = 10 * 100;
+    for _ in 0..g.periods {
+        snd.rx(IN, g.period_bytes(), &[]).unwrap();
+    }
+    wait_drained(&mut snd, Queue::Rx, TIMEOUT).unwrap();
+    let (status, _) = start_timed(&mut snd, IN).unwrap();
+    assert_eq!(status, Status::Ok, "START");
+    let mut got = Vec::with_capacity(n * g.period_bytes());
+    let mut done = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    while done < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let cs = snd.wait_io(Queue::Rx, left).unwrap();
+        assert!(!cs.is_empty(), "only {done} of {n} captures completed");
+        for c in cs {
+            assert_eq!(c.status, Status::Ok, "capture {done}");
+            got.extend_from_slice(&c.data);
+            done += 1;
+            if done + g.periods as usize <= n {
+                snd.rx(IN, g.period_bytes(), &[]).unwrap();
+            }
+        }
+    }
+    assert_eq!(snd.stop(IN).unwrap(), Status::Ok, "STOP");
+    assert_eq!(snd.release(IN).unwrap(), Status::Ok, "RELEASE");
+    let _ = player.kill();
+    let _ = player.wait();
+    daemon.check_alive().unwrap();
+    // Past the first 0.2 s (the capture may start inside the noise or on
+    // silence before it), everything is the noise, contiguous.
+    let skip = g.bytes_per_second() as usize / 5;
+    let tail = &got[skip..];
+    eprintln!(
+        "captured {} bytes, {} not zero; first non-zero at {:?}",
+        got.len(),
+        got.iter().filter(|b| **b != 0).count(),
+        got.iter().position(|b| *b != 0)
+    );
+    let at = find(&source, &tail[..4096])
+        .unwrap_or_else(|| panic!("the capture does not hold the noise played into the sink"));
+    contains(&source[at..], tail, "the capture");
+    no_xruns(&daemon);
+    eprintln!(
+        "{} bytes captured, the last {} bit-exact and contiguous",
+        got.len(),
+        tail.len()
+    );
+}
