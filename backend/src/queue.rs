@@ -39,6 +39,9 @@ pub trait Virtqueue: Send + Sync {
     fn hold_notifications(&self) {}
     /// Ends a [`hold_notifications`](Self::hold_notifications).
     fn release_notifications(&self) {}
+    /// Under a hold, announces the completions made so far now (the hold
+    /// goes on): before work that takes long, so that they are not late.
+    fn flush_notifications(&self) {}
     /// Turns the driver's kicks for new buffers off (someone takes them
     /// from the ring at every tick) or back on. Returns whether buffers
     /// may be waiting that no kick announced (drain the ring then).

@@ -658,6 +658,14 @@ impl Virtqueue for VringQueue {
         }
     }
 
+    fn flush_notifications(&self) {
+        if self.vring.ctl.owed.swap(false, Ordering::SeqCst) {
+            if let Some(_pass) = self.gate().enter() {
+                Self::notify(&mut self.vring.get_mut());
+            }
+        }
+    }
+
     fn set_kicks(&self, on: bool) -> bool {
         self.vring.ctl.kicks_off.store(!on, Ordering::SeqCst);
         let Some(_pass) = self.gate().enter() else {

@@ -1251,6 +1251,11 @@ impl StreamRuntime {
         // tx: hand the frames to the device, the message back in `current`
         // (the rest of a large one chunk by chunk, see `play`).
         if let Some(at) = tx {
+            // A message of several chunks takes a while to hand over: the
+            // completion made above is announced first, not after it.
+            if at.len > chunk {
+                queue.flush_notifications();
+            }
             if let HostIo::Replaced = self.play(local, scratch, Some(queue), &params, at) {
                 return true;
             }

@@ -14,7 +14,7 @@
 #
 # Cases (each documented above its case_ function below): default-play-record,
 # pad-playback-s16, pad-playback-s32-mono, pad-playback-float-6ch, pad-capture,
-# alsa-file, two-groups, vmm-restart, driver-reload, hot-remove-silence,
+# alsa-file, pipewire-beep-tone, two-groups, vmm-restart, driver-reload, hot-remove-silence,
 # hot-remove-error, jacks, pause-resume-playback, pause-resume-capture,
 # system-reset-playback, reboot-playback, daemon-restart-replug, pad-recipe-feed-first,
 # pad-recipe-record-first, pad-fill-silence-gap, pad-tool-round-trip, controls,
@@ -285,6 +285,52 @@ period_bytes() {
 # bps FILE.wav: bytes per second of a WAV file
 bps() { echo $(($(soxi -r "$1") * $(soxi -c "$1") * $(soxi -b "$1") / 8)); }
 
+# --- PipeWire --------------------------------------------------------------------------
+# pw_start: a headless PipeWire (server and session manager) as the daemon's user, in the
+# private runtime folder PW_DIR=$CDIR/pw, with the null sink `vsnull`; stopped with the
+# case's other background processes. pw_env: the environment a client needs (NAME=VALUE
+# words); pw_run CMD...: CMD as the daemon's user in it (pw_exec: in the background).
+PW_DIR=
+pw_env() {
+    echo "XDG_RUNTIME_DIR=$PW_DIR PIPEWIRE_RUNTIME_DIR=$PW_DIR HOME=$PW_DIR"
+}
+pw_run() {
+    # shellcheck disable=SC2046
+    env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY $(pw_env) "${DAEMON_AS[@]}" "$@"
+}
+# pw_exec CMD...: the same, replacing the shell: `pw_exec CMD &` makes $! CMD's own pid
+# (so that kill_bg and kill -INT reach it, not a subshell)
+pw_exec() {
+    # shellcheck disable=SC2046
+    exec env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY $(pw_env) "${DAEMON_AS[@]}" "$@"
+}
+pw_start() {
+    local i
+    command -v pipewire >/dev/null 2>&1 || bad "no pipewire (scripts/install-deps.sh installs it)" || return 1
+    PW_DIR=$CDIR/pw
+    mkdir -p -m 700 "$PW_DIR"
+    chown "$SUITE_USER:" "$PW_DIR"
+    pw_exec pipewire >>"$CDIR/pipewire.log" 2>&1 &
+    BG_PIDS+=($!)
+    for ((i = 0; i < 400; i++)); do
+        [[ -S $PW_DIR/pipewire-0 ]] && break
+        sleep 0.05
+    done
+    [[ -S $PW_DIR/pipewire-0 ]] || bad "PipeWire did not start (see pipewire.log)" || return 1
+    pw_exec wireplumber >>"$CDIR/pipewire.log" 2>&1 &
+    BG_PIDS+=($!)
+    for ((i = 0; i < 200; i++)); do
+        if pw_run pw-cli ls Node 2>/dev/null | grep -q 'node.name = "vsnull"'; then
+            pw_run pw-cli ls Metadata 2>/dev/null | grep -q 'metadata.name = "default"' && return 0
+        else
+            pw_run pw-cli create-node adapter '{ factory.name=support.null-audio-sink node.name=vsnull
+                media.class=Audio/Sink object.linger=true audio.position=[FL FR] }' >/dev/null 2>&1 || true
+        fi
+        sleep 0.1
+    done
+    bad "PipeWire has no sink vsnull after 20 s (see pipewire.log)"
+}
+
 # --- test signals ----------------------------------------------------------------------
 # gen NAME SECS RATE CHANNELS ENCODING BITS SYNTH...: DATA/NAME.wav = the sines of SYNTH
 # (one per channel) at -6 dB mixed with white noise at -26 dB (sox -R: repeatable), and
@@ -415,6 +461,53 @@ case_alsa_file() {
     # 20 ms of S16 stereo at 48 kHz: 3840 bytes
     pcm exact "$DATA/s16.raw" "$CDIR/alsa-out.raw" --frame 4 --rate 192000 \
         --lead-silence "$((period + 3840))" --max-tail "$period"
+}
+
+# 3b. The ALSA backend on a real clock: PipeWire (pw_start), through pipewire-alsa's
+#     `pipewire` PCM. The guest plays the 100 ms beep, then (after 500 ms) the 2 s tone,
+#     each with aplay; pw-record on the null sink's monitor must hold both whole and bit
+#     for bit, in order: nothing of either is cut (the PCM drains on close) and no frame
+#     is lost or put in (the streams keep PipeWire's clock).
+case_pipewire_beep_tone() {
+    pw_start || return 1
+    local env
+    env=$(pw_env)
+    # shellcheck disable=SC2086
+    start_daemon "$(config pipewire.toml)" $env || return 1
+    pw_exec pw-record -P '{ stream.capture.sink=true }' --target vsnull --format s16 \
+        --rate 48000 --channels 2 "$PW_DIR/rec.wav" >>"$CDIR/pipewire.log" 2>&1 &
+    local rec=$!
+    BG_PIDS+=("$rec")
+    sleep 0.5
+    guest guest pcm-io.sh --data "$DATA/beep.wav" --data "$DATA/s16.wav" \
+        --env "PLAY=hw:0,0@/data/beep.wav@100 hw:0,0@/data/s16.wav@2000" --env PLAY_GAP_MS=500 ||
+        return 1
+    sleep 0.5
+    kill -INT "$rec" 2>/dev/null || true
+    wait "$rec" 2>/dev/null || true
+    forget_pid "$rec"
+    sox "$PW_DIR/rec.wav" -t raw "$CDIR/rec.raw" || bad "pw-record left no recording" || return 1
+    python3 - "$DATA/beep.raw" "$DATA/s16.raw" "$CDIR/rec.raw" >"$CDIR/pw-check.out" 2>&1 <<'PY'
+import sys
+beep, tone, got = (open(p, "rb").read() for p in sys.argv[1:4])
+at = 0
+for name, want in (("beep", beep), ("tone", tone)):
+    i = got.find(want[:4096], at)
+    while i >= 0 and i % 4:
+        i = got.find(want[:4096], i + 1)
+    if i < 0:
+        sys.exit("the %s never reached the sink (%d bytes recorded)" % (name, len(got)))
+    piece = got[i:i + len(want)]
+    if piece != want:
+        n = next((k for k in range(len(piece)) if piece[k:k + 1] != want[k:k + 1]), len(piece))
+        sys.exit("the %s differs from byte %d of %d (frame %d)" % (name, n, len(want), n // 4))
+    print("the %s (%d bytes) is whole and bit-exact at byte %d" % (name, len(want), i))
+    at = i + len(want)
+print("%d bytes recorded" % len(got))
+PY
+    local rc=$?
+    sed 's/^/    /' "$CDIR/pw-check.out" >>"$OUT"
+    ((rc == 0)) || bad "$(tail -n 1 "$CDIR/pw-check.out")"
 }
 
 # 4. Two output streams in groups 0 and 1 (the guest's hw:0,0 and hw:0,1), each on its
@@ -1069,6 +1162,7 @@ CASES=(
     pad-playback-float-6ch
     pad-capture
     alsa-file
+    pipewire-beep-tone
     two-groups
     vmm-restart
     driver-reload

@@ -1,0 +1,209 @@
+//! Streams on a host device's own clock: the `test-clock` devices of the
+//! `vsound-test` binary run 500 ppm fast and 500 ppm slow against
+//! `CLOCK_MONOTONIC` (a sound card's crystal is within ±100 ppm), with a
+//! cushion of only 5 ms past a period, so that a daemon pacing by its own
+//! clock would under- or overrun within 10 s. For 60 s, playback and
+//! capture on both run at once: the daemon must follow each device's
+//! clock (its rate correction converges to the device's offset), with no
+//! xrun and no frame lost, repeated or made up.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vmm_tests::audio::{start_timed, wait_drained, word_counter, words, Geometry};
+use vmm_tests::snd::{PcmFormat, PcmRate};
+use vmm_tests::{ConnectOptions, Daemon, DaemonOptions, Queue, Status};
+
+const SECONDS: usize = 60;
+
+/// Stream ids: playback and capture on the fast device, then on the slow one.
+const FAST_OUT: u32 = 0;
+const FAST_IN: u32 = 1;
+const SLOW_OUT: u32 = 2;
+const SLOW_IN: u32 = 3;
+
+fn config(dir: &Path) -> String {
+    let stream = |dir_: &str, dev: &str| {
+        format!(
+            "[[streams]]\ndirection = \"{dir_}\"\ndevice = \"{dev}\"\nformats = [\"S16\"]\n\
+             rates = [48000]\nchannels = {{ min = 2, max = 2 }}\n"
+        )
+    };
+    format!(
+        "[daemon]\napi_socket = \"{}\"\n\n[devices.fast]\nkind = \"test-clock\"\nppm = 500\nrecord = \"{}\"\n\n\
+         [devices.slow]\nkind = \"test-clock\"\nppm = -500\nrecord = \"{}\"\n\n{}{}{}{}",
+        dir.join("api.sock").display(),
+        dir.join("fast.raw").display(),
+        dir.join("slow.raw").display(),
+        stream("output", "fast"),
+        stream("input", "fast"),
+        stream("output", "slow"),
+        stream("input", "slow"),
+    )
+}
+
+fn status(config: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_vsound-test"))
+        .args(["ctl", "--config"])
+        .arg(config)
+        .args(["--json", "status"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["result"].clone()
+}
+
+/// `got` is silence (whole zero frames), then the counter from 1 with no
+/// frame missing, repeated or put in; returns the frames of counter.
+fn counter_frames(got: &[u8], what: &str) -> usize {
+    let w = words(got);
+    let first = w
+        .iter()
+        .position(|&x| x != 0)
+        .unwrap_or_else(|| panic!("{what}: all silence"));
+    for (k, &x) in w[first..].iter().enumerate() {
+        let want = u32::try_from(k + 1).unwrap();
+        assert_eq!(
+            x, want,
+            "{what}: frame {} after the leading silence is {x}, not {want}: frames lost, repeated or made up",
+            k
+        );
+    }
+    w.len() - first
+}
+
+#[test]
+fn sixty_seconds_on_devices_500_ppm_fast_and_slow_lose_no_frame_and_have_no_xrun() {
+    let dir = vmm_tests::unprivileged::tempdir("vsound-clock-").unwrap();
+    let mut daemon = Daemon::spawn_with(&DaemonOptions {
+        binary: Some(env!("CARGO_BIN_EXE_vsound-test").into()),
+        config_toml: Some(config(dir.path())),
+        rust_log: "info".into(),
+        ..DaemonOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut snd = daemon
+        .connect(&ConnectOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
+    let period = g.period_bytes();
+    let n = SECONDS * 100;
+    let outs = [FAST_OUT, SLOW_OUT];
+    let ins = [FAST_IN, SLOW_IN];
+    // Each output plays the counter from 1.
+    let pcm = word_counter(1, n * period);
+    for s in outs.into_iter().chain(ins) {
+        assert_eq!(
+            g.set_params(&mut snd, s).unwrap(),
+            Status::Ok,
+            "SET_PARAMS {s}"
+        );
+        assert_eq!(snd.prepare(s).unwrap(), Status::Ok, "PREPARE {s}");
+    }
+    let mut sent: HashMap<u32, usize> = HashMap::new();
+    for s in outs {
+        for k in 0..g.periods as usize {
+            snd.tx(s, &pcm[k * period..(k + 1) * period], &[]).unwrap();
+        }
+        sent.insert(s, g.periods as usize);
+    }
+    for s in ins {
+        for _ in 0..g.periods {
+            snd.rx(s, period, &[]).unwrap();
+        }
+        sent.insert(s, g.periods as usize);
+    }
+    wait_drained(&mut snd, Queue::Tx, Duration::from_secs(10)).unwrap();
+    wait_drained(&mut snd, Queue::Rx, Duration::from_secs(10)).unwrap();
+    for s in outs.into_iter().chain(ins) {
+        assert_eq!(start_timed(&mut snd, s).unwrap().0, Status::Ok, "START {s}");
+    }
+    let mut done: HashMap<u32, usize> = HashMap::new();
+    let mut captured: HashMap<u32, Vec<u8>> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(SECONDS as u64 + 30);
+    let mut rates = None;
+    while done.values().sum::<usize>() < 4 * n {
+        assert!(
+            Instant::now() < deadline,
+            "only {done:?} of {n} each completed"
+        );
+        for queue in [Queue::Tx, Queue::Rx] {
+            for c in snd.wait_io(queue, Duration::from_millis(2)).unwrap() {
+                let s = c.stream_id;
+                assert_eq!(
+                    c.status,
+                    Status::Ok,
+                    "stream {s}, buffer {:?}",
+                    done.get(&s)
+                );
+                *done.entry(s).or_default() += 1;
+                let next = sent.entry(s).or_default();
+                if queue == Queue::Rx {
+                    captured.entry(s).or_default().extend_from_slice(&c.data);
+                }
+                if *next < n {
+                    if queue == Queue::Tx {
+                        snd.tx(s, &pcm[*next * period..(*next + 1) * period], &[])
+                            .unwrap();
+                    } else {
+                        snd.rx(s, period, &[]).unwrap();
+                    }
+                    *next += 1;
+                }
+            }
+        }
+        // The rates the daemon settled on, near the end.
+        if rates.is_none() && done.len() == 4 && done.values().all(|&d| d >= n - 200) {
+            rates = Some(status(&daemon.dir().join("vsound.toml")));
+        }
+    }
+    let st = rates.unwrap_or_else(|| status(&daemon.dir().join("vsound.toml")));
+    for s in outs.into_iter().chain(ins) {
+        assert_eq!(snd.stop(s).unwrap(), Status::Ok, "STOP {s}");
+        assert_eq!(snd.release(s).unwrap(), Status::Ok, "RELEASE {s}");
+    }
+    daemon.check_alive().unwrap();
+    let streams = st["streams"].as_array().unwrap().clone();
+    let mut report = Vec::new();
+    for (id, want) in [
+        (FAST_OUT, 500),
+        (FAST_IN, 500),
+        (SLOW_OUT, -500),
+        (SLOW_IN, -500),
+    ] {
+        let x = &streams[id as usize];
+        let ppm = x["rate_ppm"].as_i64().unwrap();
+        assert_eq!(x["xruns"], 0, "stream {id}: {x}");
+        assert!(
+            (ppm - want).abs() <= 100,
+            "stream {id}: the daemon runs at {ppm} ppm, its device at {want}: {x}"
+        );
+        report.push(format!("stream {id}: {ppm} ppm (device {want})"));
+    }
+    for s in ins {
+        let frames = counter_frames(&captured[&s], &format!("capture {s}"));
+        // The first buffers are silence while the device builds its cushion.
+        assert!(
+            frames >= (n - 5) * 480,
+            "capture {s}: {frames} frames of counter"
+        );
+    }
+    // The device plays out what it holds when closed: the whole counter.
+    std::thread::sleep(Duration::from_millis(200));
+    for name in ["fast", "slow"] {
+        let got = std::fs::read(dir.path().join(format!("{name}.raw"))).unwrap();
+        let frames = counter_frames(&got, &format!("playback on {name}"));
+        assert_eq!(frames, n * 480, "playback on {name}: frames played");
+    }
+    eprintln!("{}; no xrun, every frame in order", report.join(", "));
+}
