@@ -16,7 +16,6 @@ use crate::config::OnRemove;
 use crate::constants::{pcm_features, rate_code, rate_from_code, Direction, RequestCode, Status};
 use crate::controls::{self, Kind};
 use crate::device::SoundDevice;
-use crate::io::IoMessage;
 use crate::pacer::{now_ns, Schedule};
 use crate::queue::{Chain, RingPass, Virtqueue};
 use crate::stream::{PcmCommand, PcmState};
@@ -481,6 +480,7 @@ fn validate_params(s: &StreamRuntime, p: &PcmSetParams) -> Result<Negotiated, St
 }
 
 fn set_params(s: &StreamRuntime, p: &PcmSetParams) -> Status {
+    let spare = StreamRuntime::spare();
     let mut inner = s.lock_idle();
     let from = inner.state;
     let to = match from.next(PcmCommand::SetParams) {
@@ -495,7 +495,7 @@ fn set_params(s: &StreamRuntime, p: &PcmSetParams) -> Status {
         Err(st) => return st,
     };
     // New parameters invalidate a prepared endpoint; held buffers go back.
-    let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
+    let held = StreamRuntime::take_all(&mut inner, spare);
     inner.negotiated = Some(negotiated);
     inner.state = to;
     drop(inner);
@@ -597,6 +597,7 @@ fn stop(s: &StreamRuntime) -> Status {
 /// RELEASE: every buffer of the stream is returned before the answer
 /// (spec 5.14.6.6.5), and the host endpoint is closed, unconditionally.
 fn release(_dev: &SoundDevice, s: &StreamRuntime) -> Status {
+    let spare = StreamRuntime::spare();
     let mut inner = s.lock_idle();
     let from = inner.state;
     let to = match from.next(PcmCommand::Release) {
@@ -606,7 +607,7 @@ fn release(_dev: &SoundDevice, s: &StreamRuntime) -> Status {
             return Status::BadMsg;
         }
     };
-    let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
+    let held = StreamRuntime::take_all(&mut inner, spare);
     inner.schedule = None;
     inner.state = to;
     drop(inner);

@@ -566,11 +566,12 @@ impl SoundDevice {
     pub fn reset(&self) {
         let mut dropped = self.shared.drop_deferred();
         for s in &self.streams {
+            let spare = StreamRuntime::spare();
             let mut inner = s.lock_idle();
             if inner.state != PcmState::Idle {
                 log::debug!("stream {}: {} -> Idle (device reset)", s.id, inner.state);
             }
-            let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
+            let held = StreamRuntime::take_all(&mut inner, spare);
             inner.state = PcmState::Idle;
             inner.negotiated = None;
             inner.schedule = None;
@@ -593,8 +594,9 @@ impl SoundDevice {
     pub fn return_held(&self) -> usize {
         let mut n = 0;
         for s in &self.streams {
+            let spare = StreamRuntime::spare();
             let mut inner = s.lock_idle();
-            let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
+            let held = StreamRuntime::take_all(&mut inner, spare);
             drop(inner);
             n += held.len();
             s.complete_all(held, Status::IoErr);
@@ -612,9 +614,10 @@ impl SoundDevice {
             m.set_current(None);
         }
         for s in &self.streams {
+            let spare = StreamRuntime::spare();
             let mut inner = s.lock_idle();
             inner.quit = true;
-            let held: Vec<IoMessage> = StreamRuntime::take_all(&mut inner).collect();
+            let held = StreamRuntime::take_all(&mut inner, spare);
             drop(inner);
             drop(held);
             s.close_endpoint();

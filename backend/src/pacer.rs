@@ -108,6 +108,50 @@ impl Schedule {
     }
 }
 
+/// A tick later than this (or than a period, if longer) does not complete
+/// the backlog in a burst: the schedule moves to now (B10 of the review).
+/// 20 ms is the slack an ALSA stream keeps in its cushion
+/// (`vsound_devices::alsa::CUSHION_MS`): a tick that late has cost the
+/// listener a gap anyway.
+pub const REANCHOR_MIN_NS: u64 = 20_000_000;
+
+/// What a stream due at some time does at `now` (see [`tick_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TickAt {
+    /// Not due yet.
+    NotYet,
+    /// Due: tick now.
+    Due,
+    /// So late that the schedule was moved to now (by `late_ns`): tick
+    /// now; `xrun` unless it is the stream's first tick since START (an
+    /// endpoint still opening is no gap the guest hears).
+    Reanchored { late_ns: u64, xrun: bool },
+}
+
+/// The pacing decision of a tick, a pure function of the schedule, the due
+/// time and the clock's `now`: never early; on time or a little late, tick
+/// (the absolute schedule catches up without drift); later than a period
+/// and [`REANCHOR_MIN_NS`], move the schedule to now instead of completing
+/// the messages it owes back to back.
+pub fn tick_at(schedule: Option<&mut Schedule>, due: &mut u64, now: u64, period_ns: u64) -> TickAt {
+    if now < *due {
+        return TickAt::NotYet;
+    }
+    let late = now - *due;
+    if late <= period_ns.max(REANCHOR_MIN_NS) {
+        return TickAt::Due;
+    }
+    let first = schedule.as_ref().is_none_or(|s| s.position == 0);
+    if let Some(s) = schedule {
+        s.shift(late);
+    }
+    *due = now;
+    TickAt::Reanchored {
+        late_ns: late,
+        xrun: !first,
+    }
+}
+
 /// Lowers this thread's timer slack to 1 µs so wakeups land on time (the
 /// default 50 µs would be most of our pacing budget).
 pub fn tighten_timer_slack() {
@@ -195,6 +239,76 @@ mod tests {
         assert_eq!(s.rate_ppm(), MAX_RATE_PPM, "clamped");
         s.shift(5);
         assert_eq!(s.due_ns(), 11_000_000 + 9_990_009 + 10_010_010 + 5);
+    }
+
+    /// A stream of 10 ms periods (1,920 bytes at 192,000 bytes/s) ticked by
+    /// a fake clock that wakes at `wakes` (ns after the start): the times
+    /// of its ticks and its xruns.
+    fn run_ticks(wakes: &[u64]) -> (Vec<u64>, u32) {
+        let start = 1_000_000_000;
+        let mut s = Schedule::new(start, 192_000);
+        let mut due = start;
+        let (mut ticks, mut xruns) = (Vec::new(), 0);
+        for &w in wakes {
+            let now = start + w;
+            // A lane ticks every due stream at a wake-up, then sleeps
+            // until the next due time: here, one tick per wake-up at most.
+            match tick_at(Some(&mut s), &mut due, now, 10_000_000) {
+                TickAt::NotYet => continue,
+                TickAt::Due => {}
+                TickAt::Reanchored { xrun, .. } => xruns += u32::from(xrun),
+            }
+            ticks.push(now - start);
+            due = s.advance(1_920);
+        }
+        (ticks, xruns)
+    }
+
+    #[test]
+    fn a_tick_is_never_early_and_on_time_ticks_keep_the_schedule() {
+        let (ticks, xruns) = run_ticks(&[0, 9_999_999, 10_000_050, 19_999_000, 20_000_050]);
+        assert_eq!(
+            ticks,
+            vec![0, 10_000_050, 20_000_050],
+            "the early wake-ups did nothing, the others ticked"
+        );
+        assert_eq!(xruns, 0);
+    }
+
+    #[test]
+    fn a_little_late_tick_catches_up_without_drift() {
+        // 15 ms late once (less than REANCHOR_MIN_NS): the next ones are
+        // due at their original times.
+        let (ticks, xruns) = run_ticks(&[0, 25_000_000, 25_000_001, 30_000_000, 40_000_000]);
+        assert_eq!(
+            ticks,
+            vec![0, 25_000_000, 25_000_001, 30_000_000, 40_000_000]
+        );
+        assert_eq!(xruns, 0);
+    }
+
+    #[test]
+    fn a_tick_late_by_more_than_the_bound_reanchors_and_counts_one_xrun_with_no_burst() {
+        // 95 ms late (9 periods owed): one tick now, then one per period
+        // from there, not nine back to back.
+        let (ticks, xruns) = run_ticks(&[
+            0,
+            105_000_000,
+            105_000_001,
+            110_000_000,
+            115_000_000,
+            125_000_000,
+        ]);
+        assert_eq!(ticks, vec![0, 105_000_000, 115_000_000, 125_000_000]);
+        assert_eq!(xruns, 1);
+    }
+
+    #[test]
+    fn a_late_first_tick_after_start_reanchors_without_an_xrun() {
+        // START while the endpoint opened for 60 ms: no gap heard.
+        let (ticks, xruns) = run_ticks(&[60_000_000, 70_000_000]);
+        assert_eq!(ticks, vec![60_000_000, 70_000_000]);
+        assert_eq!(xruns, 0);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::device_clock::{DeviceClock, Flow};
 use crate::events::EventQueue;
 use crate::hotplug::ManagedDevice;
 use crate::io::IoMessage;
-use crate::pacer::{now_ns, Schedule};
+use crate::pacer::{now_ns, tick_at, Schedule, TickAt};
 use crate::queue::Virtqueue;
 use crate::reactor::Lane;
 use crate::stream::PcmState;
@@ -338,6 +338,38 @@ enum Wait {
     Replaced,
 }
 
+/// Room for the guest's buffers a stream keeps, before any grows the list.
+const PENDING_CAPACITY: usize = 64;
+
+/// The messages [`StreamRuntime::take_all`] took out of a stream, to
+/// complete (or drop) once its lock is released.
+pub struct Held {
+    current: Option<IoMessage>,
+    pending: VecDeque<IoMessage>,
+}
+
+impl Held {
+    pub fn len(&self) -> usize {
+        self.pending.len() + usize::from(self.current.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl IntoIterator for Held {
+    type Item = IoMessage;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<IoMessage>,
+        std::collections::vec_deque::IntoIter<IoMessage>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.current.into_iter().chain(self.pending)
+    }
+}
+
 /// What a stream's lane does with it next.
 pub(crate) enum Next {
     /// The lane's thread was replaced (a host call hung): it exits.
@@ -410,7 +442,7 @@ impl StreamRuntime {
             inner: Mutex::new(Inner {
                 state: PcmState::Idle,
                 negotiated: None,
-                pending: VecDeque::with_capacity(64),
+                pending: VecDeque::with_capacity(PENDING_CAPACITY),
                 current: None,
                 schedule: None,
                 due: 0,
@@ -506,11 +538,21 @@ impl StreamRuntime {
     }
 
     /// Takes every message the stream holds (for RELEASE or a reset).
-    pub fn take_all(inner: &mut Inner) -> impl Iterator<Item = IoMessage> {
+    pub fn take_all(inner: &mut Inner, spare: VecDeque<IoMessage>) -> Held {
         inner.epoch = inner.epoch.wrapping_add(1);
-        let current = inner.current.take();
-        let pending = std::mem::take(&mut inner.pending);
-        current.into_iter().chain(pending)
+        Held {
+            current: inner.current.take(),
+            pending: std::mem::replace(&mut inner.pending, spare),
+        }
+    }
+
+    /// An empty `pending` list to hand to [`StreamRuntime::take_all`], made
+    /// before the stream lock is taken: the list the stream keeps then has
+    /// room for the guest's next buffers, and nothing is allocated under the
+    /// lock (B11 of the review: an empty default list grew again under the
+    /// lock, on the queue thread, after every RELEASE).
+    pub fn spare() -> VecDeque<IoMessage> {
+        VecDeque::with_capacity(PENDING_CAPACITY)
     }
 
     /// Closes the endpoint (RELEASE, new parameters, removal, reset).
@@ -629,6 +671,9 @@ impl StreamRuntime {
         if !self.wants_endpoint() {
             return HostIo::Failed;
         }
+        // An open in flight is published only if no detach (a removal,
+        // RELEASE, a reset) or other attach came meanwhile.
+        let generation = self.endpoint.generation();
         self.io_since.store(now.max(1), Ordering::SeqCst);
         let opened = match self.direction() {
             Direction::Output => self
@@ -644,17 +689,14 @@ impl StreamRuntime {
         }
         match opened {
             Ok(ep) => {
+                if self.endpoint.attach_if(ep, generation).is_err() {
+                    log::debug!("stream {}: closed while it opened", self.id);
+                    return HostIo::Failed;
+                }
                 log::info!("stream {}: on device {}", self.id, self.device.name);
                 // A new endpoint: its clock is not known, and it runs.
                 local.clock = DeviceClock::new();
                 local.paused = false;
-                self.endpoint.attach(ep);
-                // Released (or reset) while it opened: RELEASE sets the
-                // state before it closes the endpoint, so either it closed
-                // this one or this sees its state.
-                if !self.wants_endpoint() {
-                    self.close_endpoint();
-                }
                 HostIo::Done
             }
             Err(e) => {
@@ -1049,15 +1091,31 @@ impl StreamRuntime {
         if dir == Direction::Output && local.resume.is_some() {
             return false;
         }
+        let mut reanchored = None;
         let (negotiated, current, epoch) = {
-            let inner = self.lock();
-            if inner.state != PcmState::Started || now_ns() < inner.due {
+            let mut inner = self.lock();
+            if inner.state != PcmState::Started {
                 return false;
             }
-            local.tick_due = inner.due;
             let Some(n) = inner.negotiated else {
                 return false;
             };
+            let period_ns = u64::from(n.params.period_bytes)
+                .saturating_mul(1_000_000_000)
+                .checked_div(n.params.bytes_per_second())
+                .unwrap_or(0);
+            let Inner { schedule, due, .. } = &mut *inner;
+            match tick_at(schedule.as_mut(), due, now_ns(), period_ns) {
+                TickAt::NotYet => return false,
+                TickAt::Due => {}
+                TickAt::Reanchored { late_ns, xrun } => {
+                    if xrun {
+                        inner.stats.xruns += 1;
+                        reanchored = Some((late_ns, n.features & pcm_features::EVT_XRUNS != 0));
+                    }
+                }
+            }
+            local.tick_due = inner.due;
             (
                 n,
                 inner
@@ -1067,6 +1125,16 @@ impl StreamRuntime {
                 inner.epoch,
             )
         };
+        if let Some((late_ns, notify)) = reanchored {
+            log::debug!(
+                "stream {}: {} ms late: schedule moved to now (xrun)",
+                self.id,
+                late_ns / 1_000_000
+            );
+            if notify {
+                shared.send_event(EventType::PcmXrun, self.id);
+            }
+        }
         let params = negotiated.params;
         let chunk = chunk_bytes(&params, scratch.len());
         match self.wait_for_device(local, &params, current.map(|(_, len)| len)) {

@@ -190,6 +190,79 @@ impl Guest {
     }
 }
 
+/// The allocations counted since the last reset on the intake (this
+/// thread) and the stream lanes, printed.
+fn hot_path_allocations(what: &str, me: i32) -> Vec<(i32, String, u64, u64)> {
+    let counted = counts();
+    eprintln!("allocations {what}:");
+    for (tid, name, n, bytes) in &counted {
+        eprintln!("  tid {tid} {name:<16} {n:>6} allocations, {bytes:>8} bytes");
+    }
+    assert_eq!(OVERFLOW.load(Ordering::Relaxed), 0);
+    counted
+        .into_iter()
+        .filter(|(tid, name, _, _)| {
+            *tid == me || (name.starts_with("vsound-s") || name == "vsound-reactor")
+        })
+        .collect()
+}
+
+/// From the end of a RELEASE, through PREPARE, the guest's buffers queued
+/// again, START and 50 periods, nothing is allocated on the intake or the
+/// lanes: RELEASE leaves the stream a list with room for the guest's
+/// buffers, so queueing them again does not grow it under the stream lock
+/// on the queue thread (review B11: it did, from an empty list).
+#[test]
+fn periods_after_a_release_prepare_start_cycle_allocate_nothing() {
+    let config = Config::default_config().unwrap();
+    let state = DaemonState::new(&config).unwrap();
+    let dev = SoundDevice::new(&config, &state.devices).unwrap();
+    let mut g = Guest::new(dev.clone());
+    g.layout_buffers();
+    let me = gettid();
+    for round in 0..2 {
+        for stream in [0, 1] {
+            // Round 1: PREPARE straight after RELEASE (the parameters
+            // stay), counted from here on.
+            if round == 0 {
+                g.set_params(stream);
+            }
+            g.pcm(RequestCode::PcmPrepare, stream);
+        }
+        for i in 0..PERIODS_PER_BUFFER {
+            g.queue(QueueIndex::Tx, 2 * i);
+            g.queue(QueueIndex::Rx, 2 * i);
+        }
+        g.pcm(RequestCode::PcmStart, 0);
+        g.pcm(RequestCode::PcmStart, 1);
+        if round == 0 {
+            g.run_periods(WARMUP);
+            for stream in [0, 1] {
+                g.pcm(RequestCode::PcmStop, stream);
+                g.pcm(RequestCode::PcmRelease, stream);
+            }
+            // The buffers RELEASE returned are the guest's again.
+            while g.tx_ring.next_used(&g.mem).is_some() {}
+            while g.rx_ring.next_used(&g.mem).is_some() {}
+            reset_counts();
+            COUNTING.store(true, Ordering::SeqCst);
+            continue;
+        }
+        g.run_periods(MEASURED);
+        COUNTING.store(false, Ordering::SeqCst);
+    }
+    let on_hot_path = hot_path_allocations("after a RELEASE/PREPARE/START cycle", me);
+    assert!(
+        on_hot_path.is_empty(),
+        "allocations on the stream workers or the intake after RELEASE/PREPARE/START: {on_hot_path:?}"
+    );
+    for stream in [0, 1] {
+        g.pcm(RequestCode::PcmStop, stream);
+        g.pcm(RequestCode::PcmRelease, stream);
+    }
+    dev.shutdown();
+}
+
 #[test]
 fn steady_state_periods_allocate_nothing() {
     let config = Config::default_config().unwrap();

@@ -107,6 +107,32 @@ impl<T> Slot<T> {
         drop(old);
     }
 
+    /// The slot's generation now: read before opening an item that
+    /// [`Slot::attach_if`] then publishes only if nothing attached or
+    /// detached meanwhile.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Publishes `item` like [`Slot::attach`], but only if the slot is still
+    /// at `generation` (see [`Slot::generation`]): an open that was in
+    /// flight when a detach (a removal, RELEASE) or another attach came is
+    /// not published; the item comes back to be closed.
+    pub fn attach_if(&self, item: T, generation: u64) -> Result<(), T> {
+        let old = {
+            let mut st = self.lock();
+            if st.generation != generation {
+                return Err(item);
+            }
+            st.generation = st.generation.wrapping_add(1);
+            st.published = true;
+            st.lent = false;
+            st.item.replace(item)
+        };
+        drop(old);
+        Ok(())
+    }
+
     /// Takes the published item for one I/O, or `None` if there is none
     /// (detached, or lent to someone else). Never waits.
     pub fn lend(&self) -> Option<Lent<T>> {
@@ -386,6 +412,97 @@ mod loom_model {
             io2.join().unwrap();
             assert_eq!(closes.load(Ordering::SeqCst), 2);
             assert!(slot.lend().is_none());
+        });
+    }
+
+    /// The stream's open protocol (`StreamRuntime::try_open`): the slot's
+    /// generation is read, the endpoint opened with nothing held, then
+    /// published with `attach_if`. A detach (removal, RELEASE) racing the
+    /// open always wins: nothing is attached after both, and the endpoint
+    /// is closed exactly once, by whichever side ends with it. (With a
+    /// plain `attach` the order detach-then-attach leaves the stale
+    /// endpoint published: the model fails.)
+    #[test]
+    fn an_open_in_flight_is_not_published_after_a_detach() {
+        loom::model(|| {
+            let closes = Arc::new(AtomicUsize::new(0));
+            let slot = Arc::new(Slot::new());
+            // The open starts (its generation read) before the detach.
+            let generation = slot.generation();
+            let opener = {
+                let (slot, closes) = (slot.clone(), closes.clone());
+                thread::spawn(move || {
+                    let ep = Endpoint::new(1, &closes); // the open
+                    if let Err(ep) = slot.attach_if(ep, generation) {
+                        drop(ep);
+                    }
+                })
+            };
+            slot.detach(Duration::from_millis(1));
+            opener.join().unwrap();
+            // Attach first: the detach closes it; detach first: the
+            // attach is refused. Nothing published either way.
+            assert!(
+                !slot.is_attached(),
+                "an endpoint opened before a detach is published"
+            );
+            drop(slot);
+            assert_eq!(closes.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    /// A lane whose host call hangs is retired and replaced
+    /// (`reactor.rs`, the watchdog): the watchdog detaches the endpoint
+    /// without waiting and bumps the lane's generation; the stuck thread,
+    /// when its call returns, gives the endpoint back (stale: closed) and
+    /// exits on seeing the new generation; the new thread opens a new
+    /// endpoint with `attach_if`. No I/O on a closed endpoint, each closed
+    /// exactly once, the hung endpoint never lent again, and the new one
+    /// stays published (a stuck thread that lends it once more before it
+    /// sees its retirement gives it back: the slot lends to one at a time).
+    #[test]
+    fn a_retired_lane_never_uses_its_endpoint_again_and_the_new_lane_takes_over() {
+        loom::model(|| {
+            let closes = Arc::new(AtomicUsize::new(0));
+            let lane = Arc::new(AtomicUsize::new(0));
+            let slot = Arc::new(Slot::new());
+            slot.attach(Endpoint::new(0, &closes));
+            let old = {
+                let (slot, lane) = (slot.clone(), lane.clone());
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        if lane.load(Ordering::SeqCst) != 0 {
+                            return; // replaced: exit
+                        }
+                        let retired = lane.load(Ordering::SeqCst) != 0;
+                        if let Some(l) = slot.lend() {
+                            assert!(
+                                !(l.item.id == 0 && retired),
+                                "the hung endpoint was lent after the retirement"
+                            );
+                            l.item.io(); // the call that hangs, then returns
+                            slot.give_back(l);
+                        }
+                    }
+                })
+            };
+            // The watchdog: detach without waiting, retire the lane.
+            slot.detach(Duration::ZERO);
+            lane.store(1, Ordering::SeqCst);
+            // The replacement lane opens the endpoint again.
+            let generation = slot.generation();
+            let ep = Endpoint::new(1, &closes);
+            assert!(
+                slot.attach_if(ep, generation).is_ok(),
+                "nothing else attached"
+            );
+            old.join().unwrap();
+            let l = slot.lend().expect("the new endpoint is published");
+            assert_eq!(l.item.id, 1);
+            slot.give_back(l);
+            slot.detach(Duration::from_millis(1));
+            drop(slot);
+            assert_eq!(closes.load(Ordering::SeqCst), 2);
         });
     }
 
