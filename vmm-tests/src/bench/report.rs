@@ -70,6 +70,7 @@ impl Report {
             machine: Machine::this(),
             target: match target {
                 TargetSpec::Spawn { .. } => "spawned".into(),
+                TargetSpec::Peer { name, .. } => format!("peer {name}"),
                 TargetSpec::Socket { path, .. } => path.display().to_string(),
             },
             smoke,
@@ -79,6 +80,15 @@ impl Report {
             teardown: None,
             memory: None,
         }
+    }
+
+    /// Takes the scenarios `other` ran (a run of one scenario).
+    pub fn merge(&mut self, other: Report) {
+        self.pacing = other.pacing.or(self.pacing.take());
+        self.cpu = other.cpu.or(self.cpu.take());
+        self.control = other.control.or(self.control.take());
+        self.teardown = other.teardown.or(self.teardown.take());
+        self.memory = other.memory.or(self.memory.take());
     }
 
     /// Peak RSS of every scenario that knows it, in KiB.
@@ -285,4 +295,57 @@ impl fmt::Display for Report {
         }
         out.write_str(&f)
     }
+}
+
+/// The figures of two reports of one run next to each other (vsound, then
+/// a peer back-end under the same load), with their ratio where both have
+/// one: the way to read them on a noisy machine.
+pub fn side_by_side(ours: &Report, peer: &Report) -> String {
+    let mut out = String::from("=== side by side (vsound | peer | vsound / peer)\n");
+    let mut line = |what: String, a: Option<f64>, b: Option<f64>| {
+        let f = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.1}"));
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(out, "{what:<48} {:>10} {:>10} {:>8}", f(a), f(b), ratio);
+    };
+    if let (Some(a), Some(b)) = (&ours.pacing, &peer.pacing) {
+        line("pacing |error| p50 (µs)".into(), Some(a.all.p50), Some(b.all.p50));
+        line("pacing |error| p99 (µs)".into(), Some(a.all.p99), Some(b.all.p99));
+        line("pacing jitter p99 (µs)".into(), Some(a.jitter.p99), Some(b.jitter.p99));
+        line("pacing drift, largest |fit| (µs)".into(), Some(a.drift_max_abs_us), Some(b.drift_max_abs_us));
+        line("timer floor p99 (µs)".into(), Some(a.timer_floor.p99), Some(b.timer_floor.p99));
+    }
+    if let (Some(a), Some(b)) = (&ours.cpu, &peer.cpu) {
+        for r in &a.runs {
+            let p = b.runs.iter().find(|p| p.streams == r.streams);
+            line(
+                format!("cpu, {} streams: µs per stream-second", r.streams),
+                Some(r.cpu_us_per_stream_second),
+                p.map(|p| p.cpu_us_per_stream_second),
+            );
+            line(
+                format!("cpu, {} streams: wakeups per stream-second", r.streams),
+                Some(r.wakeups_per_stream_s),
+                p.map(|p| p.wakeups_per_stream_s),
+            );
+            line(
+                format!("cpu, {} streams: pacing p99 (µs)", r.streams),
+                Some(r.pacing.p99),
+                p.map(|p| p.pacing.p99),
+            );
+        }
+    }
+    if let (Some(a), Some(b)) = (&ours.control, &peer.control) {
+        line("control PCM_INFO p99 (µs)".into(), Some(a.pcm_info.p99), Some(b.pcm_info.p99));
+        line("control cycle p99 (µs)".into(), Some(a.cycle.p99), Some(b.cycle.p99));
+    }
+    let theirs = peer.peak_rss();
+    for (name, a) in ours.peak_rss() {
+        if let Some((_, b)) = theirs.iter().find(|(n, _)| *n == name) {
+            line(format!("{name}: peak RSS (KiB)"), Some(a as f64), Some(*b as f64));
+        }
+    }
+    out
 }

@@ -81,6 +81,17 @@ pub enum TargetSpec {
         /// `RUST_LOG` of the child.
         rust_log: String,
     },
+    /// Another vhost-user sound back-end, a peer to measure beside vsound:
+    /// `command` is run once per run with `{socket}` in its arguments
+    /// replaced by the socket it must listen on (e.g. `vhost-device-sound
+    /// --socket {socket} --backend null`). Like [`TargetSpec::Socket`], the
+    /// bench uses the streams it offers.
+    Peer {
+        /// A short name for the reports.
+        name: String,
+        /// The program and its arguments.
+        command: Vec<String>,
+    },
     /// A daemon already listening.
     Socket {
         /// Its vhost-user socket.
@@ -101,8 +112,63 @@ impl TargetSpec {
 #[derive(Debug)]
 pub struct Target {
     daemon: Option<Daemon>,
+    peer: Option<Peer>,
     socket: PathBuf,
     pid: Option<u32>,
+}
+
+/// A spawned peer back-end, killed on drop.
+#[derive(Debug)]
+struct Peer {
+    child: std::process::Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` with `{socket}` replaced and waits for its socket.
+fn spawn_peer(command: &[String]) -> Result<(Peer, PathBuf)> {
+    let dir = tempfile::Builder::new().prefix("vsound-bench-peer-").tempdir()?;
+    let socket = dir.path().join("peer.sock");
+    let log = dir.path().join("peer.log");
+    let sock = socket.display().to_string();
+    let args: Vec<String> = command.iter().map(|a| a.replace("{socket}", &sock)).collect();
+    let (program, rest) = args
+        .split_first()
+        .ok_or_else(|| super::Error::Unsupported("--peer: no command".into()))?;
+    let out = std::fs::File::create(&log)?;
+    let child = std::process::Command::new(program)
+        .args(rest)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .map_err(|e| super::Error::Unsupported(format!("--peer: cannot run {program}: {e}")))?;
+    let mut peer = Peer {
+        child,
+        log,
+        _dir: dir,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if let Ok(Some(status)) = peer.child.try_wait() {
+            return Err(super::Error::Unsupported(format!(
+                "--peer: {program} exited ({status}): {}",
+                std::fs::read_to_string(&peer.log).unwrap_or_default()
+            )));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(super::Error::Unsupported(format!("--peer: no socket {sock} after 10 s")));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok((peer, socket))
 }
 
 impl Target {
@@ -121,10 +187,21 @@ impl Target {
                     socket: daemon.socket_path().to_owned(),
                     pid: daemon.pid(),
                     daemon: Some(daemon),
+                    peer: None,
+                })
+            }
+            TargetSpec::Peer { command, .. } => {
+                let (peer, socket) = spawn_peer(command)?;
+                Ok(Target {
+                    daemon: None,
+                    pid: Some(peer.child.id()),
+                    peer: Some(peer),
+                    socket,
                 })
             }
             TargetSpec::Socket { path, pid } => Ok(Target {
                 daemon: None,
+                peer: None,
                 socket: path.clone(),
                 pid: *pid,
             }),
@@ -156,6 +233,14 @@ impl Target {
 
     /// Fails if a spawned daemon has exited (with its log).
     pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(p) = self.peer.as_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(super::Error::Unsupported(format!(
+                    "the peer exited ({status}): {}",
+                    std::fs::read_to_string(&p.log).unwrap_or_default()
+                )));
+            }
+        }
         match self.daemon.as_mut() {
             Some(d) => Ok(d.check_alive()?),
             None => Ok(()),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser, ValueEnum};
+use vmm_tests::bench::report::Report;
 use vmm_tests::bench::{self, plot, Options, Scenario, TargetSpec};
 
 /// Plays a guest against a vhost-user virtio-sound daemon and measures it.
@@ -35,6 +36,15 @@ struct Args {
     /// That daemon's pid (for the CPU and memory figures).
     #[arg(long, value_name = "PID", requires = "socket")]
     pid: Option<u32>,
+
+    /// Side by side: after vsound, run the same scenarios (but `teardown`,
+    /// which needs vsound's pads) against another vhost-user sound back-end,
+    /// started with this command line once per run, `{socket}` standing for
+    /// the socket it must listen on; e.g. `--peer 'vhost-device-sound
+    /// --socket {socket} --backend null'`. Both reports are printed, then
+    /// their figures next to each other.
+    #[arg(long, value_name = "COMMAND", requires = "spawn")]
+    peer: Option<String>,
 
     /// Short runs that only check that every scenario works.
     #[arg(long)]
@@ -157,6 +167,17 @@ impl TryFrom<&Args> for Options {
     }
 }
 
+/// An error and its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = format!("vsound-bench: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(bin) = &args.vsound {
@@ -173,15 +194,33 @@ fn main() -> ExitCode {
     let report = match bench::run(&opts, args.scenario.into()) {
         Ok(r) => r,
         Err(e) => {
-            let mut msg = format!("vsound-bench: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("{}", error_chain(&e));
             return ExitCode::FAILURE;
         }
+    };
+    let peer = match &args.peer {
+        Some(cmd) => {
+            let command: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
+            let name = command
+                .first()
+                .map(|p| p.rsplit('/').next().unwrap_or(p).to_owned())
+                .unwrap_or_default();
+            let mut peer_opts = opts.clone();
+            peer_opts.target = TargetSpec::Peer { name, command };
+            let scenario: Scenario = args.scenario.into();
+            let mut peer_report = Report::new(&peer_opts.target, opts.smoke);
+            for s in [Scenario::Pacing, Scenario::Cpu, Scenario::Control, Scenario::Memory] {
+                if scenario != s && scenario != Scenario::All {
+                    continue;
+                }
+                match bench::run(&peer_opts, s) {
+                    Ok(r) => peer_report.merge(r),
+                    Err(e) => eprintln!("vsound-bench: peer, {s:?}: {}", error_chain(&e)),
+                }
+            }
+            Some(peer_report)
+        }
+        None => None,
     };
     if let (Some(path), Some(p)) = (&args.plot, &report.pacing) {
         let title = format!(
@@ -199,6 +238,23 @@ fn main() -> ExitCode {
             eprintln!("vsound-bench: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
+    }
+    if let Some(p) = &peer {
+        let side = bench::report::side_by_side(&report, p);
+        if args.json {
+            eprint!("{report}\n=== peer\n{p}\n{side}");
+            let both = serde_json::json!({ "vsound": report, "peer": p });
+            match serde_json::to_string_pretty(&both) {
+                Ok(j) => println!("{j}"),
+                Err(e) => {
+                    eprintln!("vsound-bench: JSON: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            print!("{report}\n=== peer\n{p}\n{side}");
+        }
+        return ExitCode::SUCCESS;
     }
     if args.json {
         eprint!("{report}");
