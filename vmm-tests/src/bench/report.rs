@@ -311,11 +311,31 @@ pub fn side_by_side(ours: &Report, peer: &Report) -> String {
         let _ = writeln!(out, "{what:<48} {:>10} {:>10} {:>8}", f(a), f(b), ratio);
     };
     if let (Some(a), Some(b)) = (&ours.pacing, &peer.pacing) {
-        line("pacing |error| p50 (µs)".into(), Some(a.all.p50), Some(b.all.p50));
-        line("pacing |error| p99 (µs)".into(), Some(a.all.p99), Some(b.all.p99));
-        line("pacing jitter p99 (µs)".into(), Some(a.jitter.p99), Some(b.jitter.p99));
-        line("pacing drift, largest |fit| (µs)".into(), Some(a.drift_max_abs_us), Some(b.drift_max_abs_us));
-        line("timer floor p99 (µs)".into(), Some(a.timer_floor.p99), Some(b.timer_floor.p99));
+        line(
+            "pacing |error| p50 (µs)".into(),
+            Some(a.all.p50),
+            Some(b.all.p50),
+        );
+        line(
+            "pacing |error| p99 (µs)".into(),
+            Some(a.all.p99),
+            Some(b.all.p99),
+        );
+        line(
+            "pacing jitter p99 (µs)".into(),
+            Some(a.jitter.p99),
+            Some(b.jitter.p99),
+        );
+        line(
+            "pacing drift, largest |fit| (µs)".into(),
+            Some(a.drift_max_abs_us),
+            Some(b.drift_max_abs_us),
+        );
+        line(
+            "timer floor p99 (µs)".into(),
+            Some(a.timer_floor.p99),
+            Some(b.timer_floor.p99),
+        );
     }
     if let (Some(a), Some(b)) = (&ours.cpu, &peer.cpu) {
         for r in &a.runs {
@@ -338,13 +358,25 @@ pub fn side_by_side(ours: &Report, peer: &Report) -> String {
         }
     }
     if let (Some(a), Some(b)) = (&ours.control, &peer.control) {
-        line("control PCM_INFO p99 (µs)".into(), Some(a.pcm_info.p99), Some(b.pcm_info.p99));
-        line("control cycle p99 (µs)".into(), Some(a.cycle.p99), Some(b.cycle.p99));
+        line(
+            "control PCM_INFO p99 (µs)".into(),
+            Some(a.pcm_info.p99),
+            Some(b.pcm_info.p99),
+        );
+        line(
+            "control cycle p99 (µs)".into(),
+            Some(a.cycle.p99),
+            Some(b.cycle.p99),
+        );
     }
     let theirs = peer.peak_rss();
     for (name, a) in ours.peak_rss() {
         if let Some((_, b)) = theirs.iter().find(|(n, _)| *n == name) {
-            line(format!("{name}: peak RSS (KiB)"), Some(a as f64), Some(*b as f64));
+            line(
+                format!("{name}: peak RSS (KiB)"),
+                Some(a as f64),
+                Some(*b as f64),
+            );
         }
     }
     out

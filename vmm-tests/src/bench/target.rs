@@ -15,6 +15,10 @@ use super::Result;
 /// takes two descriptors (readable, then writable), so a queue holds 512
 /// messages: 128 streams × 4 periods.
 pub const QUEUE_SIZE: u16 = 1024;
+/// Queue size used with a peer back-end: what QEMU asks of a
+/// `vhost-user-snd` by default, and the largest vhost-device-sound takes
+/// (so it serves at most 8 streams per queue).
+pub const PEER_QUEUE_SIZE: u16 = 64;
 /// Guest memory the bench shares: 512 messages of about 2 KiB per queue fit
 /// many times over.
 pub const MEMORY_SIZE: usize = 32 << 20;
@@ -115,6 +119,7 @@ pub struct Target {
     peer: Option<Peer>,
     socket: PathBuf,
     pid: Option<u32>,
+    queue_size: u16,
 }
 
 /// A spawned peer back-end, killed on drop.
@@ -134,11 +139,16 @@ impl Drop for Peer {
 
 /// Starts `command` with `{socket}` replaced and waits for its socket.
 fn spawn_peer(command: &[String]) -> Result<(Peer, PathBuf)> {
-    let dir = tempfile::Builder::new().prefix("vsound-bench-peer-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("vsound-bench-peer-")
+        .tempdir()?;
     let socket = dir.path().join("peer.sock");
     let log = dir.path().join("peer.log");
     let sock = socket.display().to_string();
-    let args: Vec<String> = command.iter().map(|a| a.replace("{socket}", &sock)).collect();
+    let args: Vec<String> = command
+        .iter()
+        .map(|a| a.replace("{socket}", &sock))
+        .collect();
     let (program, rest) = args
         .split_first()
         .ok_or_else(|| super::Error::Unsupported("--peer: no command".into()))?;
@@ -164,7 +174,9 @@ fn spawn_peer(command: &[String]) -> Result<(Peer, PathBuf)> {
             )));
         }
         if std::time::Instant::now() > deadline {
-            return Err(super::Error::Unsupported(format!("--peer: no socket {sock} after 10 s")));
+            return Err(super::Error::Unsupported(format!(
+                "--peer: no socket {sock} after 10 s"
+            )));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -188,6 +200,7 @@ impl Target {
                     pid: daemon.pid(),
                     daemon: Some(daemon),
                     peer: None,
+                    queue_size: QUEUE_SIZE,
                 })
             }
             TargetSpec::Peer { command, .. } => {
@@ -197,6 +210,7 @@ impl Target {
                     pid: Some(peer.child.id()),
                     peer: Some(peer),
                     socket,
+                    queue_size: PEER_QUEUE_SIZE,
                 })
             }
             TargetSpec::Socket { path, pid } => Ok(Target {
@@ -204,6 +218,7 @@ impl Target {
                 peer: None,
                 socket: path.clone(),
                 pid: *pid,
+                queue_size: QUEUE_SIZE,
             }),
         }
     }
@@ -221,7 +236,7 @@ impl Target {
     /// Connects a guest driver with the bench's queue and memory sizes.
     pub fn connect(&self) -> Result<SndDriver> {
         let opts = ConnectOptions {
-            queue_size: QUEUE_SIZE,
+            queue_size: self.queue_size,
             memory_size: MEMORY_SIZE,
             connect_timeout: Duration::from_secs(10),
             ..ConnectOptions::default()

@@ -209,7 +209,12 @@ fn main() -> ExitCode {
             peer_opts.target = TargetSpec::Peer { name, command };
             let scenario: Scenario = args.scenario.into();
             let mut peer_report = Report::new(&peer_opts.target, opts.smoke);
-            for s in [Scenario::Pacing, Scenario::Cpu, Scenario::Control, Scenario::Memory] {
+            for s in [
+                Scenario::Pacing,
+                Scenario::Cpu,
+                Scenario::Control,
+                Scenario::Memory,
+            ] {
                 if scenario != s && scenario != Scenario::All {
                     continue;
                 }
