@@ -141,12 +141,18 @@ pub fn watch(start: usize, len: usize) -> bool {
     false
 }
 
-/// Stops watching every range (the connection's memory is unmapped).
+/// Stops watching every range (the connection's memory is unmapped), and
+/// drops any fault report still pending: a fault its threads took while the
+/// connection was torn down (after its watch thread had read the first
+/// one) must not end the next connection, whose watch thread would read it
+/// first thing.
 pub fn forget_all() {
     for s in &RANGES {
         s.len.store(0, Ordering::Release);
         s.start.store(0, Ordering::Release);
     }
+    consume();
+    LAST_FAULT.store(0, Ordering::Relaxed);
 }
 
 /// The address of the last fault caught, if any.

@@ -569,6 +569,25 @@ impl StreamRuntime {
     }
 
     /// Forgets the host call in progress (its thread was retired).
+    /// Marks a host call as started at `now` for the watchdog; returns the
+    /// mark, for [`StreamRuntime::host_call_ends`].
+    fn host_call_starts(&self, now: u64) -> u64 {
+        let since = now.max(1);
+        self.io_since.store(since, Ordering::SeqCst);
+        since
+    }
+
+    /// Clears the mark of a host call that started at `since`, unless it is
+    /// no longer this call's: when a hung call finally returns, its lane was
+    /// replaced (the watchdog cleared the mark), and the new lane's call in
+    /// progress keeps its own mark, so a hang of it is still seen (B12 of
+    /// the review: a plain store of 0 erased it).
+    fn host_call_ends(&self, since: u64) {
+        let _ = self
+            .io_since
+            .compare_exchange(since, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
     pub fn clear_host_call(&self) {
         self.io_since.store(0, Ordering::SeqCst);
     }
@@ -674,7 +693,7 @@ impl StreamRuntime {
         // An open in flight is published only if no detach (a removal,
         // RELEASE, a reset) or other attach came meanwhile.
         let generation = self.endpoint.generation();
-        self.io_since.store(now.max(1), Ordering::SeqCst);
+        let since = self.host_call_starts(now);
         let opened = match self.direction() {
             Direction::Output => self
                 .device
@@ -683,7 +702,7 @@ impl StreamRuntime {
                 .map(Endpoint::Playback),
             Direction::Input => self.device.dev.open_capture(params).map(Endpoint::Capture),
         };
-        self.io_since.store(0, Ordering::SeqCst);
+        self.host_call_ends(since);
         if self.replaced(local) {
             return HostIo::Replaced;
         }
@@ -733,9 +752,9 @@ impl StreamRuntime {
         let Some(mut lent) = self.endpoint.lend() else {
             return HostIo::Failed;
         };
-        self.io_since.store(now_ns().max(1), Ordering::SeqCst);
+        let since = self.host_call_starts(now_ns());
         let result = f(&mut lent.item);
-        self.io_since.store(0, Ordering::SeqCst);
+        self.host_call_ends(since);
         if self.replaced(local) {
             // Stale: the slot closes it.
             self.endpoint.give_back(lent);

@@ -189,7 +189,14 @@ impl AlsaDevice {
         dir: Direction,
         generation: u64,
     ) -> Result<Stream, DeviceError> {
-        let pcm = PCM::open(&self.pcm, dir, true).map_err(|e| open_error(&e))?;
+        let pcm = match PCM::open(&self.pcm, dir, true) {
+            // A PCM that takes one opener (`hw:`) still draining the last
+            // stream's end: the new stream comes first, the drain is cut.
+            Err(e) if e.errno() == libc::EBUSY && self.shared.cut_drains() => {
+                PCM::open(&self.pcm, dir, true).map_err(|e| open_error(&e))?
+            }
+            r => r.map_err(|e| open_error(&e))?,
+        };
         let geometry = configure_hw(&pcm, params, self.pcm_name())?;
         configure_sw(&pcm, dir, geometry.period).map_err(|e| setup_error(&e))?;
         let period = usize::try_from(geometry.period).unwrap_or(0);
@@ -609,6 +616,17 @@ impl Shared {
         });
         drop(control);
         self.wake.notify_all();
+    }
+
+    /// Closes every draining PCM now; whether there was one.
+    fn cut_drains(&self) -> bool {
+        let draining = std::mem::take(&mut lock(&self.control).draining);
+        let any = !draining.is_empty();
+        if any {
+            log::debug!("{}: drain cut short: the PCM is opened again", self.name);
+        }
+        drop(draining);
+        any
     }
 
     /// Closes the draining PCMs that have played their frames (or run out
