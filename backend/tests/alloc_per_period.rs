@@ -33,6 +33,15 @@ use vsound_devices::Format;
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
+/// The counter is one for the process: the tests take turns (another
+/// test's setup, a new lane thread's first allocation, would be counted in
+/// this one's window).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 // ---- the guest -------------------------------------------------------------
 
 const PERIOD: u32 = 1920;
@@ -207,13 +216,14 @@ fn hot_path_allocations(what: &str, me: i32) -> Vec<(i32, String, u64, u64)> {
         .collect()
 }
 
-/// From the end of a RELEASE, through PREPARE, the guest's buffers queued
-/// again, START and 50 periods, nothing is allocated on the intake or the
-/// lanes: RELEASE leaves the stream a list with room for the guest's
+/// After a RELEASE and a PREPARE, from the endpoints' open on, through the
+/// guest's buffers queued again, START and 50 periods, nothing is allocated
+/// on the intake or the lanes: RELEASE leaves the stream a list with room for the guest's
 /// buffers, so queueing them again does not grow it under the stream lock
 /// on the queue thread (review B11: it did, from an empty list).
 #[test]
 fn periods_after_a_release_prepare_start_cycle_allocate_nothing() {
+    let _turn = one_at_a_time();
     let config = Config::default_config().unwrap();
     let state = DaemonState::new(&config).unwrap();
     let dev = SoundDevice::new(&config, &state.devices).unwrap();
@@ -222,12 +232,25 @@ fn periods_after_a_release_prepare_start_cycle_allocate_nothing() {
     let me = gettid();
     for round in 0..2 {
         for stream in [0, 1] {
-            // Round 1: PREPARE straight after RELEASE (the parameters
-            // stay), counted from here on.
+            // Round 1: PREPARE straight after RELEASE (the parameters stay).
             if round == 0 {
                 g.set_params(stream);
             }
             g.pcm(RequestCode::PcmPrepare, stream);
+        }
+        if round == 1 {
+            // Opening an endpoint makes it (a `Box`, on the lane, once per
+            // PREPARE, not per period): counted from once they are open.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !dev.streams.iter().all(|s| s.endpoint.is_attached()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "endpoints not opened after PREPARE"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            reset_counts();
+            COUNTING.store(true, Ordering::SeqCst);
         }
         for i in 0..PERIODS_PER_BUFFER {
             g.queue(QueueIndex::Tx, 2 * i);
@@ -244,8 +267,6 @@ fn periods_after_a_release_prepare_start_cycle_allocate_nothing() {
             // The buffers RELEASE returned are the guest's again.
             while g.tx_ring.next_used(&g.mem).is_some() {}
             while g.rx_ring.next_used(&g.mem).is_some() {}
-            reset_counts();
-            COUNTING.store(true, Ordering::SeqCst);
             continue;
         }
         g.run_periods(MEASURED);
@@ -265,6 +286,7 @@ fn periods_after_a_release_prepare_start_cycle_allocate_nothing() {
 
 #[test]
 fn steady_state_periods_allocate_nothing() {
+    let _turn = one_at_a_time();
     let config = Config::default_config().unwrap();
     let state = DaemonState::new(&config).unwrap();
     let dev = SoundDevice::new(&config, &state.devices).unwrap();
