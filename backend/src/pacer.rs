@@ -110,10 +110,10 @@ impl Schedule {
 
 /// A tick later than this (or than a period, if longer) does not complete
 /// the backlog in a burst: the schedule moves to now (B10 of the review).
-/// 20 ms is the slack an ALSA stream keeps in its cushion
+/// 30 ms is the slack an ALSA stream keeps in its cushion
 /// (`vsound_devices::alsa::CUSHION_MS`): a tick that late has cost the
 /// listener a gap anyway.
-pub const REANCHOR_MIN_NS: u64 = 20_000_000;
+pub const REANCHOR_MIN_NS: u64 = 30_000_000;
 
 /// What a stream due at some time does at `now` (see [`tick_at`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

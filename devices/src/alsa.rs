@@ -79,7 +79,7 @@ pub const MAX_RETRY: Duration = Duration::from_secs(1);
 /// The least cushion a stream keeps in its PCM, in milliseconds: a period
 /// of the device's, a period of the guest's, and this much slack for a late
 /// wake-up of the daemon (a sound server takes frames a quantum at a time).
-pub const CUSHION_MS: u32 = 20;
+pub const CUSHION_MS: u32 = 30;
 
 /// How long a draining PCM may take beyond the length of its buffer.
 pub const DRAIN_SLACK: Duration = Duration::from_millis(250);

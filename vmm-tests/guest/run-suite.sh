@@ -443,7 +443,7 @@ case_pad_capture() {
 }
 
 # 3. The ALSA backend, on alsa-lib's `file` plugin: the guest's playback lands in a file
-#    on the host after exactly the ALSA sink's cushion of silence (a period and 20 ms:
+#    on the host after exactly the ALSA sink's cushion of silence (a period and 30 ms:
 #    vsound_devices::alsa::CUSHION_MS), then at most one period of silence; the guest's
 #    capture reads the pattern from a file.
 case_alsa_file() {
@@ -458,9 +458,9 @@ case_alsa_file() {
     stop_daemon || return 1 # closes the PCMs: the file is complete
     local period
     period=$(period_bytes guest hw:0,0 /data/s16.wav 4)
-    # 20 ms of S16 stereo at 48 kHz: 3840 bytes
+    # 30 ms of S16 stereo at 48 kHz: 5760 bytes
     pcm exact "$DATA/s16.raw" "$CDIR/alsa-out.raw" --frame 4 --rate 192000 \
-        --lead-silence "$((period + 3840))" --max-tail "$period"
+        --lead-silence "$((period + 5760))" --max-tail "$period"
 }
 
 # 3b. The ALSA backend on a real clock: PipeWire (pw_start), through pipewire-alsa's

@@ -135,10 +135,10 @@ pcm.vsin {{
 }
 
 /// The silence the ALSA sink puts ahead of the guest's frames when its PCM
-/// starts: a period of the PCM's (here the guest's) and 20 ms
+/// starts: a period of the PCM's (here the guest's) and 30 ms
 /// (`vsound_devices::alsa::CUSHION_MS`).
 fn cushion_bytes(g: &Geometry) -> usize {
-    g.period_bytes() + g.bytes_per_second() as usize * 20 / 1000
+    g.period_bytes() + g.bytes_per_second() as usize * 30 / 1000
 }
 
 /// `out.raw` once the PCM was closed: a playback PCM is drained after
@@ -166,7 +166,7 @@ fn stop_and_release(snd: &mut SndDriver, stream: u32) {
 }
 
 /// Playback reaches the ALSA PCM bit-exact: after RELEASE (which closes the
-/// PCM), `out.raw` holds exactly the sink's cushion of silence (a period and 20 ms,
+/// PCM), `out.raw` holds exactly the sink's cushion of silence (a period and 30 ms,
 /// written when the PCM starts) followed by exactly the guest's bytes; every
 /// buffer completes OK on schedule.
 #[test]

@@ -47,8 +47,16 @@ channels = {{ min = 2, max = 2 }}
     )
 }
 
-/// PipeWire and a daemon on it, or `None` when PipeWire is not tested.
-fn start() -> Option<(PipeWire, Daemon)> {
+/// One PipeWire at a time: neither the server nor the daemon runs with a
+/// real-time priority here, and two servers, two session managers and two
+/// daemons on two cores made each of them late by tens of milliseconds in
+/// CI (PipeWire then fills a quantum with silence).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// PipeWire and a daemon on it (holding this test's turn), or `None` when
+/// PipeWire is not tested.
+fn start() -> Option<(PipeWire, Daemon, std::sync::MutexGuard<'static, ()>)> {
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let pw = PipeWire::start().unwrap_or_else(|e| panic!("{e}"))?;
     let daemon = Daemon::spawn_with(&DaemonOptions {
         config_toml: Some(config()),
@@ -56,7 +64,7 @@ fn start() -> Option<(PipeWire, Daemon)> {
         ..DaemonOptions::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    Some((pw, daemon))
+    Some((pw, daemon, turn))
 }
 
 fn driver(daemon: &Daemon) -> SndDriver {
@@ -137,7 +145,7 @@ fn no_xruns(daemon: &Daemon) {
 /// (the PCM drains on close) rather than cut.
 #[test]
 fn a_beep_and_a_tone_reach_pipewire_whole_and_bit_exact() {
-    let Some((pw, mut daemon)) = start() else {
+    let Some((pw, mut daemon, _turn)) = start() else {
         return;
     };
     let g = geometry();
@@ -167,7 +175,7 @@ fn a_beep_and_a_tone_reach_pipewire_whole_and_bit_exact() {
 /// order, none lost or repeated, and the daemon sees no xrun.
 #[test]
 fn sixty_seconds_on_pipewire_lose_no_frame_and_have_no_xrun() {
-    let Some((pw, mut daemon)) = start() else {
+    let Some((pw, mut daemon, _turn)) = start() else {
         return;
     };
     let g = geometry();
@@ -192,7 +200,7 @@ fn sixty_seconds_on_pipewire_lose_no_frame_and_have_no_xrun() {
 /// the sink bit-exact.
 #[test]
 fn pipewire_killed_and_restarted_mid_playback_gets_the_stream_back() {
-    let Some((mut pw, mut daemon)) = start() else {
+    let Some((mut pw, mut daemon, _turn)) = start() else {
         return;
     };
     let g = geometry();
@@ -238,7 +246,7 @@ fn pipewire_killed_and_restarted_mid_playback_gets_the_stream_back() {
 /// and contiguous, from where it starts to the end, with no xrun.
 #[test]
 fn ten_seconds_of_capture_from_pipewire_are_bit_exact_and_contiguous() {
-    let Some((pw, mut daemon)) = start() else {
+    let Some((pw, mut daemon, _turn)) = start() else {
         return;
     };
     let g = geometry();
