@@ -98,8 +98,8 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Plays `periods` periods, in writes of uneven sizes, and checks that the
 /// file has exactly those bytes once the sink is closed (the file plugin
-/// flushes what it buffered when the PCM is dropped), after the one period
-/// of silence the sink puts ahead of them when the PCM starts.
+/// flushes what it buffered when the PCM is dropped), after the cushion of
+/// silence the sink puts ahead of them when the PCM starts.
 fn play_into_file(pcm: &str, file: &str, p: StreamParams, periods: usize) {
     let dev = device(pcm);
     assert!(dev.is_attached());
@@ -121,14 +121,26 @@ fn play_into_file(pcm: &str, file: &str, p: StreamParams, periods: usize) {
         sink.write(&data[..frame - 1]).unwrap();
         let _ = sink.latency_bytes();
     }
-    let out = fs::read(dir().join(file)).unwrap();
-    let period = p.period_bytes as usize;
-    assert_eq!(out.len(), period + data.len());
-    let mut silence = vec![0xaa; period];
+    // The cushion: a period of the PCM's (here the stream's) and
+    // CUSHION_MS. A PCM still holding frames is drained, and closed (the
+    // file written) by the device's monitor thread: wait for it.
+    let cushion = p.period_bytes as usize
+        + (p.rate as usize * vsound_devices::alsa::CUSHION_MS as usize / 1000) * frame;
+    let path = dir().join(file);
+    let mut out = Vec::new();
+    wait_for("the file to be written", || {
+        out = fs::read(&path).unwrap_or_default();
+        out.len() >= cushion + data.len()
+    });
+    assert_eq!(out.len(), cushion + data.len());
+    let mut silence = vec![0xaa; cushion];
     p.format.fill_silence(&mut silence);
-    assert!(out[..period] == silence, "{pcm}: no silent period first");
     assert!(
-        out[period..] == data,
+        out[..cushion] == silence,
+        "{pcm}: no cushion of silence first"
+    );
+    assert!(
+        out[cushion..] == data,
         "{pcm}: the file differs from what was played"
     );
 }
