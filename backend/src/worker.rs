@@ -288,6 +288,9 @@ pub(crate) struct WorkerLocal {
     tick_due: u64,
     /// How long ticks have waited for the device in a row (ns).
     waited_ns: u64,
+    /// The endpoint keeps time itself (`Clock::Device`): its fill level is
+    /// read (null and pad endpoints are never asked).
+    device_clocked: bool,
 }
 
 /// How far the worker got with message `head` of `epoch`, `len` bytes.
@@ -323,6 +326,7 @@ impl WorkerLocal {
             paused: false,
             tick_due: 0,
             waited_ns: 0,
+            device_clocked: false,
         }
     }
 }
@@ -708,6 +712,10 @@ impl StreamRuntime {
         }
         match opened {
             Ok(ep) => {
+                let device_clocked = match &ep {
+                    Endpoint::Playback(s) => s.clock() == vsound_devices::Clock::Device,
+                    Endpoint::Capture(s) => s.clock() == vsound_devices::Clock::Device,
+                };
                 if self.endpoint.attach_if(ep, generation).is_err() {
                     log::debug!("stream {}: closed while it opened", self.id);
                     return HostIo::Failed;
@@ -716,6 +724,7 @@ impl StreamRuntime {
                 // A new endpoint: its clock is not known, and it runs.
                 local.clock = DeviceClock::new();
                 local.paused = false;
+                local.device_clocked = device_clocked;
                 HostIo::Done
             }
             Err(e) => {
@@ -763,7 +772,7 @@ impl StreamRuntime {
         match result {
             Ok(latency) => {
                 let xruns = device_xruns(&lent.item);
-                let fill = match (&lent.item, last) {
+                let fill = match (&lent.item, last && local.device_clocked) {
                     (Endpoint::Playback(s), true) => s.fill_frames(),
                     (Endpoint::Capture(s), true) => s.fill_frames(),
                     _ => None,
@@ -823,6 +832,9 @@ impl StreamRuntime {
         params: &StreamParams,
         current: Option<usize>,
     ) -> Wait {
+        if !local.device_clocked {
+            return Wait::Go;
+        }
         let frame = u64::from(params.frame_bytes().max(1));
         let dir = self.direction();
         let need = match dir {
