@@ -87,18 +87,7 @@ impl PipeWire {
 
     /// A command run as the daemon's user in this server's environment.
     fn command(&self, program: &str) -> Result<Command, String> {
-        let mut c = match crate::unprivileged::daemon_user() {
-            Some(u) => {
-                let mut c = Command::new("setpriv");
-                c.arg(format!("--reuid={}", u.uid))
-                    .arg(format!("--regid={}", u.gid))
-                    .arg("--init-groups")
-                    .arg("--")
-                    .arg(program);
-                c
-            }
-            None => Command::new(program),
-        };
+        let mut c = crate::unprivileged::as_daemon_user(program);
         c.envs(self.env())
             .env("HOME", self.runtime_dir())
             .env_remove("DBUS_SESSION_BUS_ADDRESS")

@@ -98,19 +98,25 @@ fn rand_suffix() -> u64 {
 
 /// A command that runs `bin` as the daemon's user.
 pub fn command(bin: &Path) -> io::Result<Command> {
-    let bin = runnable(bin)?;
-    Ok(match daemon_user() {
+    Ok(as_daemon_user(runnable(bin)?))
+}
+
+/// A command that runs `program` (found on `PATH`, or a path any user may
+/// run) as the daemon's user, through `setpriv` when that is not the
+/// tests' own.
+pub fn as_daemon_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match daemon_user() {
         Some(u) => {
             let mut c = Command::new("setpriv");
             c.arg(format!("--reuid={}", u.uid))
                 .arg(format!("--regid={}", u.gid))
                 .arg("--init-groups")
                 .arg("--")
-                .arg(bin);
+                .arg(program);
             c
         }
-        None => Command::new(bin),
-    })
+        None => Command::new(program),
+    }
 }
 
 /// Gives `path` to the daemon's user (nothing when it runs as the tests do).
