@@ -622,26 +622,10 @@ impl StreamRuntime {
         if self.resume_playback(shared, local, scratch) {
             return Next::Replaced;
         }
-        // A device with a clock holds it while the stream does not run (STOP,
-        // a paused VM), so it does not underrun meanwhile.
         // First, so that what follows sees the state after it (RELEASE may
         // come meanwhile: no endpoint is opened for a released stream).
-        let (state, negotiated) = {
-            let inner = self.lock();
-            (inner.state, inner.negotiated)
-        };
-        let hold = state != PcmState::Started || self.ring_stopped();
-        if hold != local.paused && self.endpoint.is_attached() {
-            if let Some(n) = negotiated {
-                local.paused = hold;
-                let io = self.host_call(local, &n.params, false, false, |ep| match ep {
-                    Endpoint::Playback(s) => s.set_paused(hold).map(|()| s.latency_bytes()),
-                    Endpoint::Capture(s) => s.set_paused(hold).map(|()| s.latency_bytes()),
-                });
-                if let HostIo::Replaced = io {
-                    return Next::Replaced;
-                }
-            }
+        if local.device_clocked && self.hold_device_clock(local) {
+            return Next::Replaced;
         }
         let (due, state, negotiated) = {
             let inner = self.lock();
@@ -681,6 +665,29 @@ impl StreamRuntime {
             self.lock().state,
             PcmState::Prepared | PcmState::Started | PcmState::Stopped
         )
+    }
+
+    /// An endpoint on its own clock holds it while the stream does not run
+    /// (STOP, a paused VM), so that it does not underrun meanwhile, and lets
+    /// it run again at START. Returns true if this lane was replaced.
+    fn hold_device_clock(&self, local: &mut WorkerLocal) -> bool {
+        let (state, negotiated) = {
+            let inner = self.lock();
+            (inner.state, inner.negotiated)
+        };
+        let hold = state != PcmState::Started || self.ring_stopped();
+        let Some(n) = negotiated.filter(|_| hold != local.paused) else {
+            return false;
+        };
+        if !self.endpoint.is_attached() {
+            return false;
+        }
+        local.paused = hold;
+        let io = self.host_call(local, &n.params, false, false, |ep| match ep {
+            Endpoint::Playback(s) => s.set_paused(hold).map(|()| s.latency_bytes()),
+            Endpoint::Capture(s) => s.set_paused(hold).map(|()| s.latency_bytes()),
+        });
+        matches!(io, HostIo::Replaced)
     }
 
     /// Opens the endpoint if the device is present (at most every
