@@ -266,6 +266,8 @@ fn run_daemon(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before any thread exists (the environment is not thread-safe).
+    vsound_devices::alsa::set_server_latency();
     // Before any thread exists: every thread inherits the blocked mask.
     let signals = match crate::signals::SignalFd::block() {
         Ok(s) => Some(s),

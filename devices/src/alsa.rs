@@ -7,7 +7,8 @@
 //! are recovered on the spot, without `snd_pcm_recover`, which sleeps while a
 //! suspended card resumes. The daemon keeps the guest's clock either way.
 //! Since the daemon hands each period over just when it is due, a stream
-//! keeps a cushion in the PCM (a period, and at least [`CUSHION_MS`]):
+//! keeps a cushion in the PCM (a period, or a sound server's quantum, and
+//! [`CUSHION_MS`]):
 //! playback puts that much silence ahead of the guest's frames whenever the
 //! PCM (re)starts, and capture reads nothing until the PCM holds that much
 //! more than asked for.
@@ -76,10 +77,42 @@ const DEFAULT_RETRY_MS: u64 = 500;
 /// PCM are rate-limited ([`crate::alsa_log`]).
 pub const MAX_RETRY: Duration = Duration::from_secs(1);
 
-/// The least cushion a stream keeps in its PCM, in milliseconds: a period
-/// of the device's, a period of the guest's, and this much slack for a late
-/// wake-up of the daemon (a sound server takes frames a quantum at a time).
+/// The least cushion a stream keeps in its PCM, in milliseconds: what the
+/// device takes at a time (a period of its own, or a sound server's
+/// quantum, [`SERVER_QUANTUM`]), and this much slack for a late wake-up of
+/// the daemon.
 pub const CUSHION_MS: u32 = 30;
+
+/// The quantum the daemon asks a sound server for, as `frames/rate`: the
+/// node latency of every PipeWire stream the daemon opens (through the
+/// `pipewire` ALSA plugin), unless its environment sets `PIPEWIRE_LATENCY`
+/// (see [`set_server_latency`]). The plugin would ask for the guest's
+/// period, which PipeWire rounds down to a power of two: 256 frames (5 ms)
+/// for a 10 ms period. The plugin's thread in the daemon must answer each
+/// graph cycle within a quantum, and on a busy host without a real-time
+/// priority a thread late by 5 ms is common: PipeWire then plays a quantum
+/// of silence in the middle of the guest's sound. A quantum of 1,024
+/// frames (21 ms) gives it four times as long.
+pub const SERVER_QUANTUM: (u32, u32) = (1024, 48_000);
+
+/// Sets `PIPEWIRE_LATENCY` to [`SERVER_QUANTUM`] unless it is set already
+/// (an operator's choice wins). Call it before any thread starts: the
+/// environment is not thread-safe.
+pub fn set_server_latency() {
+    const VAR: &str = "PIPEWIRE_LATENCY";
+    if std::env::var_os(VAR).is_none() {
+        let (frames, rate) = SERVER_QUANTUM;
+        std::env::set_var(VAR, format!("{frames}/{rate}"));
+    }
+}
+
+/// What the device takes from (or gives to) its PCM at a time, in frames,
+/// at the least: a sound server's quantum ([`SERVER_QUANTUM`]) at `rate`,
+/// rounded up.
+fn server_quantum_frames(rate: u32) -> u64 {
+    let (frames, at) = SERVER_QUANTUM;
+    (u64::from(rate) * u64::from(frames)).div_ceil(u64::from(at))
+}
 
 /// How long a draining PCM may take beyond the length of its buffer.
 pub const DRAIN_SLACK: Duration = Duration::from_millis(250);
@@ -367,13 +400,14 @@ fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry
             params.period_bytes, params.buffer_bytes
         )));
     }
-    // Room for the cushion, a guest period on top of it and a period of
-    // the device's still to be taken, with slack (see [`cushion_frames`]):
-    // the guest's buffer may be smaller.
+    // Room for the cushion, a guest period on top of it and what the
+    // device takes at a time still to be taken, with slack (see
+    // [`cushion_frames`]): the guest's buffer may be smaller.
     let slack = i64::from(params.rate) * i64::from(CUSHION_MS) / 1000;
+    let take = period.max(i64::try_from(server_quantum_frames(params.rate)).unwrap_or(i64::MAX));
     let buffer = guest_buffer.max(
-        period
-            .saturating_mul(3)
+        take.saturating_mul(2)
+            .saturating_add(period)
             .saturating_add(slack.saturating_mul(2)),
     );
     let refused = |what: String| move |e: alsa::Error| param_error(&e, what, name);
@@ -424,18 +458,19 @@ fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry
 }
 
 /// The cushion a stream keeps in its PCM, in frames: the device takes a
-/// period at a time, so the fill drops by that much at once, and a wake-up
-/// of the daemon may be [`CUSHION_MS`] late; never more than leaves room in
-/// the buffer for a guest period on top (a tick hands one over) and a
-/// device period not yet taken.
+/// period (or a sound server's quantum, if longer) at a time, so the fill
+/// drops by that much at once, and a wake-up of the daemon may be
+/// [`CUSHION_MS`] late; never more than leaves room in the buffer for a
+/// guest period on top (a tick hands one over) and a take not yet taken.
 fn cushion_frames(params: &StreamParams, period: usize, buffer: usize) -> usize {
     let slack = u64::from(params.rate) * u64::from(CUSHION_MS) / 1000;
+    let take =
+        period.max(usize::try_from(server_quantum_frames(params.rate)).unwrap_or(usize::MAX));
     let guest_period = params.period_bytes / params.frame_bytes().max(1);
     let room = usize::try_from(guest_period)
         .unwrap_or(usize::MAX)
-        .saturating_add(period);
-    period
-        .saturating_add(usize::try_from(slack).unwrap_or(usize::MAX))
+        .saturating_add(take);
+    take.saturating_add(usize::try_from(slack).unwrap_or(usize::MAX))
         .min(buffer.saturating_sub(room))
         .max(1)
 }

@@ -121,10 +121,12 @@ fn play_into_file(pcm: &str, file: &str, p: StreamParams, periods: usize) {
         sink.write(&data[..frame - 1]).unwrap();
         let _ = sink.latency_bytes();
     }
-    // The cushion: a period of the PCM's (here the stream's) and
+    // The cushion: a period of the PCM's (here the stream's) or a sound
+    // server's quantum (1,024 frames at 48 kHz), whichever is longer, and
     // CUSHION_MS. A PCM still holding frames is drained, and closed (the
     // file written) by the device's monitor thread: wait for it.
-    let cushion = p.period_bytes as usize
+    let quantum = (p.rate as usize * 1024).div_ceil(48_000) * frame;
+    let cushion = (p.period_bytes as usize).max(quantum)
         + (p.rate as usize * vsound_devices::alsa::CUSHION_MS as usize / 1000) * frame;
     let path = dir().join(file);
     let mut out = Vec::new();

@@ -443,9 +443,9 @@ case_pad_capture() {
 }
 
 # 3. The ALSA backend, on alsa-lib's `file` plugin: the guest's playback lands in a file
-#    on the host after exactly the ALSA sink's cushion of silence (a period and 30 ms:
-#    vsound_devices::alsa::CUSHION_MS), then at most one period of silence; the guest's
-#    capture reads the pattern from a file.
+#    on the host after exactly the ALSA sink's cushion of silence (the period or a quantum,
+#    and 30 ms: vsound_devices::alsa::CUSHION_MS), then at most one period of silence; the
+#    guest's capture reads the pattern from a file.
 case_alsa_file() {
     local conf
     conf=$(config alsa-file.asound.conf) || return 1
@@ -458,9 +458,10 @@ case_alsa_file() {
     stop_daemon || return 1 # closes the PCMs: the file is complete
     local period
     period=$(period_bytes guest hw:0,0 /data/s16.wav 4)
-    # 30 ms of S16 stereo at 48 kHz: 5760 bytes
+    # The cushion: the period or a sound server's quantum (1,024 frames, 4096 bytes of
+    # S16 stereo at 48 kHz), whichever is longer, and 30 ms (5760 bytes)
     pcm exact "$DATA/s16.raw" "$CDIR/alsa-out.raw" --frame 4 --rate 192000 \
-        --lead-silence "$((period + 5760))" --max-tail "$period"
+        --lead-silence "$(((period > 4096 ? period : 4096) + 5760))" --max-tail "$period"
 }
 
 # 3b. The ALSA backend on a real clock: PipeWire (pw_start), through pipewire-alsa's

@@ -135,10 +135,14 @@ pcm.vsin {{
 }
 
 /// The silence the ALSA sink puts ahead of the guest's frames when its PCM
-/// starts: a period of the PCM's (here the guest's) and 30 ms
-/// (`vsound_devices::alsa::CUSHION_MS`).
+/// starts: a period of the PCM's (here the guest's) or a sound server's
+/// quantum (1,024 frames at 48 kHz, `vsound_devices::alsa::SERVER_QUANTUM`),
+/// whichever is longer, and 30 ms (`vsound_devices::alsa::CUSHION_MS`).
 fn cushion_bytes(g: &Geometry) -> usize {
-    g.period_bytes() + g.bytes_per_second() as usize * 30 / 1000
+    let bps = g.bytes_per_second() as usize;
+    let frame = g.frame_bytes();
+    let quantum = (bps / frame * 1024).div_ceil(48_000) * frame;
+    g.period_bytes().max(quantum) + bps * 30 / 1000
 }
 
 /// `out.raw` once the PCM was closed: a playback PCM is drained after
@@ -166,7 +170,7 @@ fn stop_and_release(snd: &mut SndDriver, stream: u32) {
 }
 
 /// Playback reaches the ALSA PCM bit-exact: after RELEASE (which closes the
-/// PCM), `out.raw` holds exactly the sink's cushion of silence (a period and 30 ms,
+/// PCM), `out.raw` holds exactly the sink's cushion of silence (see `cushion_bytes`,
 /// written when the PCM starts) followed by exactly the guest's bytes; every
 /// buffer completes OK on schedule.
 #[test]
