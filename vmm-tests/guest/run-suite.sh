@@ -299,10 +299,15 @@ pw_run() {
     env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY $(pw_env) "${DAEMON_AS[@]}" "$@"
 }
 # pw_exec CMD...: the same, replacing the shell: `pw_exec CMD &` makes $! CMD's own pid
-# (so that kill_bg and kill -INT reach it, not a subshell)
+# (so that kill_bg and kill -INT reach it, not a subshell). For the graph's processes
+# (server, session manager, recorder): with a real-time priority (SCHED_FIFO 20) as a
+# desktop's rtkit gives them, where the machine allows it; a graph process late by a
+# quantum loses that quantum of the recording. The daemon keeps its normal priority.
 pw_exec() {
+    local rt=()
+    chrt -f 20 true 2>/dev/null && rt=(chrt -f 20)
     # shellcheck disable=SC2046
-    exec env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY $(pw_env) "${DAEMON_AS[@]}" "$@"
+    exec "${rt[@]}" env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY $(pw_env) "${DAEMON_AS[@]}" "$@"
 }
 pw_start() {
     local i

@@ -20,6 +20,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -30,6 +31,9 @@ pub const SINK: &str = "vsnull";
 
 /// The ALSA PCM name that plays into [`SINK`] and captures from its monitor.
 pub const PCM: &str = "pipewire:NODE=vsnull";
+
+/// The real-time priority of the graph's processes (not the daemon's).
+const RT_PRIORITY: i32 = 20;
 
 /// How long the server and its session manager get to come up.
 const STARTUP: Duration = Duration::from_secs(20);
@@ -58,8 +62,11 @@ impl PipeWire {
             eprintln!("VSOUND_NO_PIPEWIRE=1: not testing against PipeWire");
             return Ok(None);
         }
-        let dir =
-            crate::unprivileged::tempdir("vsound-pw-").map_err(|e| setup("runtime dir", e))?;
+        // In memory (/dev/shm, where there is one): `pw-record` writes its
+        // file from the graph's cycle, and a write that waits for the disk
+        // makes it miss cycles.
+        let dir = crate::unprivileged::tempdir_in("vsound-pw-", Path::new("/dev/shm"))
+            .map_err(|e| setup("runtime dir", e))?;
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
             .map_err(|e| setup("runtime dir", e))?;
         let mut pw = PipeWire {
@@ -96,6 +103,31 @@ impl PipeWire {
         Ok(c)
     }
 
+    /// [`PipeWire::command`] for a process in the graph (the server, the
+    /// session manager, the recorder and the player), with a real-time
+    /// priority (`SCHED_FIFO` [`RT_PRIORITY`]) as a desktop's rtkit gives
+    /// them: a graph process late by a quantum loses that quantum of the
+    /// recording, and on this VM a normal-priority process is late by
+    /// 20 ms now and then. The daemon keeps its normal priority: what it
+    /// must survive is tested as it runs.
+    fn graph_command(&self, program: &str) -> Result<Command, String> {
+        let mut c = self.command(program)?;
+        // SAFETY: the closure runs in the child between fork and exec and
+        // makes one async-signal-safe system call; a refusal (no
+        // CAP_SYS_NICE, a cgroup without real-time time) is ignored: the
+        // process runs at normal priority.
+        unsafe {
+            c.pre_exec(|| {
+                let p = libc::sched_param {
+                    sched_priority: RT_PRIORITY,
+                };
+                libc::sched_setscheduler(0, libc::SCHED_FIFO, &p);
+                Ok(())
+            });
+        }
+        Ok(c)
+    }
+
     fn log(&self, name: &str) -> Result<Stdio, String> {
         let f = fs::OpenOptions::new()
             .create(true)
@@ -106,7 +138,7 @@ impl PipeWire {
     }
 
     fn spawn(&self, program: &str, log: &str) -> Result<Child, String> {
-        let mut c = self.command(program)?;
+        let mut c = self.graph_command(program)?;
         c.stdout(self.log(log)?).stderr(self.log(log)?);
         c.spawn().map_err(|e| {
             setup(
@@ -208,7 +240,7 @@ impl PipeWire {
     pub fn record(&self, name: &str) -> Result<Recording, String> {
         let path = self.runtime_dir().join(name);
         let child = self
-            .command("pw-record")?
+            .graph_command("pw-record")?
             .args(["-P", "{ stream.capture.sink=true }", "--target", SINK])
             .args(["--format", "s16", "--rate", "48000", "--channels", "2"])
             .arg(&path)
@@ -242,7 +274,7 @@ impl PipeWire {
         let path = self.runtime_dir().join("play.wav");
         fs::write(&path, wav_file(pcm)).map_err(|e| setup("play file", e))?;
         crate::unprivileged::give(&path).map_err(|e| setup("play file", e))?;
-        self.command("pw-play")?
+        self.graph_command("pw-play")?
             .args(["--target", SINK])
             .arg(&path)
             .stdout(self.log("pw-play.log")?)

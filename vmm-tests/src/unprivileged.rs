@@ -134,3 +134,14 @@ pub fn tempdir(prefix: &str) -> io::Result<tempfile::TempDir> {
     give(dir.path())?;
     Ok(dir)
 }
+
+/// [`tempdir`] in `parent`, or in the usual temporary directory if
+/// `parent` is not a directory.
+pub fn tempdir_in(prefix: &str, parent: &Path) -> io::Result<tempfile::TempDir> {
+    if !parent.is_dir() {
+        return tempdir(prefix);
+    }
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
+    give(dir.path())?;
+    Ok(dir)
+}
