@@ -132,10 +132,7 @@ pub mod pcm_features {
 
 /// The frame rates virtio-snd can express; the index is the bit in
 /// `pcm_info.rates` (spec 5.14.6.6.2). Linux maps bits 0–12 only.
-pub const RATES: [u32; 16] = [
-    5512, 8000, 11025, 16000, 22050, 32000, 44100, 48000, 64000, 88200, 96000, 176400, 192000,
-    384000, 12000, 24000,
-];
+pub const RATES: [u32; 16] = vsound_devices::VIRTIO_RATES;
 
 /// The virtio-snd rate code of a frame rate.
 pub fn rate_code(rate: u32) -> Option<u8> {

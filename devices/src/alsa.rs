@@ -23,6 +23,16 @@
 //! STOP (or a VM pause) pauses the PCM (`snd_pcm_pause`, or a drop and a
 //! new cushion when the PCM cannot pause) so that no underrun follows.
 //!
+//! # Capabilities
+//!
+//! What the PCM accepts (each virtio-snd format and rate it takes with
+//! interleaved access, and the channel counts with them) is read when the
+//! device is probed, at startup and at every attach, by refining its
+//! configuration space without setting one. `check_params` (the guest's
+//! SET_PARAMS, answered on the vhost-user queue thread) reads that and
+//! never opens the PCM: an open of a sound server's PCM takes tens of
+//! milliseconds, and one that hangs would hang the guest's control queue.
+//!
 //! # Closing
 //!
 //! A playback PCM is drained when the stream closes: what the guest played
@@ -172,19 +182,26 @@ impl AlsaDevice {
         crate::alsa_log::install();
         let pcm = CString::new(opts.pcm.as_str())
             .map_err(|_| "`pcm` must not contain a NUL character".to_owned())?;
-        let attached = pcm_present(&pcm);
+        let (attached, caps) = probe_pcm(&pcm);
         let shared = Arc::new(Shared::new(
             describe(name, &opts.pcm),
             attached,
             Duration::from_millis(opts.retry_ms),
         ));
+        *lock(&shared.caps) = caps;
         if attached {
             log::info!("{}: present", shared.name);
         } else {
             log::warn!("{}: not present, will retry", shared.name);
         }
-        let probe_pcm = pcm.clone();
-        let monitor = spawn_monitor(name, Arc::clone(&shared), move || pcm_present(&probe_pcm))?;
+        let (probed, caps_of) = (pcm.clone(), Arc::clone(&shared));
+        let monitor = spawn_monitor(name, Arc::clone(&shared), move || {
+            let (present, caps) = probe_pcm(&probed);
+            if present {
+                *lock(&caps_of.caps) = caps;
+            }
+            present
+        })?;
         Ok(AlsaDevice {
             pcm,
             shared,
@@ -294,24 +311,31 @@ impl HostDevice for AlsaDevice {
         *lock(&self.shared.listener) = Some(listener);
     }
 
-    /// Opens the PCM in the stream's direction, tries the parameters, and
-    /// closes it. A PCM held by someone else (perhaps a stream of this
-    /// daemon) cannot be checked now: that passes, and the open at `PREPARE`
-    /// will tell.
+    /// Checks the parameters against what the PCM accepted when it was last
+    /// probed ([`Caps`], read at every attach), without opening it: this
+    /// runs on the vhost-user queue thread, and an open can take long (a
+    /// sound server that hangs would hang the guest's control queue). A
+    /// direction whose capabilities could not be read (the PCM was busy)
+    /// passes, and the open at START tells. A detached device is `Gone`.
     fn check_params(&self, dir: StreamDirection, params: &StreamParams) -> Result<(), DeviceError> {
-        let alsa_dir = match dir {
-            StreamDirection::Playback => Direction::Playback,
-            StreamDirection::Capture => Direction::Capture,
+        frames_of(params)?;
+        if !self.is_attached() {
+            return Err(DeviceError::Gone);
+        }
+        let caps = lock(&self.shared.caps);
+        let known = match dir {
+            StreamDirection::Playback => caps.playback.as_deref(),
+            StreamDirection::Capture => caps.capture.as_deref(),
         };
-        self.watching(|_| {
-            let opened = PCM::open(&self.pcm, alsa_dir, true);
-            let pcm = match opened {
-                Ok(pcm) => pcm,
-                Err(e) if e.errno() == libc::EBUSY => return Ok(()),
-                Err(e) => return Err(open_error(&e)),
-            };
-            configure_hw(&pcm, params, self.pcm_name()).map(|_| ())
-        })
+        match known {
+            None => Ok(()),
+            Some(accepts) if accepts.iter().any(|a| a.takes(params)) => Ok(()),
+            Some(accepts) => Err(DeviceError::Unsupported(refusal(
+                params,
+                accepts,
+                self.pcm_name(),
+            ))),
+        }
     }
 
     fn open_playback(&self, params: &StreamParams) -> Result<Box<dyn PlaybackSink>, DeviceError> {
@@ -385,21 +409,7 @@ struct Geometry {
 /// rate must be exactly the stream's; period and buffer sizes are the
 /// nearest the PCM takes (the daemon paces completions on its own schedule).
 fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry, DeviceError> {
-    let frame = params.frame_bytes();
-    if frame == 0 {
-        return Err(DeviceError::Unsupported(format!(
-            "{} channels",
-            params.channels
-        )));
-    }
-    let period = i64::from(params.period_bytes / frame);
-    let guest_buffer = i64::from(params.buffer_bytes / frame);
-    if period == 0 || guest_buffer < period {
-        return Err(DeviceError::Unsupported(format!(
-            "period of {} bytes in a buffer of {} bytes",
-            params.period_bytes, params.buffer_bytes
-        )));
-    }
+    let (period, guest_buffer) = frames_of(params)?;
     // Room for the cushion, a guest period on top of it and what the
     // device takes at a time still to be taken, with slack (see
     // [`cushion_frames`]): the guest's buffer may be smaller.
@@ -455,6 +465,27 @@ fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry
         );
     }
     Ok(chosen)
+}
+
+/// The guest's period and buffer in frames, if they make sense (a period
+/// of at least a frame, no longer than the buffer).
+fn frames_of(params: &StreamParams) -> Result<(i64, i64), DeviceError> {
+    let frame = params.frame_bytes();
+    if frame == 0 {
+        return Err(DeviceError::Unsupported(format!(
+            "{} channels",
+            params.channels
+        )));
+    }
+    let period = i64::from(params.period_bytes / frame);
+    let guest_buffer = i64::from(params.buffer_bytes / frame);
+    if period == 0 || guest_buffer < period {
+        return Err(DeviceError::Unsupported(format!(
+            "period of {} bytes in a buffer of {} bytes",
+            params.period_bytes, params.buffer_bytes
+        )));
+    }
+    Ok((period, guest_buffer))
 }
 
 /// The cushion a stream keeps in its PCM, in frames: the device takes a
@@ -538,13 +569,113 @@ fn param_error(e: &alsa::Error, what: String, name: &str) -> DeviceError {
 /// Whether the PCM opens and takes a configuration now, in either direction
 /// (a microphone has no playback side). Busy counts as present: someone
 /// holds it.
-fn pcm_present(pcm: &CString) -> bool {
-    [Direction::Playback, Direction::Capture]
-        .into_iter()
-        .any(|dir| match PCM::open(pcm, dir, true) {
-            Ok(pcm) => takes_a_configuration(&pcm),
-            Err(e) => e.errno() == libc::EBUSY,
-        })
+/// Whether the PCM is present (it opens and takes a configuration in a
+/// direction, or is busy), and what it accepts in each direction that
+/// opened ([`Caps`]). Opens and closes it, once per direction.
+fn probe_pcm(pcm: &CString) -> (bool, Caps) {
+    let mut present = false;
+    let mut caps = Caps::default();
+    for dir in [Direction::Playback, Direction::Capture] {
+        match PCM::open(pcm, dir, true) {
+            Ok(opened) => {
+                // Read before `takes_a_configuration` sets one.
+                let accepts = read_caps(&opened);
+                if takes_a_configuration(&opened) {
+                    present = true;
+                    match dir {
+                        Direction::Playback => caps.playback = accepts,
+                        Direction::Capture => caps.capture = accepts,
+                    }
+                }
+            }
+            Err(e) => present |= e.errno() == libc::EBUSY,
+        }
+    }
+    (present, caps)
+}
+
+/// What a PCM accepted when it was last probed, per direction: `None` when
+/// it could not be read (the PCM busy, or not opening that way).
+#[derive(Clone, Debug, Default)]
+struct Caps {
+    playback: Option<Vec<Accepts>>,
+    capture: Option<Vec<Accepts>>,
+}
+
+/// A format and rate the PCM takes together (interleaved), with the
+/// channel counts it takes with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Accepts {
+    format: Format,
+    rate: u32,
+    channels: (u32, u32),
+}
+
+impl Accepts {
+    fn takes(&self, p: &StreamParams) -> bool {
+        self.format == p.format
+            && self.rate == p.rate
+            && (self.channels.0..=self.channels.1).contains(&u32::from(p.channels))
+    }
+}
+
+/// Every virtio-snd format and rate `pcm` takes with interleaved access,
+/// with their channel ranges (`snd_pcm_hw_params` refinement only: nothing
+/// is set on the PCM). `None` if the PCM gives no configuration space.
+fn read_caps(pcm: &PCM) -> Option<Vec<Accepts>> {
+    let any = HwParams::any(pcm).ok()?;
+    any.set_access(Access::RWInterleaved).ok()?;
+    let mut out = Vec::new();
+    for format in Format::ALL {
+        let alsa = alsa_format(format);
+        if any.test_format(alsa).is_err() {
+            continue;
+        }
+        let Ok(mut with_format) = HwParams::any(pcm) else {
+            continue;
+        };
+        with_format.copy_from(&any);
+        if with_format.set_format(alsa).is_err() {
+            continue;
+        }
+        for rate in crate::VIRTIO_RATES {
+            if with_format.test_rate(rate).is_err() {
+                continue;
+            }
+            let Ok(mut with_rate) = HwParams::any(pcm) else {
+                continue;
+            };
+            with_rate.copy_from(&with_format);
+            if with_rate.set_rate(rate, ValueOr::Nearest).is_err() {
+                continue;
+            }
+            if let (Ok(lo), Ok(hi)) = (with_rate.get_channels_min(), with_rate.get_channels_max()) {
+                out.push(Accepts {
+                    format,
+                    rate,
+                    channels: (lo, hi),
+                });
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Why `accepts` does not take `p`, in the guest's terms.
+fn refusal(p: &StreamParams, accepts: &[Accepts], pcm: &str) -> String {
+    let what = format!("{} at {} Hz with {} channels", p.format, p.rate, p.channels);
+    let formats = accepts.iter().filter(|a| a.format == p.format).count();
+    let why = if formats == 0 {
+        format!("format {}", p.format)
+    } else if !accepts
+        .iter()
+        .any(|a| a.format == p.format && a.rate == p.rate)
+    {
+        format!("rate {} Hz with {}", p.rate, p.format)
+    } else {
+        format!("{} channels", p.channels)
+    };
+    format!("{what}: ALSA PCM `{pcm}` does not take {why}")
 }
 
 /// Some PCMs open while what is behind them is missing (the `pipewire` PCM
@@ -581,6 +712,8 @@ struct Shared {
     wake: Condvar,
     listener: Mutex<Option<Arc<dyn DeviceListener>>>,
     first_retry: Duration,
+    /// What the PCM accepted at its last attach (`check_params` reads it).
+    caps: Mutex<Caps>,
 }
 
 /// A closed playback PCM playing its last frames.
@@ -628,6 +761,7 @@ impl Shared {
             wake: Condvar::new(),
             listener: Mutex::new(None),
             first_retry,
+            caps: Mutex::new(Caps::default()),
         }
     }
 

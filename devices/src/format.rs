@@ -193,6 +193,14 @@ impl fmt::Display for Format {
     }
 }
 
+/// The frame rates virtio-snd can express; the index is the rate's code
+/// (the bit in `pcm_info.rates`, spec 5.14.6.6.2). Linux maps codes 0–12
+/// only.
+pub const VIRTIO_RATES: [u32; 16] = [
+    5512, 8000, 11025, 16000, 22050, 32000, 44100, 48000, 64000, 88200, 96000, 176400, 192000,
+    384000, 12000, 24000,
+];
+
 /// The parameters a guest negotiated for a stream (`PCM_SET_PARAMS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamParams {

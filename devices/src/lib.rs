@@ -27,7 +27,7 @@ pub mod pad;
 pub mod registry;
 pub mod unix_socket;
 
-pub use format::{Format, Sample, StreamParams};
+pub use format::{Format, Sample, StreamParams, VIRTIO_RATES};
 
 /// The threads devices run, as told to [`set_thread_hook`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -36,6 +36,7 @@ pcm.vs_s32 {{ type file; slave.pcm "null"; file "{d}/s32.raw"; format "raw" }}
 pcm.vs_u8 {{ type file; slave.pcm "null"; file "{d}/u8.raw"; format "raw" }}
 pcm.vs_in {{ type file; slave.pcm "null"; file "/dev/null"; infile "{d}/in.raw"; format "raw" }}
 pcm.vs_linear {{ type linear; slave {{ pcm "null"; format S16_LE }} }}
+pcm.vs_probe {{ type file; slave.pcm "null"; file "{d}/probe.raw"; format "raw" }}
 pcm.vs_hot {{
     type asym
     capture.pcm {{ type file; slave.pcm "null"; file "/dev/null"; infile "{d}/hot/in.raw"; format "raw" }}
@@ -263,6 +264,48 @@ fn parameters_the_pcm_refuses_are_unsupported() {
         dev.check_params(StreamDirection::Playback, &p),
         Err(DeviceError::Unsupported(_))
     ));
+}
+
+/// `check_params` (SET_PARAMS, on the vhost-user queue thread) reads what
+/// the PCM accepted when the device probed it, and never opens it: the
+/// `file` plugin makes its file when the PCM is opened and configured, and
+/// the file, removed after the probe, stays gone through checks that pass
+/// and checks that fail.
+#[test]
+fn check_params_reads_the_probed_capabilities_without_opening_the_pcm() {
+    let dev = device("vs_probe");
+    assert!(dev.is_attached());
+    let file = dir().join("probe.raw");
+    assert!(
+        file.exists(),
+        "the probe at attach opened and configured the PCM"
+    );
+    fs::remove_file(&file).unwrap();
+    for (format, rate, channels) in [
+        (Format::S16, 48000, 2),
+        (Format::S32, 44100, 1),
+        (Format::Float, 96000, 6),
+    ] {
+        dev.check_params(
+            StreamDirection::Playback,
+            &params(format, rate, channels, rate / 100),
+        )
+        .unwrap_or_else(|e| panic!("{format} {rate} {channels}: {e}"));
+    }
+    let mut p = params(Format::S16, 48000, 2, 480);
+    p.period_bytes = 3;
+    assert!(matches!(
+        dev.check_params(StreamDirection::Playback, &p),
+        Err(DeviceError::Unsupported(_))
+    ));
+    assert!(!file.exists(), "check_params opened and configured the PCM");
+    // The open at START still opens it.
+    let mut sink = dev
+        .open_playback(&params(Format::S16, 48000, 2, 480))
+        .unwrap();
+    sink.write(&[0; 1920]).unwrap();
+    drop(sink);
+    assert!(file.exists());
 }
 
 #[derive(Default)]

@@ -189,6 +189,18 @@ impl PipeWire {
         let _ = fs::remove_file(self.runtime_dir().join("pipewire-0.lock"));
     }
 
+    /// Freezes (`true`: SIGSTOP) or thaws (SIGCONT) the server and its
+    /// session manager: a sound server that hangs, its socket still there.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        for child in [&self.server, &self.session].into_iter().flatten() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: a signal to our own child, which has not been reaped.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    }
+
     /// (Re)starts the server and its session manager and (re)creates the
     /// null sink; returns once the sink exists.
     pub fn restart(&mut self) -> Result<(), String> {

@@ -171,6 +171,39 @@ fn a_beep_and_a_tone_reach_pipewire_whole_and_bit_exact() {
     );
 }
 
+/// A sound server that stops answering (SIGSTOP, its socket still there)
+/// does not stall the guest's control queue: SET_PARAMS is checked against
+/// what the device read of the PCM at its attach, without opening it, and
+/// is answered well within the Linux driver's 1 s while the server is
+/// frozen. Thawed, the stream plays.
+#[test]
+fn set_params_is_answered_while_pipewire_is_frozen() {
+    let Some((pw, mut daemon, _turn)) = start() else {
+        return;
+    };
+    let g = geometry();
+    let mut snd = driver(&daemon);
+    pw.freeze(true);
+    let asked = Instant::now();
+    let status = g.set_params(&mut snd, OUT);
+    let took = asked.elapsed();
+    let input = g.set_params(&mut snd, IN);
+    pw.freeze(false);
+    assert_eq!(status.unwrap(), Status::Ok, "SET_PARAMS");
+    assert_eq!(input.unwrap(), Status::Ok, "SET_PARAMS (input)");
+    assert!(
+        took < Duration::from_millis(300),
+        "SET_PARAMS took {took:?} with PipeWire frozen"
+    );
+    let rec = pw.record("thawed.wav").unwrap();
+    let pcm = noise(g.bytes_per_second() as usize / 2, 5);
+    play(&mut snd, &pcm, &[Status::Ok], |_| {});
+    thread::sleep(Duration::from_millis(500));
+    let got = rec.stop().unwrap();
+    daemon.check_alive().unwrap();
+    contains(&got, &pcm, "0.5 s after the thaw");
+}
+
 /// 60 s of playback on PipeWire's clock: every frame reaches the sink, in
 /// order, none lost or repeated, and the daemon sees no xrun.
 #[test]
