@@ -411,6 +411,19 @@ impl Run<'_> {
                 assert_eq!(self.rig.pcm(RELEASE, s), 0x8000, "RELEASE of stream {s}");
             }
         }
+        // A buffer a lane took from the ring while RELEASE ran belongs to no
+        // stream yet: the lane answers it (IO_ERR, the stream is released)
+        // once it has its lock, which a starved lane (a loaded machine) may
+        // do after RELEASE answered. Stopping the rings waits for the lanes
+        // to be out of them, as a VMM's GET_VRING_BASE does.
+        for qi in [QueueIndex::Tx, QueueIndex::Rx] {
+            let gate = self.rig.queue(qi).gate();
+            assert!(
+                gate.stop(vsound::pacer::now_ns(), Duration::from_secs(5)),
+                "{qi:?}: a pass still out after 5 s"
+            );
+            gate.start();
+        }
         assert_eq!(
             self.rig.dev.shared.drop_deferred(),
             0,
