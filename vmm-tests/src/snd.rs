@@ -179,12 +179,22 @@ pub struct SndDriver {
     /// I/O completions of heads that were not in flight: a buffer completed
     /// twice, or never given.
     unknown_completions: u64,
+    /// Whether I/O submissions kick only when the device asks to be kicked
+    /// (as Linux does), rather than every time.
+    kick_only_when_asked: bool,
 }
 
 impl SndDriver {
     /// Connects and brings the device up (see [`VhostUserSnd::connect`]).
     pub fn connect(socket_path: impl AsRef<Path>, opts: &ConnectOptions) -> Result<Self> {
         Ok(Self::new(VhostUserSnd::connect(socket_path, opts)?))
+    }
+
+    /// I/O submissions kick the device only when it asks to be (its
+    /// `avail_event` with EVENT_IDX, or the used ring's NO_NOTIFY flag), as a
+    /// Linux guest does; by default every submission kicks.
+    pub fn set_kick_only_when_asked(&mut self, on: bool) {
+        self.kick_only_when_asked = on;
     }
 
     /// Wraps a connected device.
@@ -198,6 +208,7 @@ impl SndDriver {
             event_bufs: HashMap::new(),
             events: VecDeque::new(),
             unknown_completions: 0,
+            kick_only_when_asked: false,
         }
     }
 
@@ -445,7 +456,11 @@ impl SndDriver {
         let handle = q.add_message(readable, writable_len, split)?;
         let head = handle.head();
         let submitted_at = Instant::now();
-        q.kick()?;
+        if self.kick_only_when_asked {
+            q.kick_if_needed()?;
+        } else {
+            q.kick()?;
+        }
         self.pending_mut(queue)?.insert(
             head,
             PendingIo {

@@ -29,6 +29,8 @@ pub const MAX_QUEUE_SIZE: u16 = 32768;
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
 /// Descriptor flag: the buffer is device-writable.
 pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// `VRING_USED_F_NO_NOTIFY`: the device asks not to be kicked (without EVENT_IDX).
+pub const VRING_USED_F_NO_NOTIFY: u16 = 1;
 
 /// Size of one descriptor table entry.
 pub const DESC_SIZE: u64 = 16;
@@ -261,6 +263,8 @@ pub struct Virtqueue {
     /// Next used index the driver expects.
     last_used: u16,
     event_idx: bool,
+    /// `avail_idx` when the device was last kicked (or told it need not be).
+    kicked_idx: u16,
     kick: EventFd,
     call: EventFd,
 }
@@ -294,6 +298,7 @@ impl Virtqueue {
             avail_idx: 0,
             last_used: 0,
             event_idx: false,
+            kicked_idx: 0,
             kick: EventFd::new(flags).map_err(Error::EventFd)?,
             call: EventFd::new(flags).map_err(Error::EventFd)?,
         })
@@ -481,6 +486,28 @@ impl Virtqueue {
         self.mem
             .store_u16_release(self.avail_ring + 2, self.avail_idx)?;
         Ok(head)
+    }
+
+    /// Notifies the device if it asked to be (as Linux's
+    /// `virtqueue_kick_prepare` decides): with EVENT_IDX when the chains
+    /// added since the last kick cross the device's `avail_event`,
+    /// without it unless the used ring's flags say `VRING_USED_F_NO_NOTIFY`.
+    /// Returns whether it kicked.
+    pub fn kick_if_needed(&mut self) -> Result<bool> {
+        // The index store must be visible before the device's request is read.
+        fence(Ordering::SeqCst);
+        let (old, new) = (self.kicked_idx, self.avail_idx);
+        self.kicked_idx = new;
+        let needed = if self.event_idx {
+            let event = self.avail_event()?;
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            self.mem.load_u16_acquire(self.used_ring)? & VRING_USED_F_NO_NOTIFY == 0
+        };
+        if needed {
+            self.kick.write(1).map_err(Error::EventFd)?;
+        }
+        Ok(needed)
     }
 
     /// Notifies the device (writes the kick eventfd).
@@ -837,6 +864,36 @@ mod tests {
         }
         assert_eq!(q.poll_used().unwrap().len(), 3);
         assert_eq!(q.memory().read_u16(used_event).unwrap(), 3);
+    }
+
+    #[test]
+    fn kick_if_needed_kicks_only_when_the_device_asks() {
+        let base_of = |q: &Virtqueue| q.memory().base();
+        // EVENT_IDX: a kick when the new chains cross avail_event.
+        let mut q = queue(8);
+        q.set_event_idx(true).unwrap();
+        let avail_event = q.used_ring() + 4 + USED_ELEM_SIZE * 8;
+        q.memory().store_u16_release(avail_event, 0).unwrap();
+        q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
+        assert!(q.kick_if_needed().unwrap(), "chain 0 is the one asked for");
+        q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
+        assert!(!q.kick_if_needed().unwrap(), "avail_event 0 was passed already");
+        q.memory().store_u16_release(avail_event, 3).unwrap();
+        q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
+        assert!(!q.kick_if_needed().unwrap(), "chain 2: the device waits for 3");
+        q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
+        q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
+        assert!(q.kick_if_needed().unwrap(), "chains 3 and 4 cross 3");
+        assert_eq!(q.kick_fd().read().unwrap(), 2);
+        // Without EVENT_IDX: unless NO_NOTIFY.
+        let mut q = queue(8);
+        q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
+        assert!(q.kick_if_needed().unwrap());
+        q.memory()
+            .store_u16_release(q.used_ring(), VRING_USED_F_NO_NOTIFY)
+            .unwrap();
+        q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
+        assert!(!q.kick_if_needed().unwrap());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::floor;
 use super::load::Load;
 use super::procfs::{self, Memory, Usage};
 use super::stats::{us, Summary};
@@ -74,6 +75,14 @@ pub struct CpuRun {
     pub missed_periods: u64,
     /// The daemon's memory at the end of the run.
     pub memory: Memory,
+    /// The floor under `cpu_us_per_stream_second`: the CPU of one bare
+    /// thread waking as often as all the daemon's threads did (its
+    /// wakeups/s) on a timerfd re-armed at each wake-up, as the reactor's
+    /// is (`floor::timer_cpu`), per stream, µs per second. Measured right
+    /// after the run.
+    pub floor_us_per_stream_second: f64,
+    /// The same with the timer armed once with an interval (no re-arm).
+    pub floor_interval_us_per_stream_second: f64,
 }
 
 /// What `cpu` measured.
@@ -134,6 +143,9 @@ fn run_one(spec: &TargetSpec, opts: &CpuOptions, n: u32) -> Result<CpuRun> {
 
     let usage = d1.since(&d0);
     let bench = b1.since(&b0);
+    let floor_for = |arming| floor::timer_cpu(usage.wakeups_per_s, opts.duration, arming);
+    let floor_each = floor_for(floor::Arming::EachWake)?;
+    let floor_interval = floor_for(floor::Arming::Interval)?;
     let pct = |cpu_s: f64| 100.0 * cpu_s / usage.wall_s;
     let cpu_pct = pct(usage.cpu_sched_s);
     let nf = f64::from(n);
@@ -151,5 +163,7 @@ fn run_one(spec: &TargetSpec, opts: &CpuOptions, n: u32) -> Result<CpuRun> {
         pacing: Summary::of(&mut errs),
         missed_periods,
         memory,
+        floor_us_per_stream_second: floor_each * 1e6 / nf,
+        floor_interval_us_per_stream_second: floor_interval * 1e6 / nf,
     })
 }

@@ -7,7 +7,12 @@
 //!   guest and a daemon that run side by side;
 //! - [`timer_lateness`]: how late a thread waking every period on an
 //!   absolute schedule (`ppoll` with a 1 µs timer slack, as the daemon's
-//!   workers do) actually wakes, the floor under the pacing error.
+//!   workers do) actually wakes, the floor under the pacing error;
+//! - [`timer_cpu`]: the CPU a thread costs that does nothing but wake as
+//!   often as the daemon did, in `epoll_wait` on a `timerfd`, the floor
+//!   under the daemon's CPU per wake-up: re-armed at each wake-up
+//!   (`TFD_TIMER_ABSTIME`, as the reactor does), or armed once with an
+//!   interval.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -138,6 +143,130 @@ pub fn timer_lateness(period: Duration, duration: Duration) -> Result<Vec<f64>> 
         .map_err(Error::Io)
 }
 
+/// How a [`timer_cpu`] thread's timer is armed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arming {
+    /// `timerfd_settime` (absolute) after every wake-up, for the next one.
+    EachWake,
+    /// Once, with an interval: the kernel re-arms it.
+    Interval,
+}
+
+fn timespec_ns(ns: u64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The CPU (a fraction of one core) of a thread that wakes `wakes_per_s`
+/// times a second for `duration` and does nothing else: `epoll_wait` on a
+/// `timerfd` (`CLOCK_MONOTONIC`, 1 µs timer slack), read it, and with
+/// [`Arming::EachWake`] arm it for the next wake-up, the reactor's loop
+/// without its work. Measured with `CLOCK_THREAD_CPUTIME_ID`.
+pub fn timer_cpu(wakes_per_s: f64, duration: Duration, arming: Arming) -> Result<f64> {
+    let period_ns = (1e9 / wakes_per_s.max(1.0)).max(1_000.0) as u64;
+    thread::Builder::new()
+        .name("bench-timer-cpu".into())
+        .spawn(move || -> io::Result<f64> {
+            let err = io::Error::last_os_error;
+            // SAFETY: PR_SET_TIMERSLACK takes a plain integer.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
+            // SAFETY: plain syscalls; the fds are closed below.
+            let tfd = unsafe {
+                libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK)
+            };
+            if tfd < 0 {
+                return Err(err());
+            }
+            // SAFETY: as above.
+            let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            let close = |fd: i32| {
+                // SAFETY: `fd` is ours and closed once.
+                unsafe { libc::close(fd) };
+            };
+            if ep < 0 {
+                close(tfd);
+                return Err(err());
+            }
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 0,
+            };
+            let arm = |at_ns: u64, interval_ns: u64| -> io::Result<()> {
+                let spec = libc::itimerspec {
+                    it_interval: timespec_ns(interval_ns),
+                    it_value: timespec_ns(at_ns),
+                };
+                // SAFETY: `spec` outlives the call; no old value wanted.
+                let r = unsafe {
+                    libc::timerfd_settime(tfd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+                };
+                if r < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            let result = (|| -> io::Result<f64> {
+                // SAFETY: valid epoll and timer fds; `ev` outlives the call.
+                if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, tfd, &mut ev) } < 0 {
+                    return Err(err());
+                }
+                let start = clock_ns(libc::CLOCK_MONOTONIC);
+                let mut due = start + period_ns;
+                match arming {
+                    Arming::EachWake => arm(due, 0)?,
+                    Arming::Interval => arm(due, period_ns)?,
+                }
+                let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+                let end = start + duration.as_nanos() as u64;
+                let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+                loop {
+                    // SAFETY: `out` has room for 4 events.
+                    let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, -1) };
+                    if n < 0 {
+                        let e = err();
+                        if e.kind() == io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                    let mut expirations = 0u64;
+                    // SAFETY: 8 bytes into a u64; the fd is non-blocking.
+                    unsafe { libc::read(tfd, (&mut expirations as *mut u64).cast(), 8) };
+                    let now = clock_ns(libc::CLOCK_MONOTONIC);
+                    if now >= end {
+                        break;
+                    }
+                    if arming == Arming::EachWake {
+                        due += period_ns;
+                        arm(due, 0)?;
+                    }
+                }
+                let cpu = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu0;
+                let wall = clock_ns(libc::CLOCK_MONOTONIC) - start;
+                Ok(cpu as f64 / wall.max(1) as f64)
+            })();
+            close(ep);
+            close(tfd);
+            result
+        })?
+        .join()
+        .map_err(|_| Error::Protocol("timer thread panicked".into()))?
+        .map_err(Error::Io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +279,10 @@ mod tests {
         let late = timer_lateness(Duration::from_millis(1), Duration::from_millis(40))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(late.len() >= 10 && late.iter().all(|&l| l >= 0.0));
+        for arming in [Arming::EachWake, Arming::Interval] {
+            let cpu = timer_cpu(1000.0, Duration::from_millis(50), arming)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(cpu > 0.0 && cpu < 1.0, "{arming:?}: {cpu}");
+        }
     }
 }

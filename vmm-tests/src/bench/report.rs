@@ -196,16 +196,20 @@ impl fmt::Display for Report {
         if let Some(c) = &self.cpu {
             let _ = writeln!(
                 f,
-                "\ncpu: daemon CPU and wakeups (streams half output, half input)"
+                "\ncpu: daemon CPU and wakeups (streams half output, half input); floor / intv: \
+                 one bare thread waking as often as the daemon did, on a timerfd re-armed at each \
+                 wake-up / armed once with an interval, per stream"
             );
             let _ = writeln!(
                 f,
-                "  {:>7} {:>9} {:>9} {:>11} {:>12} {:>10} {:>12} {:>8} {:>9} {:>7} {:>9}",
+                "  {:>7} {:>9} {:>9} {:>11} {:>12} {:>9} {:>9} {:>10} {:>12} {:>8} {:>9} {:>7} {:>9}",
                 "streams",
                 "cpu %",
                 "stat %",
                 "% /stream",
                 "µs/stream·s",
+                "floor µs",
+                "intv µs",
                 "wakeups/s",
                 "wk/stream·s",
                 "threads",
@@ -216,12 +220,14 @@ impl fmt::Display for Report {
             for r in &c.runs {
                 let _ = writeln!(
                     f,
-                    "  {:>7} {:>9.3} {:>9.2} {:>11.4} {:>12.1} {:>10.0} {:>12.1} {:>8} {:>9.1} {:>7} {:>9.2}",
+                    "  {:>7} {:>9.3} {:>9.2} {:>11.4} {:>12.1} {:>9.1} {:>9.1} {:>10.0} {:>12.1} {:>8} {:>9.1} {:>7} {:>9.2}",
                     r.streams,
                     r.cpu_pct,
                     r.cpu_pct_stat,
                     r.cpu_pct_per_stream,
                     r.cpu_us_per_stream_second,
+                    r.floor_us_per_stream_second,
+                    r.floor_interval_us_per_stream_second,
                     r.usage.wakeups_per_s,
                     r.wakeups_per_stream_s,
                     r.usage.threads,

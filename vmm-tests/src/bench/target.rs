@@ -243,6 +243,9 @@ impl Target {
         };
         let mut snd = SndDriver::connect(&self.socket, &opts)?;
         snd.set_control_timeout(Duration::from_secs(2));
+        // As a Linux guest: a kick only when the device asks for one (a
+        // daemon taking buffers at its ticks has the kicks off).
+        snd.set_kick_only_when_asked(true);
         Ok(snd)
     }
 
