@@ -877,10 +877,16 @@ mod tests {
         q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
         assert!(q.kick_if_needed().unwrap(), "chain 0 is the one asked for");
         q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
-        assert!(!q.kick_if_needed().unwrap(), "avail_event 0 was passed already");
+        assert!(
+            !q.kick_if_needed().unwrap(),
+            "avail_event 0 was passed already"
+        );
         q.memory().store_u16_release(avail_event, 3).unwrap();
         q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
-        assert!(!q.kick_if_needed().unwrap(), "chain 2: the device waits for 3");
+        assert!(
+            !q.kick_if_needed().unwrap(),
+            "chain 2: the device waits for 3"
+        );
         q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
         q.add_chain(&[Segment::readable(base_of(&q), 1)]).unwrap();
         assert!(q.kick_if_needed().unwrap(), "chains 3 and 4 cross 3");

@@ -184,7 +184,10 @@ pub fn timer_cpu(wakes_per_s: f64, duration: Duration, arming: Arming) -> Result
             unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
             // SAFETY: plain syscalls; the fds are closed below.
             let tfd = unsafe {
-                libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK)
+                libc::timerfd_create(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+                )
             };
             if tfd < 0 {
                 return Err(err());
