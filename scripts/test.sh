@@ -7,7 +7,8 @@
 # 2. format and lint checks (cargo fmt --check, clippy -D warnings);
 # 3. unit tests and the vmm-tests integration tests, which drive a real
 #    vsound process through its vhost-user socket;
-# 4. the loom models of the attach/detach protocol and the ring gate (every interleaving);
+# 4. the loom models of the attach/detach protocol, the ring gate and deferred completions
+#    (every interleaving);
 # 5. the Debian package (scripts/package.sh): built, installed with dpkg, its units
 #    checked with systemd-analyze and run as the service would (vmm-tests/packaging);
 # 6. the guest suite: real Linux 6.12 guests under QEMU 10 attached to vsound;
@@ -37,7 +38,7 @@ cargo build --workspace --locked
 step "unit and integration tests"
 cargo test --workspace --locked
 
-step "loom models: the attach/detach protocol, the ring gate"
+step "loom models: the attach/detach protocol, the ring gate, deferred completions"
 # Their own target dir: --cfg loom rebuilds the devices and backend crates.
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \
     cargo test -p vsound-devices --lib --release --locked attach::loom_model

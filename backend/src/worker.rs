@@ -27,6 +27,7 @@ use crate::config::StreamConfig;
 use crate::constants::{pcm_features, Direction, EventType, QueueIndex, Status};
 use crate::device_clock::{DeviceClock, Flow};
 use crate::events::EventQueue;
+use crate::gate::Parked;
 use crate::hotplug::ManagedDevice;
 use crate::io::IoMessage;
 use crate::pacer::{now_ns, tick_at, Schedule, TickAt};
@@ -125,7 +126,6 @@ pub struct Inner {
 /// A completion that found its ring stopped: done when the ring starts
 /// again, dropped unwritten if the device is reset meanwhile.
 pub struct Deferred {
-    pub queue: QueueIndex,
     pub msg: IoMessage,
     pub status: Status,
 }
@@ -134,7 +134,8 @@ pub struct Deferred {
 pub struct Shared {
     pub queues: [OnceLock<Arc<dyn Virtqueue>>; QueueIndex::COUNT],
     pub events: EventQueue,
-    deferred: Mutex<Vec<Deferred>>,
+    /// Per queue, completions waiting for the ring to run again.
+    deferred: [Parked<Deferred>; QueueIndex::COUNT],
 }
 
 impl Shared {
@@ -142,7 +143,7 @@ impl Shared {
         Shared {
             queues: Default::default(),
             events: EventQueue::default(),
-            deferred: Mutex::new(Vec::new()),
+            deferred: Default::default(),
         }
     }
 
@@ -150,8 +151,11 @@ impl Shared {
         self.queues.get(q as usize).and_then(|c| c.get())
     }
 
-    fn deferred(&self) -> MutexGuard<'_, Vec<Deferred>> {
-        self.deferred.lock().unwrap_or_else(|e| e.into_inner())
+    fn dir_of(qi: QueueIndex) -> Direction {
+        match qi {
+            QueueIndex::Rx => Direction::Input,
+            _ => Direction::Output,
+        }
     }
 
     /// Returns flushed messages (nothing recorded: rx used length 8) with
@@ -163,69 +167,32 @@ impl Shared {
         held: impl IntoIterator<Item = IoMessage>,
         status: Status,
     ) {
-        let Some(q) = self.queue(qi) else {
+        let (Some(q), Some(parked)) = (self.queue(qi), self.deferred.get(qi as usize)) else {
             return;
         };
-        let mut held = held.into_iter().peekable();
-        if held.peek().is_none() {
-            return;
-        }
-        match q.gate().enter() {
-            Some(pass) => {
-                for m in held {
-                    m.complete(q.as_ref(), &pass, dir, status, 0, 0);
-                }
-            }
-            None => {
-                let mut d = self.deferred();
-                for msg in held {
-                    log::debug!(
-                        "{:?} ring stopped: completion of {} deferred",
-                        qi,
-                        msg.head()
-                    );
-                    d.push(Deferred {
-                        queue: qi,
-                        msg,
-                        status,
-                    });
-                }
-            }
+        let items = held.into_iter().map(|msg| Deferred { msg, status });
+        let n = parked.run_or_park(q.gate(), items, |pass, d| {
+            d.msg.complete(q.as_ref(), pass, dir, d.status, 0, 0);
+        });
+        if n > 0 {
+            log::debug!("{qi:?} ring stopped: {n} completions deferred");
         }
     }
 
     /// Completes what waited for `qi` to run again.
     pub fn flush_deferred(&self, qi: QueueIndex) {
-        let Some(q) = self.queue(qi) else {
+        let (Some(q), Some(parked)) = (self.queue(qi), self.deferred.get(qi as usize)) else {
             return;
         };
-        let Some(pass) = q.gate().enter() else {
-            return;
-        };
-        let mine: Vec<Deferred> = {
-            let mut d = self.deferred();
-            if d.is_empty() {
-                return;
-            }
-            let (mine, rest) = std::mem::take(&mut *d)
-                .into_iter()
-                .partition(|x| x.queue == qi);
-            *d = rest;
-            mine
-        };
-        let dir = match qi {
-            QueueIndex::Rx => Direction::Input,
-            _ => Direction::Output,
-        };
-        for x in mine {
-            x.msg.complete(q.as_ref(), &pass, dir, x.status, 0, 0);
-        }
+        let dir = Self::dir_of(qi);
+        parked.flush(q.gate(), |pass, d| {
+            d.msg.complete(q.as_ref(), pass, dir, d.status, 0, 0);
+        });
     }
 
     /// Forgets deferred completions unwritten (device reset).
     pub fn drop_deferred(&self) -> usize {
-        let dropped = std::mem::take(&mut *self.deferred());
-        dropped.len()
+        self.deferred.iter().map(Parked::drop_all).sum()
     }
 
     /// Queues an event and delivers it if the driver has a buffer posted.

@@ -422,7 +422,9 @@ impl Run<'_> {
                 gate.stop(vsound::pacer::now_ns(), Duration::from_secs(5)),
                 "{qi:?}: a pass still out after 5 s"
             );
-            gate.start();
+            // Started as a resumed VM's ring: what was deferred meanwhile
+            // is flushed.
+            self.rig.dev.start_ring(qi, gate.stopped_at());
         }
         assert_eq!(
             self.rig.dev.shared.drop_deferred(),
