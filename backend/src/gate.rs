@@ -6,8 +6,12 @@
 //! started again. A pass covers guest-memory work only (never a host call),
 //! so the wait is short; it is bounded anyway.
 //!
+//! [`Parked`] keeps the completions that found the ring stopped until it
+//! runs again.
+//!
 //! Built on `std::sync` normally and on `loom::sync` under `--cfg loom`, so
-//! the loom model below checks every interleaving of writers and a stop.
+//! the loom models below check every interleaving of writers and a stop,
+//! and of a completion parked as the ring starts.
 
 use std::time::{Duration, Instant};
 
