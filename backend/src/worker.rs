@@ -127,6 +127,7 @@ pub struct Inner {
 /// again, dropped unwritten if the device is reset meanwhile.
 pub struct Deferred {
     pub msg: IoMessage,
+    pub dir: Direction,
     pub status: Status,
 }
 
@@ -151,13 +152,6 @@ impl Shared {
         self.queues.get(q as usize).and_then(|c| c.get())
     }
 
-    fn dir_of(qi: QueueIndex) -> Direction {
-        match qi {
-            QueueIndex::Rx => Direction::Input,
-            _ => Direction::Output,
-        }
-    }
-
     /// Returns flushed messages (nothing recorded: rx used length 8) with
     /// `status`, or keeps them for when the ring runs again.
     pub fn complete_flushed(
@@ -170,9 +164,9 @@ impl Shared {
         let (Some(q), Some(parked)) = (self.queue(qi), self.deferred.get(qi as usize)) else {
             return;
         };
-        let items = held.into_iter().map(|msg| Deferred { msg, status });
+        let items = held.into_iter().map(|msg| Deferred { msg, dir, status });
         let n = parked.run_or_park(q.gate(), items, |pass, d| {
-            d.msg.complete(q.as_ref(), pass, dir, d.status, 0, 0);
+            d.msg.complete(q.as_ref(), pass, d.dir, d.status, 0, 0);
         });
         if n > 0 {
             log::debug!("{qi:?} ring stopped: {n} completions deferred");
@@ -184,9 +178,8 @@ impl Shared {
         let (Some(q), Some(parked)) = (self.queue(qi), self.deferred.get(qi as usize)) else {
             return;
         };
-        let dir = Self::dir_of(qi);
         parked.flush(q.gate(), |pass, d| {
-            d.msg.complete(q.as_ref(), pass, dir, d.status, 0, 0);
+            d.msg.complete(q.as_ref(), pass, d.dir, d.status, 0, 0);
         });
     }
 
@@ -539,7 +532,6 @@ impl StreamRuntime {
         }
     }
 
-    /// Forgets the host call in progress (its thread was retired).
     /// Marks a host call as started at `now` for the watchdog; returns the
     /// mark, for [`StreamRuntime::host_call_ends`].
     fn host_call_starts(&self, now: u64) -> u64 {
@@ -559,6 +551,7 @@ impl StreamRuntime {
             .compare_exchange(since, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
 
+    /// Forgets the host call in progress (its thread was retired).
     pub fn clear_host_call(&self) {
         self.io_since.store(0, Ordering::SeqCst);
     }
