@@ -625,26 +625,17 @@ impl Accepts {
 fn read_caps(pcm: &PCM) -> Option<Vec<Accepts>> {
     let any = HwParams::any(pcm).ok()?;
     any.set_access(Access::RWInterleaved).ok()?;
+    // Scratch spaces, refined from `any` for each format, then each rate.
+    let mut with_format = HwParams::any(pcm).ok()?;
+    let mut with_rate = HwParams::any(pcm).ok()?;
     let mut out = Vec::new();
     for format in Format::ALL {
         let alsa = alsa_format(format);
-        if any.test_format(alsa).is_err() {
-            continue;
-        }
-        let Ok(mut with_format) = HwParams::any(pcm) else {
-            continue;
-        };
         with_format.copy_from(&any);
         if with_format.set_format(alsa).is_err() {
             continue;
         }
         for rate in crate::VIRTIO_RATES {
-            if with_format.test_rate(rate).is_err() {
-                continue;
-            }
-            let Ok(mut with_rate) = HwParams::any(pcm) else {
-                continue;
-            };
             with_rate.copy_from(&with_format);
             if with_rate.set_rate(rate, ValueOr::Nearest).is_err() {
                 continue;
@@ -664,8 +655,7 @@ fn read_caps(pcm: &PCM) -> Option<Vec<Accepts>> {
 /// Why `accepts` does not take `p`, in the guest's terms.
 fn refusal(p: &StreamParams, accepts: &[Accepts], pcm: &str) -> String {
     let what = format!("{} at {} Hz with {} channels", p.format, p.rate, p.channels);
-    let formats = accepts.iter().filter(|a| a.format == p.format).count();
-    let why = if formats == 0 {
+    let why = if !accepts.iter().any(|a| a.format == p.format) {
         format!("format {}", p.format)
     } else if !accepts
         .iter()
