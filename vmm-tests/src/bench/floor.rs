@@ -12,7 +12,11 @@
 //!   often as the daemon did, in `epoll_wait` on a `timerfd`, the floor
 //!   under the daemon's CPU per wake-up: re-armed at each wake-up
 //!   (`TFD_TIMER_ABSTIME`, as the reactor does), or armed once with an
-//!   interval.
+//!   interval;
+//! - [`hangup_fanout`]: how long after `n` Unix sockets are closed at once
+//!   `n` threads, each blocked in `poll` on its own peer (as a pad thread
+//!   is on its client), have woken and told one collector thread, the
+//!   floor under `n` pads' removals reaching the guest (`teardown`).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -270,6 +274,87 @@ pub fn timer_cpu(wakes_per_s: f64, duration: Duration, arming: Arming) -> Result
         .map_err(Error::Io)
 }
 
+/// Times (µs from the first close) at which one collector thread learns of
+/// each of `n` threads' wake-ups, over `rounds` rounds: each thread blocks
+/// in `poll` on its own socket until its peer is closed (all `n` peers
+/// closed at once by one thread, as the bench closes the pad clients),
+/// then writes 8 bytes into one pipe; the collector reads the pipe in
+/// `poll` and timestamps each read's records when it reads them (as the
+/// bench's load loop timestamps the events a notification brings).
+pub fn hangup_fanout(n: usize, rounds: usize) -> Result<Summary> {
+    let mut all = Vec::with_capacity(n.saturating_mul(rounds));
+    for _ in 0..rounds {
+        let mut fds = [0i32; 2];
+        // SAFETY: `fds` has room for the two fds pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        // SAFETY: both fds are new and owned here from now on.
+        let (rd, wr) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        let mut peers = Vec::with_capacity(n);
+        let mut waiters = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (a, b) = std::os::unix::net::UnixStream::pair()?;
+            peers.push(a);
+            let wr = wr.try_clone()?;
+            waiters.push(thread::Builder::new().name("bench-hup".into()).spawn(
+                move || -> io::Result<()> {
+                    let mut pfd = libc::pollfd {
+                        fd: b.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    loop {
+                        // SAFETY: one valid pollfd; no timeout.
+                        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+                        if r > 0 {
+                            break;
+                        }
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                    io::Write::write_all(&mut &wr, &1u64.to_ne_bytes())
+                },
+            )?);
+        }
+        drop(wr);
+        // Every waiter is in `poll` long before this.
+        thread::sleep(Duration::from_millis(50));
+        let closed = Instant::now();
+        drop(peers);
+        let mut seen = 0usize;
+        let mut buf = [0u8; 8 * 64];
+        while seen < n {
+            let got = io::Read::read(&mut &rd, &mut buf)?;
+            if got == 0 {
+                break;
+            }
+            let at = closed.elapsed().as_secs_f64() * 1e6;
+            let records = got / 8;
+            seen += records;
+            all.extend(std::iter::repeat_n(at, records));
+        }
+        for w in waiters {
+            w.join()
+                .map_err(|_| Error::Protocol("hang-up thread panicked".into()))??;
+        }
+        if seen < n {
+            return Err(Error::Protocol(format!(
+                "hang-up floor: {seen} of {n} threads reported"
+            )));
+        }
+    }
+    Ok(Summary::of(&mut all))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +372,12 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             assert!(cpu > 0.0 && cpu < 1.0, "{arming:?}: {cpu}");
         }
+    }
+
+    #[test]
+    fn the_hangup_floor_hears_every_thread_of_every_round_after_the_close() {
+        let s = hangup_fanout(8, 3).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.n, 24);
+        assert!(s.p50 > 0.0 && s.p50 <= s.max, "{s:?}");
     }
 }

@@ -273,6 +273,7 @@ impl fmt::Display for Report {
                 );
                 header(&mut f, "µs from the removal");
                 row(&mut f, "JACK_DISCONNECTED", &r.jack_event);
+                row(&mut f, "floor: hang-up fan-out", &r.jack_floor);
                 row(&mut f, "first IO_ERR", &r.first_io_err);
                 row(&mut f, "last buffer back", &r.drained);
                 row(&mut f, "bystanders |err| before", &r.bystanders_before);

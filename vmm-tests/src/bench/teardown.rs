@@ -18,6 +18,11 @@
 //!   held buffers come back one per period ([`Returns::Paced`]), not in a
 //!   burst: this time is about `held` periods by design.
 //!
+//! After each run, the machine's floor under the first time is measured
+//! (`floor::hangup_fanout`: as many bare threads as pads woken by their
+//! sockets' hang-up, each telling one thread), so that the removal can be
+//! read against it.
+//!
 //! Without the hot-removal machinery (no jack event) the report is marked
 //! [`PENDING`].
 
@@ -41,6 +46,9 @@ use crate::snd::Direction;
 /// Bystanders: outputs and inputs on `null` that keep running.
 const BYSTANDER_OUTPUTS: u32 = 2;
 const BYSTANDER_INPUTS: u32 = 2;
+/// Rounds of the hang-up floor measured after each run.
+const FLOOR_ROUNDS: usize = 5;
+
 /// Longest wait for the removed streams' buffers.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Longest wait for the pads to report their clients.
@@ -109,6 +117,10 @@ pub struct TeardownRun {
     pub held: usize,
     /// Per removed pad: its JACK_DISCONNECTED event (the removal processed).
     pub jack_event: Summary,
+    /// The machine's floor under `jack_event`, measured right after the
+    /// run: as many threads as pads woken by their sockets' hang-up,
+    /// reporting to one thread (`floor::hangup_fanout`, 5 rounds).
+    pub jack_floor: Summary,
     /// Per removed stream: its first IO_ERR completion.
     pub first_io_err: Summary,
     /// Per removed stream: its last held buffer back (the teardown time).
@@ -146,7 +158,9 @@ pub fn run(spec: &TargetSpec, opts: &TeardownOptions) -> Result<TeardownReport> 
     }
     let mut runs = Vec::new();
     for &k in &opts.removed {
-        runs.push(run_one(spec, opts, k)?);
+        let mut r = run_one(spec, opts, k)?;
+        r.jack_floor = super::floor::hangup_fanout(k as usize, FLOOR_ROUNDS)?;
+        runs.push(r);
     }
     let reported = runs.iter().all(|r| r.jack_event.n == r.removed as usize);
     let status = if reported { LANDED } else { PENDING }.to_owned();
@@ -386,6 +400,7 @@ fn summarize(
         bystanders: BYSTANDER_OUTPUTS + BYSTANDER_INPUTS,
         held,
         jack_event: Summary::of(&mut jack),
+        jack_floor: Summary::default(),
         first_io_err: Summary::of(&mut first_err),
         drained,
         after_ok,
