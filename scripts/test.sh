@@ -7,8 +7,8 @@
 # 2. format and lint checks (cargo fmt --check, clippy -D warnings);
 # 3. unit tests and the vmm-tests integration tests, which drive a real
 #    vsound process through its vhost-user socket;
-# 4. the loom models of the attach/detach protocol, the ring gate and deferred completions
-#    (every interleaving);
+# 4. the loom models of the attach/detach protocol, the ring gate, deferred
+#    completions and the hang watch (every interleaving);
 # 5. the Debian package (scripts/package.sh): built, installed with dpkg, its units
 #    checked with systemd-analyze and run as the service would (vmm-tests/packaging);
 # 6. the guest suite: real Linux 6.12 guests under QEMU 10 attached to vsound;
@@ -38,12 +38,14 @@ cargo build --workspace --locked
 step "unit and integration tests"
 cargo test --workspace --locked
 
-step "loom models: the attach/detach protocol, the ring gate, deferred completions"
+step "loom models: the attach/detach protocol, the ring gate, deferred completions, the hang watch"
 # Their own target dir: --cfg loom rebuilds the devices and backend crates.
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \
     cargo test -p vsound-devices --lib --release --locked attach::loom_model
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \
     cargo test -p vsound --lib --release --locked gate::loom_model
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \
+    cargo test -p vsound --lib --release --locked hangs::loom_model
 
 step "Debian package: built, installed, run as the service would"
 vmm-tests/packaging/test-package.sh

@@ -5,7 +5,8 @@
 //! One [`SoundDevice`] serves one VMM connection; a new connection gets a
 //! fresh one. It knows nothing of vhost-user: it is handed [`Virtqueue`]s.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,41 +22,11 @@ use crate::queue::{RingPass, Virtqueue};
 use crate::reactor::{self, Lane};
 use crate::stream::PcmState;
 use crate::wire::{ChmapInfo, JackInfo, VirtioSndConfig};
-use crate::worker::{Shared, StreamRuntime, HANG_NS};
+use crate::worker::{Shared, StreamRuntime};
 
-/// How often the watchdog looks for host calls that hang while a stream
-/// runs, and while none does (an idle daemon should not wake 100 times a
-/// second).
-const WATCHDOG_PERIOD: Duration = Duration::from_millis(10);
-const WATCHDOG_IDLE_PERIOD: Duration = Duration::from_millis(100);
 /// How long the end of a connection waits for the stream workers to exit
 /// (a worker inside a device call that never returns is left behind).
 const JOIN_BOUND: Duration = Duration::from_secs(1);
-
-/// The end of the connection: set once, wakes the watchdog at once.
-#[derive(Default)]
-struct Stopping {
-    flag: Mutex<bool>,
-    changed: Condvar,
-}
-
-impl Stopping {
-    fn set(&self) {
-        *self.flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.changed.notify_all();
-    }
-
-    /// Sleeps for `d` unless the connection ends first; returns whether it
-    /// ended.
-    fn sleep(&self, d: Duration) -> bool {
-        let guard = self.flag.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = self
-            .changed
-            .wait_timeout_while(guard, d, |stopping| !*stopping)
-            .unwrap_or_else(|e| e.into_inner());
-        *guard
-    }
-}
 
 /// A jack: one per (host device, direction) that streams use.
 #[derive(Clone, Debug)]
@@ -86,9 +57,8 @@ pub enum DeviceError {
     NoDevice(u32, usize),
 }
 
-/// A thread to join at shutdown: a lane's (lane index, lane generation)
-/// or the watchdog (`None`).
-type Worker = (Option<(usize, u64)>, JoinHandle<()>);
+/// A thread to join at shutdown: a lane's (lane index, lane generation).
+type Worker = ((usize, u64), JoinHandle<()>);
 
 /// The device behind one VMM connection.
 pub struct SoundDevice {
@@ -101,15 +71,17 @@ pub struct SoundDevice {
     /// outlive this connection).
     pub controls: Arc<Controls>,
     /// The threads that run the streams (see `reactor.rs`): the shared
-    /// reactor first (streams on devices that never block), then one lane
-    /// per stream on a device that may block.
+    /// reactor first (streams on devices that never block, and the hang
+    /// watch over the others; there is one even with no stream of its
+    /// own), then one lane per stream on a device that may block.
     pub lanes: Vec<Arc<Lane>>,
     /// Per I/O queue (tx, rx): how many lanes have a stream running on it,
     /// and so take its buffers themselves at every tick (its kicks are off
     /// while any does).
     kick_votes: Mutex<[u32; 2]>,
     workers: Mutex<Vec<Worker>>,
-    stopping: Arc<Stopping>,
+    /// The end of the connection: set once, before the lanes are woken.
+    stopping: AtomicBool,
 }
 
 impl SoundDevice {
@@ -126,8 +98,9 @@ impl SoundDevice {
         )
     }
 
-    /// Builds the device and starts one worker per stream and the hang
-    /// watchdog; its streams' volumes are `controls`' levels.
+    /// Builds the device and starts its lanes' threads (the shared reactor,
+    /// and one per stream on a device that may block); its streams'
+    /// volumes are `controls`' levels.
     pub fn with_controls(
         config: &Config,
         host_devices: &[Arc<ManagedDevice>],
@@ -177,18 +150,18 @@ impl SoundDevice {
                 }),
             }
         }
-        // The shared reactor, and a lane of its own for each stream on a
-        // device whose calls may block.
-        let mut lanes = Vec::new();
+        // The shared reactor (always: it watches the others for hangs), and
+        // a lane of its own for each stream on a device whose calls may
+        // block.
         let shared_members: Vec<usize> = (0..streams.len())
             .filter(|&i| streams.get(i).is_some_and(|s| !s.device.dev.may_block()))
             .collect();
-        if !shared_members.is_empty() {
-            lanes.push(Arc::new(
-                Lane::new("vsound-reactor".into(), shared_members, false)
-                    .map_err(DeviceError::Spawn)?,
-            ));
-        }
+        let reactor = Arc::new(
+            Lane::new("vsound-reactor".into(), shared_members, false)
+                .map_err(DeviceError::Spawn)?,
+        );
+        let _ = shared.reactor.set(reactor.clone());
+        let mut lanes = vec![reactor];
         for (i, s) in streams.iter().enumerate() {
             if s.device.dev.may_block() {
                 lanes.push(Arc::new(
@@ -214,31 +187,11 @@ impl SoundDevice {
             lanes,
             kick_votes: Mutex::new([0; 2]),
             workers: Mutex::new(Vec::new()),
-            stopping: Arc::new(Stopping::default()),
+            stopping: AtomicBool::new(false),
         });
         for i in 0..dev.lanes.len() {
             dev.spawn_lane(&dev, i, 0)?;
         }
-        let weak = Arc::downgrade(&dev);
-        let stopping = dev.stopping.clone();
-        let wd = std::thread::Builder::new()
-            .name("vsound-watchdog".into())
-            .spawn(move || {
-                crate::sandbox::enter(crate::sandbox::ThreadKind::Watchdog);
-                let mut period = WATCHDOG_IDLE_PERIOD;
-                while !stopping.sleep(period) {
-                    period = match weak.upgrade() {
-                        Some(d) if d.check_hangs() => WATCHDOG_PERIOD,
-                        Some(_) => WATCHDOG_IDLE_PERIOD,
-                        None => return,
-                    };
-                }
-            })
-            .map_err(DeviceError::Spawn)?;
-        dev.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((None, wd));
         for m in host_devices {
             m.set_current(Some(Arc::downgrade(&dev)));
         }
@@ -255,58 +208,86 @@ impl SoundDevice {
             return Ok(());
         };
         let weak = Arc::downgrade(me);
+        // The shared reactor restarts hung lanes: it may spawn threads.
+        let kind = if lane.may_block {
+            crate::sandbox::ThreadKind::Stream
+        } else {
+            crate::sandbox::ThreadKind::Reactor
+        };
         let h = std::thread::Builder::new()
             .name(lane.name.clone())
             .spawn(move || {
-                crate::sandbox::enter(crate::sandbox::ThreadKind::Stream);
+                crate::sandbox::enter(kind);
                 reactor::run(lane, weak, generation)
             })
             .map_err(DeviceError::Spawn)?;
         self.workers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((Some((index, generation)), h));
+            .push(((index, generation), h));
         Ok(())
     }
 
-    /// A lane whose host call hangs gets a new thread, and the device is
-    /// treated as removed; the hung thread exits if the call ever returns.
-    /// Returns whether a stream on a lane that may block is running or in a
-    /// host call (then the watchdog looks again soon).
-    fn check_hangs(self: &Arc<Self>) -> bool {
+    /// Whether the connection is ending (the shared reactor then exits).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The shared reactor's look at the lanes that may block (`hangs.rs`):
+    /// a lane whose host call ran past its bound gets a new thread, and the
+    /// device is treated as removed; the hung thread exits if the call ever
+    /// returns. Returns whether a stream on such a lane is running or in a
+    /// host call (then the reactor looks again in
+    /// [`crate::hangs::WATCH_PERIOD_NS`]).
+    pub fn check_hangs(self: &Arc<Self>) -> bool {
         let now = now_ns();
-        let mut busy = false;
-        for (index, lane) in self.lanes.iter().enumerate() {
-            for s in lane.members.iter().filter_map(|&i| self.streams.get(i)) {
-                // A stream parked on a stopped ring (a paused VM) makes no
-                // host call: the watchdog idles.
-                if lane.may_block {
-                    busy |= s.host_call_age(now).is_some()
+        let mut hung: Option<(usize, &Arc<StreamRuntime>, u64)> = None;
+        let busy = self.shared.hangs.look(|| {
+            let mut busy = false;
+            for (index, lane) in self.lanes.iter().enumerate().filter(|(_, l)| l.may_block) {
+                for s in lane.members.iter().filter_map(|&i| self.streams.get(i)) {
+                    let call = s.host_call_age(now);
+                    // A stream parked on a stopped ring (a paused VM)
+                    // makes no host call: no need to look soon.
+                    busy |= call.is_some()
                         || (s.lock().state == PcmState::Started && !s.ring_stopped());
-                }
-                if s.host_call_age(now).is_some_and(|age| age > HANG_NS) {
-                    log::warn!(
-                        "stream {}: a call into device {} hung for over {} ms; treating it as removed",
-                        s.id,
-                        s.device.name,
-                        HANG_NS / 1_000_000
-                    );
-                    // The device first, so the new thread never calls it.
-                    s.device.mark_hung();
-                    s.clear_host_call();
-                    let generation = lane.retire();
-                    // The hung thread is left behind: it is never joined.
-                    if let Err(e) = self.spawn_lane(self, index, generation) {
-                        log::error!("{}: {e}", lane.name);
+                    if let Some((_, bound)) = call.filter(|(age, bound)| age > bound) {
+                        if hung.is_none() {
+                            hung = Some((index, s, bound));
+                        }
                     }
-                    for m in lane.members.iter().filter_map(|&i| self.streams.get(i)) {
-                        m.wake();
-                    }
-                    break;
                 }
             }
+            busy
+        });
+        let Some((index, s, bound)) = hung else {
+            return busy;
+        };
+        let Some(lane) = self.lanes.get(index) else {
+            return busy;
+        };
+        log::warn!(
+            "stream {}: a call into device {} hung for over {} ms; treating it as removed",
+            s.id,
+            s.device.name,
+            bound / 1_000_000
+        );
+        // The hung call holds the endpoint: unpublish it without waiting
+        // (the stuck thread closes it if its call returns), so the removal
+        // below does not stall the reactor's other streams.
+        s.endpoint.detach(Duration::ZERO);
+        // The device first, so the new thread never calls it.
+        s.device.mark_hung();
+        s.clear_host_call();
+        let generation = lane.retire();
+        // The hung thread is left behind: it is never joined.
+        if let Err(e) = self.spawn_lane(self, index, generation) {
+            log::error!("{}: {e}", lane.name);
         }
-        busy
+        for m in lane.members.iter().filter_map(|&i| self.streams.get(i)) {
+            m.wake();
+        }
+        true
     }
 
     /// A lane starts (`off`) or stops taking `qi`'s buffers itself at its
@@ -609,7 +590,10 @@ impl SoundDevice {
     /// Waits at most [`JOIN_BOUND`] for the threads: one stuck in a device
     /// call is left behind (it exits if the call ever returns).
     pub fn shutdown(&self) {
-        self.stopping.set();
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(r) = self.lanes.first() {
+            r.wake();
+        }
         for m in &self.host_devices {
             m.set_current(None);
         }
@@ -626,14 +610,11 @@ impl SoundDevice {
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         let me = std::thread::current().id();
         let deadline = Instant::now() + JOIN_BOUND;
-        for (key, w) in workers {
-            let current = match key {
-                None => true,
-                Some((lane, generation)) => self
-                    .lanes
-                    .get(lane)
-                    .is_some_and(|l| l.generation() == generation),
-            };
+        for ((lane, generation), w) in workers {
+            let current = self
+                .lanes
+                .get(lane)
+                .is_some_and(|l| l.generation() == generation);
             // A retired worker may still hang in its device: not joined.
             if !current || w.thread().id() == me {
                 continue;

@@ -30,6 +30,7 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;
+pub mod hangs;
 pub mod hotplug;
 pub mod inherit;
 pub mod io;

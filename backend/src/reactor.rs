@@ -5,8 +5,10 @@
 //! devices whose calls never block (null, pad, a mix of them) share one
 //! lane, `vsound-reactor`; a stream on a device that may block in a call
 //! (ALSA, a test device that hangs) gets a lane of its own, so a device that
-//! hangs stalls only its own streams, and the hang watchdog replaces only
-//! that lane's thread.
+//! hangs stalls only its own streams. The shared reactor, which never calls
+//! anything that blocks, watches the other lanes' calls (`hangs.rs`) and
+//! replaces the thread of one that hangs; it exists even with no stream of
+//! its own.
 //!
 //! Each wake-up of a lane's thread:
 //! 1. re-evaluates the streams the control path woke (START, STOP, RELEASE,
@@ -18,7 +20,9 @@
 //! 3. while one of its streams runs on a queue, leaves that queue's kicks
 //!    off and takes new buffers from the ring itself before the ticks
 //!    (a re-queued buffer wakes no thread);
-//! 4. arms its `timerfd` (`TFD_TIMER_ABSTIME`, `CLOCK_MONOTONIC`) at the
+//! 4. on the shared reactor, looks at the other lanes' host calls when its
+//!    watch is due (every 10 ms while one may hang, never otherwise);
+//! 5. arms its `timerfd` (`TFD_TIMER_ABSTIME`, `CLOCK_MONOTONIC`) at the
 //!    earliest due time left, and sleeps in `poll` on the timer and its
 //!    wake eventfd.
 //!
@@ -44,6 +48,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::constants::QueueIndex;
 use crate::device::SoundDevice;
+use crate::hangs::WATCH_PERIOD_NS;
 use crate::pacer::{now_ns, tighten_timer_slack};
 use crate::worker::{Next, StreamRuntime, WorkerLocal, SCRATCH_BYTES};
 
@@ -54,7 +59,8 @@ pub struct Lane {
     /// re-evaluated.
     pub members: Vec<usize>,
     /// Whether the lane's devices may block in a call (a lane of its own,
-    /// watched closely by the hang watchdog).
+    /// its calls watched by the shared reactor). The shared reactor is the
+    /// one lane without.
     pub may_block: bool,
     /// Bumped when the lane's thread is replaced (a host call hung): the
     /// old thread exits when it notices.
@@ -228,6 +234,9 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
     // Whether this lane has turned each I/O queue's kicks off: the lane's,
     // so a thread that replaces a hung one goes on with its votes.
     let mut kicks_off = lane.kicks_off();
+    // The shared reactor watches the other lanes' calls: when it next looks.
+    let watcher = !lane.may_block;
+    let mut watch_at: Option<u64> = None;
 
     // Every stream is looked at once at the start.
     for s in &streams {
@@ -263,7 +272,10 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
             }
         }
         first = false;
-        if n > 0 && quit.iter().all(|&q| q) {
+        // A lane ends when its streams have; the shared reactor, which
+        // watches the others, only with the connection.
+        let ends = if watcher { dev.is_stopping() } else { n > 0 };
+        if ends && quit.iter().all(|&q| q) {
             release_kicks(&dev, &mut kicks_off);
             lane.set_kicks_off(kicks_off);
             return;
@@ -342,10 +354,28 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
                 }
             }
         }
+
+        // 4. The hang watch: looked at every WATCH_PERIOD_NS while a call
+        // may hang; a lane whose call starts while it is off wakes us.
+        if watcher {
+            let now = now_ns();
+            if watch_at.is_none() && shared.hangs.is_on() {
+                watch_at = Some(now.saturating_add(WATCH_PERIOD_NS));
+            }
+            if watch_at.is_some_and(|t| t <= now) {
+                watch_at = dev
+                    .check_hangs()
+                    .then(|| now.saturating_add(WATCH_PERIOD_NS));
+            }
+        }
         drop(dev);
 
-        // 4. Sleep until the earliest due time or a wake.
-        lane.arm(heap.peek().map(|Reverse((t, _))| *t));
+        // 5. Sleep until the earliest due time, the watch, or a wake.
+        let next = heap.peek().map(|Reverse((t, _))| *t);
+        lane.arm(match (next, watch_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        });
         lane.sleep();
     }
 }

@@ -26,8 +26,9 @@
 //!   passes them in memory). Every filter allows `clone` only with
 //!   `CLONE_THREAD`: threads, never processes.
 //! - **Per-thread filters**, installed by [`enter`] as the first thing a
-//!   thread does, one per [`ThreadKind`]: stream workers (`vsound-s*`), the
-//!   hang watchdog, the connection watch, the management API (its
+//!   thread does, one per [`ThreadKind`]: stream lanes (`vsound-s*`), the
+//!   shared reactor (which also watches the lanes for hangs), the
+//!   connection watch, the management API (its
 //!   connection threads inherit it), pad threads (`pad-*`), ALSA monitors
 //!   (`alsa-*`, via [`vsound_devices::set_thread_hook`]). The two threads
 //!   vhost-user-backend starts, the request thread (named
@@ -38,12 +39,12 @@
 //!   they run under the process filter only: the request thread has read
 //!   its first message, the queue thread has waited for its first event.
 //!   A thread that starts others allows what they need until they install
-//!   their own (the watchdog restarts stream workers, so it allows what a
-//!   worker does).
+//!   their own (the shared reactor restarts a hung lane's thread, so it
+//!   allows what a lane does, and starting a thread).
 //! - Host devices are called from the queue thread (`check_params` at
 //!   `PCM_SET_PARAMS`, endpoints closed at `PCM_RELEASE`), the request
-//!   thread (device reset), the API (detach), stream workers and the
-//!   watchdog. `null` and `pad` devices need nothing there but locks and
+//!   thread (device reset), the API (detach), stream lanes and the
+//!   shared reactor. `null` and `pad` devices need nothing there but locks and
 //!   an eventfd write. Any other kind (ALSA, test plugins) adds the *host
 //!   device* group to those kinds and to the process filter: files
 //!   (`openat` included: alsa-lib reads its configuration and the `file`
@@ -129,8 +130,10 @@ pub enum ThreadKind {
     Queue,
     /// A stream worker (`vsound-sN`).
     Stream,
-    /// The hang watchdog (`vsound-watchdog`); restarts stream workers.
-    Watchdog,
+    /// The shared reactor (`vsound-reactor`): the streams on devices that
+    /// never block, and the hang watch over the lanes that may (it
+    /// restarts a hung lane's thread).
+    Reactor,
     /// A connection's watch (`vsound-watch`).
     Watch,
     /// The management API (`vsound-api`, `vsound-api-conn`).
@@ -150,7 +153,7 @@ impl ThreadKind {
         ThreadKind::Request,
         ThreadKind::Queue,
         ThreadKind::Stream,
-        ThreadKind::Watchdog,
+        ThreadKind::Reactor,
         ThreadKind::Watch,
         ThreadKind::Api,
         ThreadKind::Pad,
@@ -168,7 +171,7 @@ impl ThreadKind {
             ThreadKind::Request => "request",
             ThreadKind::Queue => "queue",
             ThreadKind::Stream => "stream",
-            ThreadKind::Watchdog => "watchdog",
+            ThreadKind::Reactor => "reactor",
             ThreadKind::Watch => "watch",
             ThreadKind::Api => "api",
             ThreadKind::Pad => "pad",
@@ -713,7 +716,7 @@ mod imp {
                 r.allow(&[SYS_timerfd_settime]);
                 with_host(&mut r);
             }
-            ThreadKind::Watchdog => {
+            ThreadKind::Reactor => {
                 r.merge(&kind_rules(ThreadKind::Stream, host));
                 r.merge(&spawn());
             }

@@ -28,6 +28,7 @@ use crate::constants::{pcm_features, Direction, EventType, QueueIndex, Status};
 use crate::device_clock::{DeviceClock, Flow};
 use crate::events::EventQueue;
 use crate::gate::Parked;
+use crate::hangs::HangWatch;
 use crate::hotplug::ManagedDevice;
 use crate::io::IoMessage;
 use crate::pacer::{now_ns, tick_at, Schedule, TickAt};
@@ -43,9 +44,15 @@ const BUSY_WAIT: Duration = Duration::from_millis(50);
 /// leaving the close to the worker.
 pub const DETACH_WAIT: Duration = Duration::from_millis(10);
 
-/// A host call longer than this is a hung device (checked by the device's
-/// watchdog); the stream gets a new worker and the device is removed.
+/// A host call longer than this is a hung device (the shared reactor
+/// watches, `hangs.rs`); the stream's lane gets a new thread and the device
+/// is removed.
 pub const HANG_NS: u64 = 50_000_000;
+
+/// The same for opening an endpoint, which may take longer without being
+/// stuck (a sound server's PCM connects to the server and links a node; a
+/// card's first `hw_params` loads firmware on some drivers).
+pub const OPEN_HANG_NS: u64 = 2_000_000_000;
 
 /// Size of a worker's copy buffer between guest memory and the host
 /// device, allocated once when the worker starts and never grown: a message
@@ -137,6 +144,10 @@ pub struct Shared {
     pub events: EventQueue,
     /// Per queue, completions waiting for the ring to run again.
     deferred: [Parked<Deferred>; QueueIndex::COUNT],
+    /// Whether the shared reactor watches the calls of the lanes that may
+    /// block, and the reactor to wake when it does not (`hangs.rs`).
+    pub hangs: HangWatch,
+    pub reactor: OnceLock<Arc<Lane>>,
 }
 
 impl Shared {
@@ -145,6 +156,8 @@ impl Shared {
             queues: Default::default(),
             events: EventQueue::default(),
             deferred: Default::default(),
+            hangs: HangWatch::new(),
+            reactor: OnceLock::new(),
         }
     }
 
@@ -524,25 +537,36 @@ impl StreamRuntime {
         self.endpoint.detach(DETACH_WAIT);
     }
 
-    /// How long the host call in progress has been running, if one is.
-    pub fn host_call_age(&self, now: u64) -> Option<u64> {
+    /// How long the host call in progress has been running, if one is, and
+    /// the bound it is held to (an open's is longer).
+    pub fn host_call_age(&self, now: u64) -> Option<(u64, u64)> {
         match self.io_since.load(Ordering::SeqCst) {
             0 => None,
-            t => Some(now.saturating_sub(t)),
+            t => {
+                let bound = if t & 1 == 1 { OPEN_HANG_NS } else { HANG_NS };
+                Some((now.saturating_sub(t), bound))
+            }
         }
     }
 
-    /// Marks a host call as started at `now` for the watchdog; returns the
-    /// mark, for [`StreamRuntime::host_call_ends`].
-    fn host_call_starts(&self, now: u64) -> u64 {
-        let since = now.max(1);
+    /// Marks a host call as started at `now` for the hang watch (the low
+    /// bit says whether it is an open, so mark and kind are one atomic
+    /// value); returns the mark, for [`StreamRuntime::host_call_ends`]. On
+    /// a lane that may block, an idle reactor is woken to watch it.
+    fn host_call_starts(&self, now: u64, open: bool) -> u64 {
+        let since = (now.max(2) & !1) | u64::from(open);
         self.io_since.store(since, Ordering::SeqCst);
+        if self.lane.get().is_some_and(|l| l.may_block) && self.shared.hangs.call_marked() {
+            if let Some(r) = self.shared.reactor.get() {
+                r.wake();
+            }
+        }
         since
     }
 
     /// Clears the mark of a host call that started at `since`, unless it is
     /// no longer this call's: when a hung call finally returns, its lane was
-    /// replaced (the watchdog cleared the mark), and the new lane's call in
+    /// replaced (the reactor cleared the mark), and the new lane's call in
     /// progress keeps its own mark, so a hang of it is still seen (B12 of
     /// the review: a plain store of 0 erased it).
     fn host_call_ends(&self, since: u64) {
@@ -664,7 +688,7 @@ impl StreamRuntime {
         // An open in flight is published only if no detach (a removal,
         // RELEASE, a reset) or other attach came meanwhile.
         let generation = self.endpoint.generation();
-        let since = self.host_call_starts(now);
+        let since = self.host_call_starts(now, true);
         let opened = match self.direction() {
             Direction::Output => self
                 .device
@@ -703,7 +727,7 @@ impl StreamRuntime {
         }
     }
 
-    /// One host call on the lent endpoint, timed for the hang watchdog.
+    /// One host call on the lent endpoint, timed for the hang watch.
     /// With `may_open`, an endpoint that is not there is opened first (a
     /// message's first chunk; the rest of a message never goes to an
     /// endpoint opened in its middle). With `last` (a message's last chunk
@@ -728,7 +752,7 @@ impl StreamRuntime {
         let Some(mut lent) = self.endpoint.lend() else {
             return HostIo::Failed;
         };
-        let since = self.host_call_starts(now_ns());
+        let since = self.host_call_starts(now_ns(), false);
         let result = f(&mut lent.item);
         self.host_call_ends(since);
         if self.replaced(local) {

@@ -264,7 +264,7 @@ pub const IO_QUEUE_SIZE: u16 = 256;
 
 /// A `SoundDevice` from the default config (one output and one input
 /// stream on `null`), its four queues on local rings, with its real stream
-/// workers and watchdog running.
+/// lanes (the shared reactor, which also watches for hangs) running.
 pub struct Rig {
     pub mem: GuestMemoryAtomic<Mem>,
     pub state: Arc<DaemonState>,

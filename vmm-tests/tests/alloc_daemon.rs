@@ -3,7 +3,8 @@
 //! guest drives one output and one input stream through its real socket.
 //! A counting global allocator attributes allocations to threads; over 50
 //! steady-state periods per stream the daemon's threads (`vsound-s*`
-//! workers, `vsound-watchdog`, the vhost-user `vring_worker` that takes the
+//! lanes, `vsound-reactor` (which also watches for hangs), the vhost-user
+//! `vring_worker` that takes the
 //! kicks, and the `vsound` request thread) must make none. The guest's own
 //! threads allocate freely and are not counted.
 //!
@@ -34,11 +35,7 @@ const WARMUP: u64 = 20;
 const MEASURED: u64 = 50;
 
 fn is_daemon_thread(name: &str) -> bool {
-    name.starts_with("vsound-s")
-        || matches!(
-            name,
-            "vsound-reactor" | "vsound-watchdog" | "vring_worker" | "vsound"
-        )
+    name.starts_with("vsound-s") || matches!(name, "vsound-reactor" | "vring_worker" | "vsound")
 }
 
 #[test]
@@ -155,12 +152,7 @@ fn run_counted(
         .collect();
     // Null and pad streams all run on the shared reactor.
     let _ = streams;
-    for expected in [
-        "vsound-reactor",
-        "vsound-watchdog",
-        "vring_worker",
-        "vsound",
-    ] {
+    for expected in ["vsound-reactor", "vring_worker", "vsound"] {
         assert!(
             names.iter().any(|n| n == expected),
             "no thread {expected} in {names:?}"

@@ -547,9 +547,131 @@ fn a_host_device_that_hangs_never_delays_control_replies_or_other_streams() {
     t.daemon.check_alive().unwrap();
 }
 
+/// An open may take longer than a write without being stuck (a sound
+/// server connecting): it has its own, longer bound (2 s), so an open of
+/// 300 ms is not a hang, and the reactor's other streams keep their pace.
+#[test]
+fn an_open_slower_than_a_writes_bound_is_not_taken_for_a_hang() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vsound-test"));
+    let mut t = setup(
+        "silence",
+        Some(bin),
+        "[devices.slow]\nkind = \"test-hang\"\nhang_after_ms = 600000\nopen_ms = 300\n",
+        "[[streams]]\ndirection = \"output\"\ndevice = \"slow\"\n",
+    );
+    assert_eq!(prepare(&mut t.snd, 3, 0), Status::Ok);
+    assert_eq!(prepare(&mut t.snd, 2, 0), Status::Ok);
+    let done = run(&mut t.snd, Queue::Tx, &[2, 3], 60, |_, _| {});
+    check_steady(&done[&2][..58], "stream 2 (null)");
+    let s3 = &done[&3];
+    // Its lane waited 300 ms for the open (then went on from now, not in a
+    // burst): fewer periods than stream 2's, every one played.
+    assert!(
+        s3.len() >= 20,
+        "the slow device's stream plays ({})",
+        s3.len()
+    );
+    assert!(
+        s3[..s3.len() - 4].iter().all(|c| c.status == Status::Ok),
+        "every buffer reached the device: {:?}",
+        s3.iter().map(|c| c.status).collect::<Vec<_>>()
+    );
+    let log = t.daemon.log();
+    assert!(
+        !log.contains("hung"),
+        "a slow open was taken for a hang: {log}"
+    );
+    t.daemon.check_alive().unwrap();
+}
+
+/// An open that never returns is a hang, found by the shared reactor after
+/// the open's bound (2 s, not the 50 ms of a write): the device is removed
+/// (JACK_DISCONNECTED), and control and the other streams are unaffected.
+#[test]
+fn an_open_that_never_returns_is_a_hang_after_the_opens_own_bound() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vsound-test"));
+    let mut t = setup(
+        "silence",
+        Some(bin),
+        "[devices.stuck]\nkind = \"test-hang\"\nopen_ms = 3600000\n",
+        "[[streams]]\ndirection = \"output\"\ndevice = \"stuck\"\n",
+    );
+    let since = Instant::now();
+    // The lane opens the endpoint of a prepared stream: it never returns.
+    assert_eq!(prepare(&mut t.snd, 3, 0), Status::Ok);
+    thread::sleep(Duration::from_millis(1000));
+    assert!(
+        !t.daemon.log().contains("hung"),
+        "an open was called hung within 1 s"
+    );
+    wait_event(&mut t.snd, event::JACK_DISCONNECTED, 3);
+    let found = since.elapsed();
+    println!("the open that never returns was found hung after {found:?}");
+    assert!(
+        found >= Duration::from_secs(2),
+        "before its bound: {found:?}"
+    );
+    let log = t.daemon.log();
+    assert!(log.contains("hung for over 2000 ms"), "{log}");
+    // Control and the null stream are unaffected.
+    assert_eq!(prepare(&mut t.snd, 2, 0), Status::Ok);
+    let done = run(&mut t.snd, Queue::Tx, &[2], 30, |_, _| {});
+    check_steady(&done[&2][..28], "stream 2 (null)");
+    t.daemon.check_alive().unwrap();
+}
+
+/// The hang watch costs an idle daemon nothing: with a connection, a
+/// device that may block and no stream running, the shared reactor does
+/// not wake (the 100 Hz and 10 Hz watchdog thread it replaces did).
+#[test]
+fn an_idle_connection_wakes_no_thread_to_watch_for_hangs() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vsound-test"));
+    let mut t = setup(
+        "silence",
+        Some(bin),
+        "[devices.stuck]\nkind = \"test-hang\"\nhang_after_ms = 600000\n",
+        "[[streams]]\ndirection = \"output\"\ndevice = \"stuck\"\n",
+    );
+    // A stream played and stopped first: the watch ran, and must stop.
+    assert_eq!(prepare(&mut t.snd, 3, 0), Status::Ok);
+    let done = run(&mut t.snd, Queue::Tx, &[3], 10, |_, _| {});
+    assert!(done[&3].iter().all(|c| c.status == Status::Ok));
+    thread::sleep(Duration::from_millis(200));
+    let pid = t.daemon.pid().unwrap();
+    let switches = || -> u64 {
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let path = task.unwrap().path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if !matches!(comm.trim(), "vsound-reactor" | "vsound-watchdog") {
+                continue;
+            }
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            for line in status.lines() {
+                if let Some(n) = line
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                {
+                    total += n.trim().parse::<u64>().unwrap();
+                }
+            }
+        }
+        total
+    };
+    let before = switches();
+    thread::sleep(Duration::from_secs(1));
+    let woke = switches() - before;
+    println!("the reactor woke {woke} times in 1 s of idling");
+    assert!(
+        woke <= 2,
+        "the reactor woke {woke} times in 1 s with nothing to do"
+    );
+    t.daemon.check_alive().unwrap();
+}
+
 /// The end of a connection waits for its stream workers only so long: a
 /// worker inside a device call that never returns (and not yet replaced by
-/// the hang watchdog, which needs 50 ms) is left behind, and the next VMM
+/// the shared reactor's hang watch, which needs 50 ms) is left behind, and the next VMM
 /// is served.
 #[test]
 fn a_worker_stuck_in_a_device_call_never_keeps_the_next_vmm_out() {
@@ -564,7 +686,7 @@ fn a_worker_stuck_in_a_device_call_never_keeps_the_next_vmm_out() {
     t.snd.tx(3, &[0u8; PERIOD], &[]).unwrap();
     t.snd.tx(3, &[0u8; PERIOD], &[]).unwrap();
     // The first period's write hangs at once: end the connection while it
-    // does, before the watchdog replaces the worker.
+    // does, before the hang watch replaces the lane's thread.
     assert_eq!(cmd(&mut t.snd, code::PCM_START, 3), Status::Ok);
     thread::sleep(Duration::from_millis(5));
     let ended = Instant::now();

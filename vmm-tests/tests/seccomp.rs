@@ -225,7 +225,6 @@ fn every_thread_of_a_running_daemon_is_under_its_own_filter() {
         &mut daemon,
         &[
             ("vsound-reactor", 3),
-            ("vsound-watchdog", 3),
             ("vsound-watch", 3),
             ("vsound", 3),
             ("vring_worker", 3),

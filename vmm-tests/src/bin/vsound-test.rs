@@ -1,7 +1,9 @@
 //! `vsound-test`: the vsound daemon plus plugins that exist only for tests.
 //!
 //! - `kind = "test-hang"`: a device whose I/O works for `hang_after_ms`
-//!   after each open, then blocks forever (a host device that hangs).
+//!   after each open, then blocks forever (a host device that hangs); each
+//!   open takes `open_ms` first (a sound server that is slow to connect,
+//!   or, with a very large value, an open that never returns).
 //! - `kind = "test-clock"`: a device on a clock of its own that runs `ppm`
 //!   parts per million fast (or slow) against `CLOCK_MONOTONIC`, as a sound
 //!   card's crystal does: playback frames leave its buffer at that rate into
@@ -33,6 +35,8 @@ use vsound_devices::{
 struct HangOptions {
     #[serde(default = "default_hang_after")]
     hang_after_ms: u64,
+    #[serde(default)]
+    open_ms: u64,
 }
 
 fn default_hang_after() -> u64 {
@@ -41,6 +45,17 @@ fn default_hang_after() -> u64 {
 
 struct HangDevice {
     hang_after: Duration,
+    open: Duration,
+}
+
+impl HangDevice {
+    fn open(&self) -> HangEnd {
+        std::thread::sleep(self.open);
+        HangEnd {
+            opened: Instant::now(),
+            hang_after: self.hang_after,
+        }
+    }
 }
 
 struct HangEnd {
@@ -96,16 +111,10 @@ impl HostDevice for HangDevice {
         Ok(())
     }
     fn open_playback(&self, _p: &StreamParams) -> Result<Box<dyn PlaybackSink>, DeviceError> {
-        Ok(Box::new(HangEnd {
-            opened: Instant::now(),
-            hang_after: self.hang_after,
-        }))
+        Ok(Box::new(self.open()))
     }
     fn open_capture(&self, _p: &StreamParams) -> Result<Box<dyn CaptureSource>, DeviceError> {
-        Ok(Box::new(HangEnd {
-            opened: Instant::now(),
-            hang_after: self.hang_after,
-        }))
+        Ok(Box::new(self.open()))
     }
 }
 
@@ -439,6 +448,7 @@ fn main() -> std::process::ExitCode {
             let o = parse(&opts)?;
             Ok(Arc::new(HangDevice {
                 hang_after: Duration::from_millis(o.hang_after_ms),
+                open: Duration::from_millis(o.open_ms),
             }) as Arc<dyn HostDevice>)
         },
     });
