@@ -140,9 +140,25 @@ enum Line {
     Gone,
 }
 
+/// A client connection as the server sees it: reads bounded by a deadline,
+/// and writes (bounded by the socket's write timeout). The server's framing
+/// ([`serve_conn`]) is written against this, so the fuzzer drives the same
+/// code over memory, without a socket or a thread per input.
+pub trait ApiConn: Write {
+    /// One read, waiting at most until `deadline` (`None`: the idle
+    /// timeout); `None` at EOF, timeout or error.
+    fn read_within(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> Option<usize>;
+}
+
+impl ApiConn for UnixStream {
+    fn read_within(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> Option<usize> {
+        read_some(self, buf, deadline)
+    }
+}
+
 /// Reads one line: at most [`IDLE_TIMEOUT`] for its first byte, then at most
 /// [`REQUEST_DEADLINE`] for the rest (a slow writer cannot hold the thread).
-fn read_line(conn: &mut UnixStream, pending: &mut Vec<u8>) -> Line {
+fn read_line(conn: &mut impl ApiConn, pending: &mut Vec<u8>) -> Line {
     let mut deadline: Option<Instant> = None;
     let mut buf = [0u8; 512];
     loop {
@@ -158,7 +174,7 @@ fn read_line(conn: &mut UnixStream, pending: &mut Vec<u8>) -> Line {
             // Skip the rest of an over-long line.
             pending.clear();
             loop {
-                match read_some(conn, &mut buf, deadline) {
+                match conn.read_within(&mut buf, deadline) {
                     Some(n) => {
                         if let Some(end) = buf
                             .get(..n)
@@ -179,7 +195,7 @@ fn read_line(conn: &mut UnixStream, pending: &mut Vec<u8>) -> Line {
         if timeout.is_zero() {
             return Line::Gone;
         }
-        match read_some(conn, &mut buf, Some(Instant::now() + timeout)) {
+        match conn.read_within(&mut buf, Some(Instant::now() + timeout)) {
             Some(n) => {
                 if deadline.is_none() && n > 0 {
                     deadline = Some(Instant::now() + REQUEST_DEADLINE);
@@ -214,9 +230,16 @@ fn serve(mut conn: UnixStream, state: &DaemonState) {
     if conn.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
         return;
     }
+    serve_conn(&mut conn, state);
+}
+
+/// Serves one client until it hangs up, goes idle, or a write fails: every
+/// line it ends gets one JSON reply (an error for one longer than
+/// `MAX_LINE` bytes or not UTF-8), blank lines none.
+pub fn serve_conn(conn: &mut impl ApiConn, state: &DaemonState) {
     let mut pending = Vec::with_capacity(MAX_LINE);
     loop {
-        let reply = match read_line(&mut conn, &mut pending) {
+        let reply = match read_line(conn, &mut pending) {
             Line::Gone => return,
             Line::TooLong => error(format!("request line longer than {MAX_LINE} bytes")),
             Line::Request(bytes) => match std::str::from_utf8(&bytes) {
