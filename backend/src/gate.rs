@@ -34,6 +34,10 @@ struct GateState {
     passes: u32,
     /// When the ring was last stopped (ns, monotonic).
     stopped_at: u64,
+    /// Stops waiting for the passes: the last pass back wakes them only if
+    /// there are any (a notify is a system call even with no one waiting,
+    /// and a pass is given back after every completion).
+    waiters: u32,
 }
 
 /// Leave to write into a started ring; the ring cannot stop while one is
@@ -51,6 +55,7 @@ impl RingGate {
                 started,
                 passes: 0,
                 stopped_at: 0,
+                waiters: 0,
             }),
             passes_back: Condvar::new(),
         }
@@ -89,11 +94,13 @@ impl RingGate {
             if left.is_zero() {
                 return false;
             }
+            st.waiters = st.waiters.saturating_add(1);
             let (guard, _) = self
                 .passes_back
                 .wait_timeout(st, left)
                 .unwrap_or_else(|e| e.into_inner());
             st = guard;
+            st.waiters = st.waiters.saturating_sub(1);
         }
         true
     }
@@ -121,7 +128,8 @@ impl Drop for RingPass<'_> {
     fn drop(&mut self) {
         let mut st = self.gate.lock();
         st.passes = st.passes.saturating_sub(1);
-        if st.passes == 0 {
+        if st.passes == 0 && st.waiters > 0 {
+            drop(st);
             self.gate.passes_back.notify_all();
         }
     }

@@ -120,6 +120,10 @@ pub struct Inner {
     pub due: u64,
     /// The worker holds messages outside the lock (guest-memory copy).
     pub busy: bool,
+    /// Threads waiting for `busy` to clear ([`StreamRuntime::lock_idle`]):
+    /// the worker wakes them only if there are any (a notify is a system
+    /// call even with no one waiting, and `busy` clears every tick).
+    idle_waiters: u32,
     /// In an underrun/overrun episode (one XRUN event per episode).
     pub in_xrun: bool,
     pub quit: bool,
@@ -424,6 +428,7 @@ impl StreamRuntime {
                 schedule: None,
                 due: 0,
                 busy: false,
+                idle_waiters: 0,
                 in_xrun: false,
                 quit: false,
                 stats: Stats::default(),
@@ -484,11 +489,16 @@ impl StreamRuntime {
     /// Locks the stream and waits (bounded) until the worker holds no
     /// message.
     pub fn lock_idle(&self) -> MutexGuard<'_, Inner> {
-        let guard = self.lock();
-        let (guard, timeout) = self
+        let mut guard = self.lock();
+        if !guard.busy {
+            return guard;
+        }
+        guard.idle_waiters = guard.idle_waiters.saturating_add(1);
+        let (mut guard, timeout) = self
             .idle
             .wait_timeout_while(guard, BUSY_WAIT, |i| i.busy)
             .unwrap_or_else(|e| e.into_inner());
+        guard.idle_waiters = guard.idle_waiters.saturating_sub(1);
         if timeout.timed_out() {
             log::error!("stream {}: worker still busy after {BUSY_WAIT:?}", self.id);
         }
@@ -954,17 +964,20 @@ impl StreamRuntime {
     /// stream let go of it meanwhile (a teardown that gave up waiting for
     /// `busy`), returns it IO_ERR.
     fn put_back(&self, msg: IoMessage, epoch: u64) {
-        let orphan = {
+        let (orphan, waiters) = {
             let mut inner = self.lock();
             inner.busy = false;
-            if inner.epoch == epoch && inner.current.is_none() {
+            let orphan = if inner.epoch == epoch && inner.current.is_none() {
                 inner.current = Some(msg);
                 None
             } else {
                 Some(msg)
-            }
+            };
+            (orphan, inner.idle_waiters > 0)
         };
-        self.idle.notify_all();
+        if waiters {
+            self.idle.notify_all();
+        }
         if let Some(m) = orphan {
             self.complete_all([m], Status::IoErr);
         }
@@ -1364,7 +1377,7 @@ impl StreamRuntime {
     ) {
         let mut xrun = false;
         let mut orphan = None;
-        {
+        let waiters = {
             let mut inner = self.lock();
             inner.busy = false;
             if let Some((ok, bytes)) = completed {
@@ -1400,8 +1413,11 @@ impl StreamRuntime {
                 // `busy`, so only a teardown that gave up waiting gets here).
                 _ => orphan = next,
             }
+            inner.idle_waiters > 0
+        };
+        if waiters {
+            self.idle.notify_all();
         }
-        self.idle.notify_all();
         if let Some(m) = orphan {
             self.complete_all([m], Status::IoErr);
         }

@@ -44,6 +44,10 @@ struct State<T> {
     /// Bumped by every attach and detach; a lent item of an older
     /// generation is stale.
     generation: u64,
+    /// Detaches waiting for the lent item: a give-back wakes them only if
+    /// there are any (a condvar's notify is a system call even with no
+    /// one waiting, and a give-back comes after every host call).
+    waiters: u32,
 }
 
 /// A detachable, lendable item.
@@ -84,6 +88,7 @@ impl<T> Slot<T> {
                 lent: false,
                 published: false,
                 generation: 0,
+                waiters: 0,
             }),
             returned: Condvar::new(),
         }
@@ -151,9 +156,10 @@ impl<T> Slot<T> {
     /// Returns a lent item. If the slot was detached or re-attached since,
     /// the item is stale and is closed here, outside the lock.
     pub fn give_back(&self, lent: Lent<T>) {
-        let stale = {
+        let (stale, notify) = {
             let mut st = self.lock();
-            if st.generation == lent.generation {
+            let notify = st.waiters > 0;
+            let stale = if st.generation == lent.generation {
                 st.lent = false;
                 if st.published && st.item.is_none() {
                     st.item = Some(lent.item);
@@ -163,9 +169,12 @@ impl<T> Slot<T> {
                 }
             } else {
                 Some(lent.item)
-            }
+            };
+            (stale, notify)
         };
-        self.returned.notify_all();
+        if notify {
+            self.returned.notify_all();
+        }
         drop(stale);
     }
 
@@ -181,11 +190,13 @@ impl<T> Slot<T> {
             if left.is_zero() {
                 break;
             }
+            st.waiters = st.waiters.saturating_add(1);
             let (guard, _) = self
                 .returned
                 .wait_timeout(st, left)
                 .unwrap_or_else(|e| e.into_inner());
             st = guard;
+            st.waiters = st.waiters.saturating_sub(1);
         }
         let item = st.item.take();
         let outcome = match (&item, st.lent && st.generation == generation) {
