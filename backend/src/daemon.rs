@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A frontend that has sent nothing this long after connecting is dropped
 /// (it would keep every other VMM out).
@@ -309,10 +309,44 @@ pub fn serve(
     stop.clear_listener();
     // The last levels, whatever the state thread has done.
     state.controls.write_now();
-    if stop.requested() {
+    drop(_api);
+    let stopped = stop.requested();
+    drop(stop);
+    let others_let_go = let_go(&state);
+    if stopped {
         log::info!("stopped");
     }
+    if !others_let_go && stopped {
+        // The process ends now: the devices' owners will not drop them.
+        log::warn!("a thread still holds the devices; removing their sockets");
+        unix_socket::remove_all_now();
+    }
     Ok(())
+}
+
+/// How long the end of `serve` waits for other threads to let go of the
+/// state and its devices.
+const LET_GO_BOUND: Duration = Duration::from_secs(1);
+
+/// Waits, at most [`LET_GO_BOUND`], until nothing but `state` holds the
+/// state and its host devices: a thread handling a signal or an API
+/// request, or the last reference to a connection's device, lets go
+/// within moments. Dropping the state then drops the devices here, and a
+/// pad's socket file goes with its device (a process that ended first
+/// left it behind). Returns whether they all let go.
+fn let_go(state: &Arc<DaemonState>) -> bool {
+    let deadline = Instant::now() + LET_GO_BOUND;
+    loop {
+        let held =
+            Arc::strong_count(state) > 1 || state.devices.iter().any(|d| Arc::strong_count(d) > 1);
+        if !held {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn serve_one(state: &DaemonState, listener: &mut Listener, stop: &Stop) -> Result<(), DaemonError> {
@@ -366,6 +400,7 @@ fn serve_one(state: &DaemonState, listener: &mut Listener, stop: &Stop) -> Resul
     state
         .vmm_connected
         .store(false, std::sync::atomic::Ordering::SeqCst);
+    stop.clear_connection();
     // Stops the queue thread (exit event), then the stream workers.
     drop(daemon);
     device.shutdown();

@@ -134,20 +134,26 @@ impl Stop {
         }
     }
 
-    /// Asks the daemon to stop: no new VMM, and the current one ends.
+    /// Asks the daemon to stop: no new VMM, and the current one ends. The
+    /// connection is ended (and let go of) with its lock held, so that
+    /// [`Stop::clear_connection`] returns only once this thread holds no
+    /// reference to it.
     pub fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
         if let Some(fd) = *self.listen_fd.lock().unwrap_or_else(|e| e.into_inner()) {
             shutdown(fd);
         }
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .upgrade();
-        if let Some(c) = conn {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = conn.upgrade() {
             end(&c);
         }
+    }
+
+    /// The connection is over: forgets it, once a stop that is ending it
+    /// has let go of it (its last reference, and its device's, are then
+    /// the daemon's own).
+    pub fn clear_connection(&self) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Weak::new();
     }
 }
 
