@@ -363,7 +363,11 @@ fn play_through_pad(rig: &Rig, snd: &mut SndDriver, samples: &[i16]) -> Vec<i16>
             .any(|d| d["name"] == "pad0" && d["attached"] == true)
     };
     while !pad_attached() {
-        assert!(Instant::now() < deadline, "the pad never took the client");
+        assert!(
+            Instant::now() < deadline,
+            "the pad never took the client; the daemon's log:\n{}",
+            rig.daemon.log_tail(40)
+        );
         thread::sleep(Duration::from_millis(20));
     }
     let p = SetParams {
