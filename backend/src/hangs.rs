@@ -28,8 +28,11 @@ use loom::sync::atomic::{AtomicBool, Ordering};
 #[cfg(not(loom))]
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// How often the reactor looks at the calls while one may hang.
-pub const WATCH_PERIOD_NS: u64 = 10_000_000;
+/// How often the reactor looks at the calls while one may hang: half the
+/// bound of a call (`worker.rs` `HANG_NS`), so a call that hangs is found
+/// 50 to 75 ms after it started, for 40 wake-ups a second while a stream
+/// on such a device runs (at 10 ms it was 50 to 60 ms, for 100).
+pub const WATCH_PERIOD_NS: u64 = 25_000_000;
 
 /// Whether the shared reactor is watching the calls of the lanes that may
 /// block.

@@ -21,7 +21,7 @@
 //!    off and takes new buffers from the ring itself before the ticks
 //!    (a re-queued buffer wakes no thread);
 //! 4. on the shared reactor, looks at the other lanes' host calls when its
-//!    watch is due (every 10 ms while one may hang, never otherwise);
+//!    watch is due (every 25 ms while one may hang, never otherwise);
 //! 5. arms its `timerfd` (`TFD_TIMER_ABSTIME`, `CLOCK_MONOTONIC`) at the
 //!    earliest due time left, and sleeps in `poll` on the timer and its
 //!    wake eventfd.

@@ -638,26 +638,7 @@ fn an_idle_connection_wakes_no_thread_to_watch_for_hangs() {
     assert!(done[&3].iter().all(|c| c.status == Status::Ok));
     thread::sleep(Duration::from_millis(200));
     let pid = t.daemon.pid().unwrap();
-    let switches = || -> u64 {
-        let mut total = 0;
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-            let path = task.unwrap().path();
-            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            if !matches!(comm.trim(), "vsound-reactor" | "vsound-watchdog") {
-                continue;
-            }
-            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-            for line in status.lines() {
-                if let Some(n) = line
-                    .strip_prefix("voluntary_ctxt_switches:")
-                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-                {
-                    total += n.trim().parse::<u64>().unwrap();
-                }
-            }
-        }
-        total
-    };
+    let switches = || reactor_switches(pid);
     let before = switches();
     thread::sleep(Duration::from_secs(1));
     let woke = switches() - before;
@@ -666,6 +647,64 @@ fn an_idle_connection_wakes_no_thread_to_watch_for_hangs() {
         woke <= 2,
         "the reactor woke {woke} times in 1 s with nothing to do"
     );
+    t.daemon.check_alive().unwrap();
+}
+
+/// The context switches (voluntary and not) of a daemon's hang-watching
+/// threads so far: its shared reactor (and a watchdog thread, had it one).
+fn reactor_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !matches!(comm.trim(), "vsound-reactor" | "vsound-watchdog") {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<u64>().unwrap();
+            }
+        }
+    }
+    total
+}
+
+/// While a stream on a device that may block plays, the reactor looks at
+/// its calls 40 times a second (every 25 ms), not at every period: the
+/// watch costs an ALSA stream's daemon 40 wake-ups a second (a 10 ms watch
+/// and the watchdog before it, 100).
+#[test]
+fn a_stream_on_a_device_that_may_block_costs_the_reactor_40_looks_a_second() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vsound-test"));
+    let mut t = setup(
+        "silence",
+        Some(bin),
+        "[devices.slow]\nkind = \"test-hang\"\nhang_after_ms = 600000\n",
+        "[[streams]]\ndirection = \"output\"\ndevice = \"slow\"\n",
+    );
+    assert_eq!(prepare(&mut t.snd, 3, 0), Status::Ok);
+    let pid = t.daemon.pid().unwrap();
+    let mut before = (0, Instant::now());
+    let done = run(&mut t.snd, Queue::Tx, &[3], 160, |_, k| {
+        // From the 20th period to the 120th: a second of steady playback.
+        if k == 20 {
+            before = (reactor_switches(pid), Instant::now());
+        }
+        if k == 120 {
+            let woke = reactor_switches(pid) - before.0;
+            let secs = before.1.elapsed().as_secs_f64();
+            println!("the reactor woke {woke} times in {secs:.2} s of playback");
+            assert!(
+                (woke as f64) < 55.0 * secs,
+                "the reactor woke {woke} times in {secs:.2} s"
+            );
+        }
+    });
+    assert!(done[&3][..150].iter().all(|c| c.status == Status::Ok));
     t.daemon.check_alive().unwrap();
 }
 
