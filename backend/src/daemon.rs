@@ -311,7 +311,6 @@ pub fn serve(
     state.controls.write_now();
     drop(_api);
     let stopped = stop.requested();
-    drop(stop);
     let others_let_go = let_go(&state);
     if stopped {
         log::info!("stopped");
