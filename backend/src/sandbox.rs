@@ -563,11 +563,15 @@ mod imp {
         r
     }
 
-    /// Waiting on and reading eventfds and sockets.
+    /// Waiting on and reading eventfds and sockets; `pread64` is the
+    /// SIGBUS handler's, which any thread touching guest memory may run
+    /// (it reads `/proc/self/maps` through an fd opened before the
+    /// sandbox: `sigbus.rs`).
     fn events() -> Rules {
         let mut r = Rules::default();
         r.allow(&[
             SYS_read,
+            SYS_pread64,
             SYS_epoll_wait,
             SYS_epoll_pwait,
             SYS_ppoll,

@@ -8,10 +8,22 @@
 //! a registered guest-memory range gets a private zero page mapped over the
 //! faulting page (the access then completes, reading zeros or writing into
 //! nothing), and the connection is told through an eventfd, which ends it.
-//! A SIGBUS anywhere else takes the default action, as before.
+//!
+//! A range is registered when the daemon checks a new memory table
+//! (`update_memory`), but vhost-user-backend publishes the table to the
+//! queue threads just before it calls that, so a queue thread can touch a
+//! region the check is about to refuse (a region past its file's end:
+//! found by the `vhost_user` fuzz target, a SIGBUS in `enable_notification`
+//! on the queue thread). So a fault outside the registered ranges is also
+//! taken for guest memory when the kernel says the page is past its file's
+//! end (`BUS_ADRERR`) and `/proc/self/maps` (opened before any sandbox, read
+//! with `pread`) says the mapping is a shared one: guest memory is the
+//! daemon's only shared file mapping besides a sound server's buffers.
+//! Any other SIGBUS goes to the disposition there was before (the default,
+//! which kills; a fuzzer's own handler, which reports).
 //!
 //! Only async-signal-safe work happens in the handler: atomics, `mmap`,
-//! `write`, `sigaction`.
+//! `pread`, `write`, `sigaction`.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -43,6 +55,10 @@ static NOTIFY_FD: AtomicI32 = AtomicI32::new(-1);
 /// The address of the last fault caught.
 static LAST_FAULT: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// `/proc/self/maps`, opened by `install` (-1 if it could not be).
+static MAPS_FD: AtomicI32 = AtomicI32::new(-1);
+/// The disposition of SIGBUS before `install`.
+static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
 /// The eventfd a caught fault is reported on.
 static NOTIFY: OnceLock<EventFd> = OnceLock::new();
@@ -55,10 +71,70 @@ fn covered(addr: usize) -> bool {
     })
 }
 
+fn hex(b: u8) -> Option<usize> {
+    match b {
+        b'0'..=b'9' => Some(usize::from(b - b'0')),
+        b'a'..=b'f' => Some(usize::from(b - b'a') + 10),
+        _ => None,
+    }
+}
+
+/// Whether `addr` lies in a shared mapping, by `/proc/self/maps` (lines
+/// `start-end perms ...`, `perms` ending in `s` for a shared one). Reads
+/// with `pread` into a buffer on the stack: no allocation, no lock, so it
+/// may run in the signal handler. False when the file cannot be read.
+fn in_shared_mapping(addr: usize) -> bool {
+    let fd = MAPS_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    let mut offset: libc::off_t = 0;
+    // The line's fields: 0 start, 1 end, 2 permissions, 3 the rest.
+    let (mut start, mut end, mut field, mut perm, mut shared) = (0usize, 0usize, 0u8, 0u8, false);
+    loop {
+        // SAFETY: reads at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset) };
+        let Ok(n) = usize::try_from(n) else {
+            return false;
+        };
+        if n == 0 {
+            return false;
+        }
+        offset = offset.saturating_add(libc::off_t::try_from(n).unwrap_or(0));
+        for &b in buf.iter().take(n) {
+            match field {
+                0 => match hex(b) {
+                    Some(d) => start = start.wrapping_mul(16).wrapping_add(d),
+                    None => field = 1,
+                },
+                1 => match hex(b) {
+                    Some(d) => end = end.wrapping_mul(16).wrapping_add(d),
+                    None => field = 2,
+                },
+                2 => {
+                    if perm == 3 {
+                        shared = b == b's';
+                        field = 3;
+                    }
+                    perm = perm.saturating_add(1);
+                }
+                _ => {}
+            }
+            if b == b'\n' {
+                if addr >= start && addr < end {
+                    return shared;
+                }
+                (start, end, field, perm, shared) = (0, 0, 0, 0, false);
+            }
+        }
+    }
+}
+
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    if covered(addr) {
+    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+    if covered(addr) || (code == libc::BUS_ADRERR && in_shared_mapping(addr)) {
         let page = PAGE.load(Ordering::Relaxed);
         let base = addr & !(page - 1);
         // SAFETY: the page lies inside a guest-memory mapping the daemon
@@ -85,10 +161,18 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
             return;
         }
     }
-    // Not guest memory: the default action (the fault repeats and kills).
-    // SAFETY: restores the default disposition of this signal.
+    // Not guest memory: the disposition from before (the fault repeats and
+    // kills, or a fuzzer's handler reports it).
+    // SAFETY: restores a disposition sigaction gave us, or the default.
     unsafe {
-        libc::signal(sig, libc::SIG_DFL);
+        match PREVIOUS.get() {
+            Some(prev) => {
+                libc::sigaction(sig, prev, std::ptr::null_mut());
+            }
+            None => {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
     }
 }
 
@@ -110,17 +194,31 @@ pub fn install() -> io::Result<&'static EventFd> {
             PAGE.store(p, Ordering::SeqCst);
         }
     }
-    // SAFETY: a zeroed sigaction is valid; the handler has the SA_SIGINFO
+    if MAPS_FD.load(Ordering::SeqCst) < 0 {
+        // SAFETY: a NUL-terminated path; the fd is ours for the process's life.
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/maps".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        MAPS_FD.store(fd, Ordering::SeqCst);
+    }
+    // SAFETY: zeroed sigactions are valid; the handler has the SA_SIGINFO
     // signature and does only async-signal-safe work.
-    let rc = unsafe {
+    let (rc, prev) = unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
+        let mut prev: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigbus as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
         libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut())
+        (libc::sigaction(libc::SIGBUS, &sa, &mut prev), prev)
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
+    }
+    if prev.sa_sigaction != on_sigbus as *const () as usize {
+        let _ = PREVIOUS.set(prev);
     }
     INSTALLED.store(true, Ordering::SeqCst);
     Ok(efd)
@@ -182,10 +280,14 @@ mod tests {
 
     use super::*;
 
+    /// The fault report is one per process: the tests that fault take turns.
+    static FAULTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// A mapping of a file that is then truncated reads zeros instead of
     /// killing the process, and the fault is reported.
     #[test]
     fn a_truncated_watched_mapping_reads_zeros_and_reports_the_fault() {
+        let _turn = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
         let efd = install().unwrap();
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&[0xAA; 8192]).unwrap();
@@ -213,5 +315,52 @@ mod tests {
         forget_all();
         // SAFETY: unmapping our own mapping.
         unsafe { libc::munmap(p, 8192) };
+    }
+
+    /// A shared file mapping not (yet) registered, past its file's end: a
+    /// queue thread touching a memory table the library published before
+    /// the daemon checked it. It too reads zeros and is reported, instead
+    /// of killing the daemon.
+    #[test]
+    fn an_unregistered_shared_mapping_past_its_files_end_reads_zeros_and_is_reported() {
+        let _turn = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        let efd = install().unwrap();
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(4096).unwrap();
+        // SAFETY: a fresh shared mapping of our own file, twice its size.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let base = p as usize;
+        assert!(in_shared_mapping(base + 4096));
+        // SAFETY: inside the mapping; the second page has no file behind it.
+        unsafe { std::ptr::write_volatile((base + 4100) as *mut u16, 7) };
+        // SAFETY: as above, now a private zero page with the write in it.
+        let v = unsafe { std::ptr::read_volatile((base + 4100) as *const u16) };
+        assert_eq!(v, 7, "the write went to the page mapped over the fault");
+        assert_eq!(last_fault(), Some(base + 4100));
+        assert!(efd.read().unwrap() >= 1);
+        forget_all();
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p, 8192) };
+    }
+
+    /// What `/proc/self/maps` says about private memory: not shared.
+    #[test]
+    fn private_memory_is_not_taken_for_a_shared_mapping() {
+        install().unwrap();
+        let on_stack = 0u64;
+        assert!(!in_shared_mapping(&on_stack as *const u64 as usize));
+        let on_heap = Box::new(0u64);
+        assert!(!in_shared_mapping(&*on_heap as *const u64 as usize));
+        assert!(!in_shared_mapping(8), "nothing is mapped at 8");
     }
 }

@@ -128,3 +128,77 @@ fn a_broken_avail_index_does_not_spin_the_queue_thread() {
     );
     device.shutdown();
 }
+
+/// Found by `vhost_user` (fuzz/README.md, finding 7): vhost-user-backend
+/// publishes a new memory table to the queue threads before it calls
+/// `update_memory`, where the daemon checks each region against its file
+/// and registers it with the SIGBUS guard. A queue thread kicked in
+/// between touched a region past its file's end (the used ring's
+/// `avail_event`, written by `enable_notification`) and the SIGBUS killed
+/// the daemon. Here the window is held open: the rings run on a table whose
+/// used ring lies past the end of its file, and `update_memory` has not
+/// run. The kick must be handled, the fault caught and reported (the watch
+/// thread then ends the connection), and the process live.
+#[test]
+fn a_queue_thread_on_a_table_not_checked_yet_survives_a_region_past_its_file() {
+    use std::sync::Arc;
+
+    use vhost_user_backend::{VhostUserBackend, VringT};
+    use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestRegionMmap, MmapRegion};
+    use vmm_sys_util::epoll::EventSet;
+    use vsound::device::SoundDevice;
+    use vsound::queue::Mem;
+    use vsound::vhost_user::{Connection, Vring, VsoundBackend};
+
+    let report = vsound::sigbus::install().unwrap();
+    vsound::sigbus::consume();
+    let config = Config::default_config().unwrap();
+    let state = DaemonState::new(&config).unwrap();
+    let device = SoundDevice::new(&config, &state.devices).unwrap();
+    // 64 KiB of guest memory on a file of 32 KiB.
+    let file = tempfile::tempfile().unwrap();
+    file.set_len(32 << 10).unwrap();
+    let region = GuestRegionMmap::new(
+        MmapRegion::from_file(FileOffset::new(file, 0), 64 << 10).unwrap(),
+        GuestAddress(0),
+    )
+    .unwrap();
+    let base = region.as_ptr() as usize;
+    let mem = GuestMemoryAtomic::new(Mem::from_regions(vec![region]).unwrap());
+    let conn = Connection::new(device.clone()).unwrap();
+    let backend = Arc::new(VsoundBackend::new(conn.clone()).unwrap());
+    let vrings: Vec<Vring> = conn.build(|| {
+        (0..4)
+            .map(|_| <Vring as VringT<_>>::new(mem.clone(), 1024).unwrap())
+            .collect()
+    });
+    // The control ring, EVENT_IDX, running; its used ring past the file.
+    let (desc, avail, used) = (0x1000u64, 0x2000u64, 0x9000u64);
+    let ctl = &vrings[0];
+    ctl.set_queue_size(64);
+    ctl.set_queue_info(desc, avail, used).unwrap();
+    ctl.set_queue_event_idx(true);
+    backend.set_event_idx(true);
+    ctl.set_enabled(true);
+    ctl.set_queue_ready(true);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b = backend.clone();
+    let rings = vrings.clone();
+    std::thread::spawn(move || {
+        let _ = b.handle_event(0, EventSet::IN, &rings, 0);
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the kick was not handled"
+    );
+    let fault = vsound::sigbus::last_fault().expect("no fault was caught");
+    assert!(
+        (base + 0x9000..base + (64 << 10)).contains(&fault),
+        "the fault at {fault:#x} is not in the used ring's page"
+    );
+    assert!(report.read().unwrap() >= 1, "the fault was not reported");
+    vsound::sigbus::forget_all();
+    device.shutdown();
+}
