@@ -283,6 +283,23 @@ mod tests {
     /// The fault report is one per process: the tests that fault take turns.
     static FAULTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// A new shared read-write mapping of `len` bytes of `f`.
+    fn map_shared(f: &std::fs::File, len: usize) -> *mut libc::c_void {
+        // SAFETY: a fresh mapping of our own file; nothing else uses it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p
+    }
+
     /// A mapping of a file that is then truncated reads zeros instead of
     /// killing the process, and the fault is reported.
     #[test]
@@ -291,18 +308,7 @@ mod tests {
         let efd = install().unwrap();
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&[0xAA; 8192]).unwrap();
-        // SAFETY: a fresh shared mapping of our own file.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                8192,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = map_shared(&f, 8192);
         let base = p as usize;
         assert!(watch(base, 8192));
         f.set_len(0).unwrap();
@@ -327,18 +333,8 @@ mod tests {
         let efd = install().unwrap();
         let f = tempfile::tempfile().unwrap();
         f.set_len(4096).unwrap();
-        // SAFETY: a fresh shared mapping of our own file, twice its size.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                8192,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        // Twice the file's size.
+        let p = map_shared(&f, 8192);
         let base = p as usize;
         assert!(in_shared_mapping(base + 4096));
         // SAFETY: inside the mapping; the second page has no file behind it.

@@ -69,6 +69,66 @@ fn a_non_utf8_api_line_gets_an_error_line() {
     assert_eq!(replies[1]["ok"], true);
 }
 
+/// The daemon's connection objects over guest memory `mem`, built as
+/// `serve_one` builds them, with the control ring running (64 entries,
+/// EVENT_IDX) at `rings` (descriptor table, avail ring, used ring).
+struct ControlRing {
+    device: std::sync::Arc<vsound::device::SoundDevice>,
+    backend: std::sync::Arc<vsound::vhost_user::VsoundBackend>,
+    vrings: Vec<vsound::vhost_user::Vring>,
+    // Keeps the host devices the device lends.
+    _state: std::sync::Arc<DaemonState>,
+}
+
+impl ControlRing {
+    fn new(
+        mem: &vm_memory::GuestMemoryAtomic<vsound::queue::Mem>,
+        (desc, avail, used): (u64, u64, u64),
+    ) -> ControlRing {
+        use vhost_user_backend::{VhostUserBackend, VringT};
+        use vsound::vhost_user::{Connection, Vring, VsoundBackend};
+
+        let config = Config::default_config().unwrap();
+        let state = DaemonState::new(&config).unwrap();
+        let device = vsound::device::SoundDevice::new(&config, &state.devices).unwrap();
+        let conn = Connection::new(device.clone()).unwrap();
+        let backend = std::sync::Arc::new(VsoundBackend::new(conn.clone()).unwrap());
+        let vrings: Vec<Vring> = conn.build(|| {
+            (0..4)
+                .map(|_| <Vring as VringT<_>>::new(mem.clone(), 1024).unwrap())
+                .collect()
+        });
+        let ctl = &vrings[0];
+        ctl.set_queue_size(64);
+        ctl.set_queue_info(desc, avail, used).unwrap();
+        ctl.set_queue_event_idx(true);
+        backend.set_event_idx(true);
+        ctl.set_enabled(true);
+        ctl.set_queue_ready(true);
+        ControlRing {
+            device,
+            backend,
+            vrings,
+            _state: state,
+        }
+    }
+
+    /// A kick of the control ring, handled as the queue thread does, on a
+    /// thread of its own; whether it was handled within 5 s.
+    fn kick(&self) -> bool {
+        use vhost_user_backend::VhostUserBackend;
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b = self.backend.clone();
+        let rings = self.vrings.clone();
+        std::thread::spawn(move || {
+            let _ = b.handle_event(0, vmm_sys_util::epoll::EventSet::IN, &rings, 0);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(5)).is_ok()
+    }
+}
+
 /// fuzz/regressions/vhost_user/open-avail-idx-past-queue-size-spins (and
 /// the input the fuzzer found, open-queue-thread-spins-found): with
 /// EVENT_IDX, a driver that sets its avail index more than the queue size
@@ -81,52 +141,21 @@ fn a_non_utf8_api_line_gets_an_error_line() {
 /// same: virtio-queue then reports the queue not ready.)
 #[test]
 fn a_broken_avail_index_does_not_spin_the_queue_thread() {
-    use std::sync::Arc;
-
-    use vhost_user_backend::{VhostUserBackend, VringT};
     use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
-    use vmm_sys_util::epoll::EventSet;
-    use vsound::device::SoundDevice;
     use vsound::queue::Mem;
-    use vsound::vhost_user::{Connection, Vring, VsoundBackend};
 
-    let config = Config::default_config().unwrap();
-    let state = DaemonState::new(&config).unwrap();
-    let device = SoundDevice::new(&config, &state.devices).unwrap();
     let mem = GuestMemoryAtomic::new(Mem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
-    let conn = Connection::new(device.clone()).unwrap();
-    let backend = Arc::new(VsoundBackend::new(conn.clone()).unwrap());
-    let vrings: Vec<Vring> = conn.build(|| {
-        (0..4)
-            .map(|_| <Vring as VringT<_>>::new(mem.clone(), 1024).unwrap())
-            .collect()
-    });
-    // The control ring: 64 entries, EVENT_IDX, running.
-    let (desc, avail, used) = (0x1_0000u64, 0x1_1000u64, 0x1_2000u64);
-    let ctl = &vrings[0];
-    ctl.set_queue_size(64);
-    ctl.set_queue_info(desc, avail, used).unwrap();
-    ctl.set_queue_event_idx(true);
-    backend.set_event_idx(true);
-    ctl.set_enabled(true);
-    ctl.set_queue_ready(true);
+    let avail = 0x1_1000u64;
+    let rig = ControlRing::new(&mem, (0x1_0000, avail, 0x1_2000));
     // The driver's avail index: 65 chains when the ring holds 64.
     mem.memory()
         .write_obj(65u16.to_le(), GuestAddress(avail + 2))
         .unwrap();
-
-    let (tx, rx) = std::sync::mpsc::channel();
-    let b = backend.clone();
-    let rings = vrings.clone();
-    std::thread::spawn(move || {
-        let _ = b.handle_event(0, EventSet::IN, &rings, 0);
-        let _ = tx.send(());
-    });
     assert!(
-        rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        rig.kick(),
         "the kick of a control ring with a broken avail index is still being handled after 5 s"
     );
-    device.shutdown();
+    rig.device.shutdown();
 }
 
 /// Found by `vhost_user` (fuzz/README.md, finding 7): vhost-user-backend
@@ -141,20 +170,11 @@ fn a_broken_avail_index_does_not_spin_the_queue_thread() {
 /// thread then ends the connection), and the process live.
 #[test]
 fn a_queue_thread_on_a_table_not_checked_yet_survives_a_region_past_its_file() {
-    use std::sync::Arc;
-
-    use vhost_user_backend::{VhostUserBackend, VringT};
     use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestRegionMmap, MmapRegion};
-    use vmm_sys_util::epoll::EventSet;
-    use vsound::device::SoundDevice;
     use vsound::queue::Mem;
-    use vsound::vhost_user::{Connection, Vring, VsoundBackend};
 
     let report = vsound::sigbus::install().unwrap();
     vsound::sigbus::consume();
-    let config = Config::default_config().unwrap();
-    let state = DaemonState::new(&config).unwrap();
-    let device = SoundDevice::new(&config, &state.devices).unwrap();
     // 64 KiB of guest memory on a file of 32 KiB.
     let file = tempfile::tempfile().unwrap();
     file.set_len(32 << 10).unwrap();
@@ -165,34 +185,9 @@ fn a_queue_thread_on_a_table_not_checked_yet_survives_a_region_past_its_file() {
     .unwrap();
     let base = region.as_ptr() as usize;
     let mem = GuestMemoryAtomic::new(Mem::from_regions(vec![region]).unwrap());
-    let conn = Connection::new(device.clone()).unwrap();
-    let backend = Arc::new(VsoundBackend::new(conn.clone()).unwrap());
-    let vrings: Vec<Vring> = conn.build(|| {
-        (0..4)
-            .map(|_| <Vring as VringT<_>>::new(mem.clone(), 1024).unwrap())
-            .collect()
-    });
-    // The control ring, EVENT_IDX, running; its used ring past the file.
-    let (desc, avail, used) = (0x1000u64, 0x2000u64, 0x9000u64);
-    let ctl = &vrings[0];
-    ctl.set_queue_size(64);
-    ctl.set_queue_info(desc, avail, used).unwrap();
-    ctl.set_queue_event_idx(true);
-    backend.set_event_idx(true);
-    ctl.set_enabled(true);
-    ctl.set_queue_ready(true);
-
-    let (tx, rx) = std::sync::mpsc::channel();
-    let b = backend.clone();
-    let rings = vrings.clone();
-    std::thread::spawn(move || {
-        let _ = b.handle_event(0, EventSet::IN, &rings, 0);
-        let _ = tx.send(());
-    });
-    assert!(
-        rx.recv_timeout(Duration::from_secs(5)).is_ok(),
-        "the kick was not handled"
-    );
+    // The used ring past the file's end.
+    let rig = ControlRing::new(&mem, (0x1000, 0x2000, 0x9000));
+    assert!(rig.kick(), "the kick was not handled");
     let fault = vsound::sigbus::last_fault().expect("no fault was caught");
     assert!(
         (base + 0x9000..base + (64 << 10)).contains(&fault),
@@ -200,5 +195,5 @@ fn a_queue_thread_on_a_table_not_checked_yet_survives_a_region_past_its_file() {
     );
     assert!(report.read().unwrap() >= 1, "the fault was not reported");
     vsound::sigbus::forget_all();
-    device.shutdown();
+    rig.device.shutdown();
 }
