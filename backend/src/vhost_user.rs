@@ -51,6 +51,10 @@ use crate::queue::{Chain, Mem, RingGate, RingPass, Virtqueue};
 
 /// Queue size we accept at most.
 pub const MAX_QUEUE_SIZE: usize = 1024;
+
+/// How many rings' worth of chains one kick may give the queue thread
+/// before the connection is ended (see `VsoundBackend::drain`).
+const CHAINS_PER_KICK_RINGS: u32 = 16;
 /// How long stopping a ring waits for a writer to leave it (writers only
 /// copy guest memory; this is a bound, never reached in practice).
 const RING_STOP_WAIT: Duration = Duration::from_secs(1);
@@ -746,6 +750,16 @@ impl VsoundBackend {
         // fuzz target). One empty round is the race EVENT_IDX re-checks
         // for: a chain added just before notifications came back on.
         let mut empty_rounds = 0u32;
+        // Chains taken on one kick. A driver adds at most a ring's worth
+        // before it waits for the device, and this thread completes only
+        // control chains and refused I/O on its own; a ring that keeps
+        // offering chains with no kick is one the device's own writes feed
+        // (its avail ring laid over the used ring or over the buffers the
+        // device writes: found by the vhost_user fuzz target), and looping
+        // on it would hold the queue thread for ever, and with it every
+        // later VMM (the teardown joins this thread).
+        let bound = u32::from(q.size().max(1)).saturating_mul(CHAINS_PER_KICK_RINGS);
+        let mut taken = 0u32;
         loop {
             if event_idx {
                 vring.disable_notification()?;
@@ -755,9 +769,17 @@ impl VsoundBackend {
                 let Some(pass) = q.gate().enter() else {
                     return Ok(());
                 };
+                if taken >= bound {
+                    self.conn.refuse(format!(
+                        "{}: more than {bound} chains on one kick: the device's own writes feed the avail ring",
+                        vring.name()
+                    ));
+                    return Ok(());
+                }
                 match q.pop(&pass) {
                     Some(c) => {
                         popped = true;
+                        taken = taken.saturating_add(1);
                         handle(&pass, c)
                     }
                     None => break,

@@ -7,7 +7,8 @@
 //! and the teardown. The target is the frontend: it writes the input as
 //! vhost-user frames (12-byte header: u32 request, u32 flags, u32 size,
 //! then the body), without file descriptors (messages that need one are
-//! refused), half-closes, reads every reply until the daemon closes, and
+//! refused), takes the replies so far before each frame, half-closes, reads
+//! every reply until the daemon closes, and
 //! joins the daemon.
 //!
 //! Input: first byte odd: the rest is written verbatim. Even: a sequence
@@ -209,6 +210,31 @@ fn actions(data: &[u8], memfd: &OwnedFd) -> Vec<Action> {
 }
 
 /// Sends `bytes` with `fds` attached (SCM_RIGHTS), as a VMM does.
+/// Takes the replies the daemon has sent so far, without waiting (any
+/// file descriptors in them are dropped): a frontend that read none until
+/// the end filled its socket's buffer with them, the daemon's request
+/// thread then blocked sending the next one and stopped reading, and the
+/// input waited out the 5 s write timeout (inputs of many NEED_REPLY
+/// messages took 5-10 s).
+fn take_replies(sock: &UnixStream, into: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: receives at most `buf.len()` bytes into `buf`.
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) if n > 0 => into.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+}
+
 fn send(sock: &UnixStream, bytes: &[u8], fds: &[OwnedFd]) -> std::io::Result<()> {
     if fds.is_empty() || bytes.is_empty() {
         return (&*sock).write_all(bytes);
@@ -279,6 +305,7 @@ fuzz_target!(|data: &[u8]| {
     c.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     // The daemon may end the connection early (a refused message).
     let mut kicks: std::collections::HashMap<u8, std::fs::File> = Default::default();
+    let mut replies = Vec::new();
     for a in actions {
         match a {
             Action::Send(bytes, fds) => {
@@ -288,6 +315,7 @@ fuzz_target!(|data: &[u8]| {
                         kicks.insert(bytes.get(12).copied().unwrap_or(0), std::fs::File::from(f));
                     }
                 }
+                take_replies(&c, &mut replies);
                 if send(&c, &bytes, &fds).is_err() {
                     break;
                 }
@@ -305,7 +333,6 @@ fuzz_target!(|data: &[u8]| {
     }
     drop(kicks);
     let _ = c.shutdown(std::net::Shutdown::Write);
-    let mut replies = Vec::new();
     let started = Instant::now();
     if let Err(e) = c.read_to_end(&mut replies) {
         assert!(
