@@ -55,6 +55,7 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 /// How many rings' worth of chains one kick may give the queue thread
 /// before the connection is ended (see `VsoundBackend::drain`).
 const CHAINS_PER_KICK_RINGS: u32 = 16;
+
 /// How long stopping a ring waits for a writer to leave it (writers only
 /// copy guest memory; this is a bound, never reached in practice).
 const RING_STOP_WAIT: Duration = Duration::from_secs(1);
@@ -750,14 +751,14 @@ impl VsoundBackend {
         // fuzz target). One empty round is the race EVENT_IDX re-checks
         // for: a chain added just before notifications came back on.
         let mut empty_rounds = 0u32;
-        // Chains taken on one kick. A driver adds at most a ring's worth
-        // before it waits for the device, and this thread completes only
-        // control chains and refused I/O on its own; a ring that keeps
-        // offering chains with no kick is one the device's own writes feed
-        // (its avail ring laid over the used ring or over the buffers the
-        // device writes: found by the vhost_user fuzz target), and looping
-        // on it would hold the queue thread for ever, and with it every
-        // later VMM (the teardown joins this thread).
+        // Chains taken on one kick. A driver cannot have more than a ring's
+        // worth outstanding, and this thread completes only control chains
+        // and refused I/O itself, so a real driver stays far below the
+        // bound; a ring that keeps offering chains is one the device's own
+        // writes feed (its avail ring laid on its used ring: found by the
+        // vhost_user fuzz target), and looping on it would hold the queue
+        // thread for ever, and with it every later VMM (the teardown joins
+        // this thread).
         let bound = u32::from(q.size().max(1)).saturating_mul(CHAINS_PER_KICK_RINGS);
         let mut taken = 0u32;
         loop {
