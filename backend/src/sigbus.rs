@@ -18,7 +18,9 @@
 //! taken for guest memory when the kernel says the page is past its file's
 //! end (`BUS_ADRERR`) and `/proc/self/maps` (opened before any sandbox, read
 //! with `pread`) says the mapping is a shared one: guest memory is the
-//! daemon's only shared file mapping besides a sound server's buffers.
+//! daemon's only shared file mapping besides a sound server's buffers (a
+//! server that shrank one under the daemon would also end the connection
+//! this way, rather than kill the process).
 //! Any other SIGBUS goes to the disposition there was before (the default,
 //! which kills; a fuzzer's own handler, which reports).
 //!
