@@ -651,15 +651,14 @@ fn an_idle_connection_wakes_no_thread_to_watch_for_hangs() {
 }
 
 /// The wake-ups (voluntary context switches: each is a sleep that ended)
-/// of a daemon's hang-watching threads so far: its shared reactor (and a
-/// watchdog thread, had it one). Preemptions are not counted: a loaded
-/// machine would add them.
+/// of a daemon's hang-watching thread so far, its shared reactor.
+/// Preemptions are not counted: a loaded machine would add them.
 fn reactor_switches(pid: u32) -> u64 {
     let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let path = task.unwrap().path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !matches!(comm.trim(), "vsound-reactor" | "vsound-watchdog") {
+        if comm.trim() != "vsound-reactor" {
             continue;
         }
         let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
