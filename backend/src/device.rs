@@ -460,6 +460,10 @@ impl SoundDevice {
                 if let Some(m) = inner.current.as_mut() {
                     m.mark_failed();
                 }
+                // Given to the device, not all heard.
+                for w in inner.written.iter_mut() {
+                    w.msg.mark_failed();
+                }
                 inner.state == PcmState::Started
                     && inner
                         .negotiated

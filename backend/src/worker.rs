@@ -113,8 +113,12 @@ pub struct Inner {
     pub negotiated: Option<Negotiated>,
     /// Messages waiting their turn, oldest first.
     pub pending: VecDeque<IoMessage>,
-    /// The message being played (tx) or recorded (rx) until `due`.
+    /// The message being played (tx) or recorded (rx) until `due`; on a
+    /// playback device with its own clock, the message being handed over.
     pub current: Option<IoMessage>,
+    /// Playback on a device with its own clock: messages handed to it,
+    /// oldest first, each completed once the device has played it.
+    pub written: VecDeque<Written>,
     pub schedule: Option<Schedule>,
     /// When the worker next has work (while started).
     pub due: u64,
@@ -132,6 +136,33 @@ pub struct Inner {
     /// parameters, reset): a capture the worker recorded for a message of
     /// an older epoch is not that message's.
     pub epoch: u64,
+}
+
+/// A tx message a device on its own clock was given, and where its last
+/// frame is in the stream's timeline (see [`Timeline`]).
+pub struct Written {
+    pub msg: IoMessage,
+    pub end: u64,
+    /// It never completes before this (ns): the stream's schedule, at most
+    /// [`crate::pacer::MAX_RATE_PPM`] faster than its nominal rate, so a
+    /// PCM without a clock (alsa-lib's `null`) cannot take the guest's
+    /// buffers as fast as it sends them.
+    pub not_before: u64,
+}
+
+/// Puts `msg`, just handed over, at the end of `written`.
+fn hand_over(inner: &mut Inner, line: &mut Timeline, msg: IoMessage, frame_bytes: u32) {
+    let frames = u64::from(msg.payload() / frame_bytes.max(1));
+    let end = line.end_of(frames);
+    let not_before = inner
+        .schedule
+        .as_mut()
+        .map_or(0, |s| s.advance(u64::from(msg.payload())));
+    inner.written.push_back(Written {
+        msg,
+        end,
+        not_before,
+    });
 }
 
 /// A completion that found its ring stopped: done when the ring starts
@@ -268,6 +299,147 @@ pub(crate) struct WorkerLocal {
     /// The endpoint keeps time itself (`Clock::Device`): its fill level is
     /// read (null and pad endpoints are never asked).
     device_clocked: bool,
+    /// Playback on a device with its own clock: where the device is.
+    line: Timeline,
+}
+
+/// Where a playback stream on a device with its own clock has got, in
+/// frames: the device's own count ([`vsound_devices::Position`]) plus
+/// `offset`, so that the count runs on from one endpoint to the next (a
+/// device removed and back) and, with no endpoint, at the stream's nominal
+/// rate from where the device last was.
+#[derive(Clone, Copy, Debug, Default)]
+struct Timeline {
+    offset: u64,
+    /// Frames played, as last known, and when (ns; 0: not known yet).
+    played: u64,
+    at: u64,
+    /// When the device was last seen to move (for [`MAX_DEVICE_WAIT_NS`]).
+    moved_at: u64,
+    /// The end of the latest message handed over.
+    end: u64,
+    /// The end of the message whose last chunk the device just took.
+    last_end: Option<u64>,
+    /// A reading to measure the device's rate from (frames, ns), taken a
+    /// second after START.
+    reference: Option<(u64, u64)>,
+    /// How long before the device plays a message's last frame it
+    /// completes (frames; see [`lead_frames`]).
+    lead: u64,
+}
+
+/// How far ahead of the device a playback stream completes, in frames: 0
+/// when the guest's buffer covers what the device must hold (`keep`), else
+/// the shortfall. Completions follow the device's position, so the device
+/// holds at most what the guest has in flight: its buffer less the message
+/// just completed and the one it is queueing again (the lane takes it at
+/// its next look). A guest whose buffer is that short gets its
+/// completions that much early, made up by the device's cushion of
+/// silence at the start: otherwise it could not keep the device fed.
+fn lead_frames(keep: u64, params: &StreamParams) -> u64 {
+    let frame = params.frame_bytes().max(1);
+    let buffer = u64::from(params.buffer_bytes / frame);
+    let period = u64::from(params.period_bytes / frame);
+    keep.saturating_sub(buffer.saturating_sub(period.saturating_mul(2)))
+}
+
+/// Frames of `rate` in `ns`.
+fn frames_in(ns: u64, rate: u32) -> u64 {
+    u64::try_from(u128::from(ns) * u128::from(rate) / 1_000_000_000).unwrap_or(u64::MAX)
+}
+
+/// Nanoseconds `frames` take at `rate`.
+fn ns_for(frames: u64, rate: u32) -> u64 {
+    match rate {
+        0 => 0,
+        r => u64::try_from(u128::from(frames) * 1_000_000_000 / u128::from(r)).unwrap_or(u64::MAX),
+    }
+}
+
+impl Timeline {
+    /// Where the device would be at `now`, running on at the nominal rate
+    /// from where it was last known to be.
+    fn estimate(&self, now: u64, rate: u32) -> u64 {
+        if self.at == 0 {
+            return self.played;
+        }
+        self.played
+            .saturating_add(frames_in(now.saturating_sub(self.at), rate))
+    }
+
+    /// The stream (re)starts at `now`: the time spent stopped is no play.
+    fn restart(&mut self, now: u64) {
+        self.at = now;
+        self.moved_at = now;
+        self.reference = None;
+    }
+
+    /// A new endpoint, whose count starts at 0, at `now`.
+    fn rebase(&mut self, now: u64, rate: u32) {
+        self.played = self.estimate(now, rate);
+        self.offset = self.played;
+        self.at = now;
+        self.moved_at = now;
+        self.reference = None;
+        self.last_end = None;
+    }
+
+    /// Takes a reading (`device`: the endpoint's played count, if it gave
+    /// one) at `now`, while `waiting` for a message to play. A device that
+    /// has not moved for [`MAX_DEVICE_WAIT_NS`] while messages wait on it
+    /// is taken to play on at the nominal rate: a stalled device never
+    /// freezes the guest. Returns the frames played, never less than before.
+    fn observe(&mut self, device: Option<u64>, now: u64, rate: u32, waiting: bool) -> u64 {
+        let estimate = self.estimate(now, rate);
+        let played = match device {
+            Some(d) => {
+                let d = self.offset.saturating_add(d);
+                if d > self.played || !waiting {
+                    self.moved_at = now;
+                }
+                if waiting && now.saturating_sub(self.moved_at) > MAX_DEVICE_WAIT_NS {
+                    d.max(estimate)
+                } else {
+                    d
+                }
+            }
+            None => estimate,
+        };
+        self.played = self.played.max(played);
+        self.at = now;
+        self.played
+    }
+
+    /// Where a message of `frames` just handed over ends: where the device
+    /// said its last chunk went, or, with no device, after everything
+    /// before it.
+    fn end_of(&mut self, frames: u64) -> u64 {
+        let end = self
+            .last_end
+            .take()
+            .unwrap_or_else(|| self.end.max(self.played).saturating_add(frames));
+        self.end = self.end.max(end);
+        end
+    }
+
+    /// The device's rate against `CLOCK_MONOTONIC`, in ppm, from readings
+    /// more than a second apart (the first a second after START).
+    fn rate_ppm(&mut self, played: u64, now: u64, origin: u64, rate: u32) -> Option<i32> {
+        if now.saturating_sub(origin) < 1_000_000_000 {
+            return None;
+        }
+        let Some((p0, t0)) = self.reference else {
+            self.reference = Some((played, now));
+            return None;
+        };
+        let span = now.saturating_sub(t0);
+        if span < 1_000_000_000 || rate == 0 {
+            return None;
+        }
+        let measured = played.saturating_sub(p0) as f64 * 1e9 / span as f64;
+        let ppm = (measured / f64::from(rate) - 1.0) * 1e6;
+        Some(ppm.clamp(-1e6, 1e6) as i32)
+    }
 }
 
 /// How far the worker got with message `head` of `epoch`, `len` bytes.
@@ -304,6 +476,7 @@ impl WorkerLocal {
             tick_due: 0,
             waited_ns: 0,
             device_clocked: false,
+            line: Timeline::default(),
         }
     }
 }
@@ -311,6 +484,11 @@ impl WorkerLocal {
 /// The longest a stream waits in a row for its device to take or make
 /// frames (see [`StreamRuntime::wait_for_device`]).
 const MAX_DEVICE_WAIT_NS: u64 = 1_000_000_000;
+
+/// The shortest a playback stream on a device with its own clock sleeps
+/// between two looks at the device (one whose position moves a period at
+/// a time would otherwise be asked again and again).
+const MIN_WAIT_NS: u64 = 500_000;
 
 /// Whether a tick goes on (see [`StreamRuntime::wait_for_device`]).
 enum Wait {
@@ -325,13 +503,25 @@ const PENDING_CAPACITY: usize = 64;
 /// The messages [`StreamRuntime::take_all`] took out of a stream, to
 /// complete (or drop) once its lock is released.
 pub struct Held {
+    written: VecDeque<Written>,
     current: Option<IoMessage>,
     pending: VecDeque<IoMessage>,
 }
 
+/// Empty lists for [`StreamRuntime::take_all`] to leave in a stream, made
+/// before its lock is taken ([`StreamRuntime::spare`]).
+pub struct Spare {
+    pending: VecDeque<IoMessage>,
+    written: VecDeque<Written>,
+}
+
+fn message_of(w: Written) -> IoMessage {
+    w.msg
+}
+
 impl Held {
     pub fn len(&self) -> usize {
-        self.pending.len() + usize::from(self.current.is_some())
+        self.written.len() + self.pending.len() + usize::from(self.current.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -342,12 +532,25 @@ impl Held {
 impl IntoIterator for Held {
     type Item = IoMessage;
     type IntoIter = std::iter::Chain<
-        std::option::IntoIter<IoMessage>,
+        std::iter::Chain<
+            std::iter::Map<
+                std::collections::vec_deque::IntoIter<Written>,
+                fn(Written) -> IoMessage,
+            >,
+            std::option::IntoIter<IoMessage>,
+        >,
         std::collections::vec_deque::IntoIter<IoMessage>,
     >;
 
+    /// Oldest first: what a device was given, the message being handed
+    /// over or played, then the ones waiting.
     fn into_iter(self) -> Self::IntoIter {
-        self.current.into_iter().chain(self.pending)
+        let of: fn(Written) -> IoMessage = message_of;
+        self.written
+            .into_iter()
+            .map(of)
+            .chain(self.current)
+            .chain(self.pending)
     }
 }
 
@@ -425,6 +628,7 @@ impl StreamRuntime {
                 negotiated: None,
                 pending: VecDeque::with_capacity(PENDING_CAPACITY),
                 current: None,
+                written: VecDeque::with_capacity(PENDING_CAPACITY),
                 schedule: None,
                 due: 0,
                 busy: false,
@@ -525,11 +729,12 @@ impl StreamRuntime {
     }
 
     /// Takes every message the stream holds (for RELEASE or a reset).
-    pub fn take_all(inner: &mut Inner, spare: VecDeque<IoMessage>) -> Held {
+    pub fn take_all(inner: &mut Inner, spare: Spare) -> Held {
         inner.epoch = inner.epoch.wrapping_add(1);
         Held {
+            written: std::mem::replace(&mut inner.written, spare.written),
             current: inner.current.take(),
-            pending: std::mem::replace(&mut inner.pending, spare),
+            pending: std::mem::replace(&mut inner.pending, spare.pending),
         }
     }
 
@@ -538,8 +743,11 @@ impl StreamRuntime {
     /// room for the guest's next buffers, and nothing is allocated under the
     /// lock (B11 of the review: an empty default list grew again under the
     /// lock, on the queue thread, after every RELEASE).
-    pub fn spare() -> VecDeque<IoMessage> {
-        VecDeque::with_capacity(PENDING_CAPACITY)
+    pub fn spare() -> Spare {
+        Spare {
+            pending: VecDeque::with_capacity(PENDING_CAPACITY),
+            written: VecDeque::with_capacity(PENDING_CAPACITY),
+        }
     }
 
     /// Closes the endpoint (RELEASE, new parameters, removal, reset).
@@ -726,6 +934,9 @@ impl StreamRuntime {
                 local.clock = DeviceClock::new();
                 local.paused = false;
                 local.device_clocked = device_clocked;
+                if device_clocked && self.direction() == Direction::Output {
+                    local.line.rebase(now_ns(), params.rate);
+                }
                 HostIo::Done
             }
             Err(e) => {
@@ -774,7 +985,14 @@ impl StreamRuntime {
             Ok(latency) => {
                 let xruns = device_xruns(&lent.item);
                 let fill = match (&lent.item, last && local.device_clocked) {
-                    (Endpoint::Playback(s), true) => s.fill_frames(),
+                    // Playback completes by the device's position: where
+                    // the message's last frame went (see `tick_played`).
+                    (Endpoint::Playback(s), true) => {
+                        local.line.last_end = s
+                            .position()
+                            .map(|p| local.line.offset.saturating_add(p.taken));
+                        None
+                    }
                     (Endpoint::Capture(s), true) => s.fill_frames(),
                     _ => None,
                 };
@@ -1126,6 +1344,9 @@ impl StreamRuntime {
         if dir == Direction::Output && local.resume.is_some() {
             return false;
         }
+        if dir == Direction::Output && local.device_clocked {
+            return self.tick_played(local, scratch, queue);
+        }
         let mut reanchored = None;
         let (negotiated, current, epoch) = {
             let mut inner = self.lock();
@@ -1364,6 +1585,278 @@ impl StreamRuntime {
             }
         }
         false
+    }
+
+    /// One wake-up of a playback stream on a device with its own clock
+    /// (ALSA): a buffer completes once the device has played it.
+    ///
+    /// Every buffer the guest has queued is handed to the device as soon as
+    /// it has room for it, and kept in `written` with where its last frame
+    /// falls in the device's count. At each wake-up the device's position
+    /// says which of them have played; those complete (one pass, in
+    /// order), and the lane wakes again when the oldest left will have.
+    /// The guest's own buffers are then the device's fill (behind the
+    /// cushion of silence the device puts ahead of them when it starts),
+    /// the guest's clock is the device's, and nothing drifts: there is no
+    /// rate to correct. A guest's last buffer completes when it has been
+    /// heard. Without an endpoint (removed, failed, not back yet) the
+    /// position runs on at the nominal rate from where the device last
+    /// was, and buffers complete at that pace, IO_ERR.
+    ///
+    /// Returns true if this worker was replaced and must exit.
+    fn tick_played(
+        &self,
+        local: &mut WorkerLocal,
+        scratch: &mut [u8],
+        queue: Option<Arc<dyn Virtqueue>>,
+    ) -> bool {
+        let now = now_ns();
+        let (negotiated, epoch, origin) = {
+            let mut inner = self.lock();
+            let Some(n) = inner
+                .negotiated
+                .filter(|_| inner.state == PcmState::Started)
+            else {
+                return false;
+            };
+            if inner.due > now {
+                return false;
+            }
+            local.tick_due = inner.due;
+            let origin = inner.schedule.as_ref().map_or(0, Schedule::origin_ns);
+            if local.clock_start != origin {
+                local.clock_start = origin;
+                local.line.restart(now);
+                if let Some(s) = inner.schedule.as_mut() {
+                    s.set_rate_ppm(crate::pacer::MAX_RATE_PPM);
+                }
+            }
+            // A message handed over in chunks across a ring stop is done.
+            if let Some(msg) = inner.current.take() {
+                hand_over(&mut inner, &mut local.line, msg, n.params.frame_bytes());
+            }
+            (n, inner.epoch, origin)
+        };
+        let params = negotiated.params;
+        let rate = params.rate;
+        let frame_bytes = params.frame_bytes().max(1);
+
+        // Where the device is.
+        let mut position = None;
+        let mut room = None;
+        if self.endpoint.is_attached() {
+            let io = self.host_call(local, &params, false, false, |ep| match ep {
+                Endpoint::Playback(s) => {
+                    position = s.position();
+                    room = s.fill_frames().map(|f| f.room);
+                    Ok(s.latency_bytes())
+                }
+                Endpoint::Capture(_) => Err(DeviceError::Gone),
+            });
+            if let HostIo::Replaced = io {
+                return true;
+            }
+        }
+        let waiting = !self.lock().written.is_empty();
+        if let Some(p) = position {
+            local.line.lead = lead_frames(p.keep, &params);
+        }
+        let before = local.line.played;
+        let played = local
+            .line
+            .observe(position.map(|p| p.played), now, rate, waiting);
+        let moved = played > before;
+        // What counts as played for completions.
+        let due_at = played.saturating_add(local.line.lead);
+        if position.is_some() {
+            if let Some(ppm) = local.line.rate_ppm(played, now, origin, rate) {
+                self.lock().stats.rate_ppm = ppm;
+            }
+        }
+
+        // What it has played completes, in order, under one pass.
+        let Some(q) = queue.as_ref() else {
+            return false;
+        };
+        {
+            let Some(pass) = q.gate().enter() else {
+                return false;
+            };
+            let mut took = false;
+            while let Some((w, latency)) = self.take_played(epoch, due_at, now, frame_bytes) {
+                took = true;
+                let status = if w.msg.failed() {
+                    Status::IoErr
+                } else {
+                    Status::Ok
+                };
+                w.msg
+                    .complete(q.as_ref(), &pass, Direction::Output, status, latency, 0);
+            }
+            if took {
+                self.set_idle();
+            }
+        }
+
+        // What the guest has queued goes to the device, as far as it has
+        // room (all of it, but for a guest buffer larger than the PCM's).
+        let chunk = chunk_bytes(&params, scratch.len());
+        loop {
+            let next = {
+                let inner = self.lock();
+                if inner.state != PcmState::Started || inner.epoch != epoch {
+                    break;
+                }
+                let Some(m) = inner.pending.front() else {
+                    break;
+                };
+                let frames = u64::from(m.payload() / frame_bytes);
+                let fits = match room {
+                    Some(r) => u64::try_from(r).unwrap_or(0) >= frames,
+                    None => true,
+                };
+                (fits || inner.written.is_empty()).then_some(frames)
+            };
+            let Some(frames) = next else {
+                break;
+            };
+            let Some(pass) = q.gate().enter() else {
+                return false;
+            };
+            let taken = {
+                let mut inner = self.lock();
+                if inner.state == PcmState::Started && inner.epoch == epoch {
+                    let m = inner.pending.pop_front();
+                    inner.busy = m.is_some();
+                    m
+                } else {
+                    None
+                }
+            };
+            let Some(mut msg) = taken else {
+                break;
+            };
+            let len = msg.payload() as usize;
+            let n = chunk.min(len);
+            let read = match scratch.get_mut(..n) {
+                Some(buf) => {
+                    let ok = msg.read_pcm(0, buf).is_ok();
+                    crate::controls::apply(self.gain(), params.format, buf);
+                    ok
+                }
+                None => false,
+            };
+            if !read {
+                msg.mark_failed();
+            }
+            let head = msg.head();
+            self.put_back(msg, epoch);
+            drop(pass);
+            if read {
+                let mut at = Resume::new(epoch, head, len);
+                at.pending = n;
+                local.line.last_end = None;
+                if let HostIo::Replaced = self.play(local, scratch, Some(q), &params, at) {
+                    return true;
+                }
+                if local.resume.is_some() {
+                    // The ring stopped in the middle of it: the rest is
+                    // handed over when it runs again.
+                    return false;
+                }
+            }
+            let mut inner = self.lock();
+            if inner.epoch != epoch {
+                break;
+            }
+            if let Some(msg) = inner.current.take() {
+                hand_over(&mut inner, &mut local.line, msg, frame_bytes);
+            }
+            drop(inner);
+            room = match room {
+                Some(r) => Some(r.saturating_sub(i64::try_from(frames).unwrap_or(i64::MAX))),
+                // Not known before the device started (its first write
+                // puts its cushion ahead): asked now.
+                None if self.endpoint.is_attached() => {
+                    let mut fill = None;
+                    let io = self.host_call(local, &params, false, false, |ep| match ep {
+                        Endpoint::Playback(s) => {
+                            fill = s.fill_frames();
+                            Ok(s.latency_bytes())
+                        }
+                        Endpoint::Capture(_) => Err(DeviceError::Gone),
+                    });
+                    if let HostIo::Replaced = io {
+                        return true;
+                    }
+                    fill.map(|f| f.room)
+                }
+                None => None,
+            };
+        }
+
+        // Look again when the oldest will have played (a little after, for
+        // a device up to 1,000 ppm slow), and at least once a period, to
+        // take the guest's new buffers.
+        let period_ns = ns_for(u64::from(params.period_bytes / frame_bytes), rate).max(1);
+        let mut inner = self.lock();
+        let wait = match inner.written.front() {
+            Some(w) => {
+                let ns = ns_for(w.end.saturating_sub(due_at), rate);
+                let ns = ns.saturating_add(ns / 1000).saturating_add(50_000);
+                // A device that did not move since the last look (a card
+                // whose position moves a period at a time, one stalled) is
+                // not asked again at once.
+                let ns = if moved { ns } else { ns.max(period_ns / 4) };
+                ns.max(w.not_before.saturating_sub(now))
+            }
+            None => period_ns,
+        };
+        if inner.state == PcmState::Started && inner.epoch == epoch {
+            inner.due = now.saturating_add(wait.clamp(MIN_WAIT_NS.min(period_ns), period_ns));
+        }
+        false
+    }
+
+    /// Takes the oldest message a device on its own clock was given if it
+    /// has played (its end at or before `played`), counted, with the
+    /// stream marked busy until [`StreamRuntime::set_idle`].
+    fn take_played(
+        &self,
+        epoch: u64,
+        played: u64,
+        now: u64,
+        frame_bytes: u32,
+    ) -> Option<(Written, u32)> {
+        let mut inner = self.lock();
+        if inner.state != PcmState::Started || inner.epoch != epoch {
+            return None;
+        }
+        if inner
+            .written
+            .front()
+            .is_none_or(|w| w.end > played || w.not_before > now)
+        {
+            return None;
+        }
+        let w = inner.written.pop_front()?;
+        inner
+            .stats
+            .count(!w.msg.failed(), w.msg.payload(), frame_bytes);
+        inner.busy = true;
+        Some((w, inner.stats.latency_bytes))
+    }
+
+    /// Clears `busy` and wakes whoever waits for it.
+    fn set_idle(&self) {
+        let waiters = {
+            let mut inner = self.lock();
+            inner.busy = false;
+            inner.idle_waiters > 0
+        };
+        if waiters {
+            self.idle.notify_all();
+        }
     }
 
     /// `completed`: whether the message completed this tick was OK, and its

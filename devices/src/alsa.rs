@@ -73,7 +73,7 @@ use serde::Deserialize;
 
 use crate::{
     CaptureSource, Clock, DeviceError, DeviceListener, Fill, Format, HostDevice, PlaybackSink,
-    StreamDirection, StreamParams,
+    Position, StreamDirection, StreamParams,
 };
 
 /// The first delay before probing a detached PCM again, unless `retry_ms`
@@ -272,6 +272,7 @@ impl AlsaDevice {
             gone: false,
             xruns: 0,
             lost_frames: 0,
+            taken: 0,
         })
     }
 }
@@ -978,16 +979,18 @@ struct Stream {
     xruns: u64,
     /// Playback frames dropped because the PCM was full.
     lost_frames: u64,
+    /// Playback: frames handed to the PCM since the open (its cushion of
+    /// silence included) and frames dropped ([`Position::taken`]).
+    taken: u64,
 }
 
 /// How a stream's PCM is held while the guest's stream is stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Paused {
     No,
-    /// Playback: not fed, left to play out what it holds (all of it the
-    /// guest counts as played already); an underrun meanwhile is no xrun,
-    /// and it starts over with a new cushion. Pausing a sound server's PCM
-    /// would put a quantum of silence in the middle of what it holds.
+    /// Playback that is not running or cannot pause: not fed, left to play
+    /// out what it holds; an underrun meanwhile is no xrun, and it starts
+    /// over with a new cushion.
     Idle,
     /// `snd_pcm_pause`: it keeps its frames and resumes where it was.
     Held,
@@ -1003,7 +1006,15 @@ impl Stream {
             return Err(DeviceError::Gone);
         }
         let result = match (pause, self.paused) {
-            (true, Paused::No) if dir == Direction::Playback => Ok(Paused::Idle),
+            // Playback holds what it was given: the daemon completes a
+            // guest buffer once its frames have played, so the PCM holds
+            // frames the guest is still waiting for.
+            (true, Paused::No)
+                if dir == Direction::Playback
+                    && !(self.can_pause && self.pcm.state() == alsa::pcm::State::Running) =>
+            {
+                Ok(Paused::Idle)
+            }
             (false, Paused::Idle) => {
                 let state = self.pcm.state();
                 if matches!(
@@ -1241,6 +1252,9 @@ impl PlaybackSink for AlsaSink {
         while !rest.is_empty() {
             let chunk = if s.primed { rest } else { &silence[..] };
             let written = s.pcm.io_bytes().writei(chunk);
+            if let Ok(n) = written {
+                s.taken = s.taken.saturating_add(n as u64);
+            }
             match written {
                 Ok(_) if !s.primed => s.primed = true,
                 Ok(0) => break,
@@ -1256,6 +1270,7 @@ impl PlaybackSink for AlsaSink {
         }
         let lost = (rest.len() / fb) as u64;
         s.lost_frames = s.lost_frames.saturating_add(lost);
+        s.taken = s.taken.saturating_add(lost);
         Ok(())
     }
 
@@ -1269,6 +1284,37 @@ impl PlaybackSink for AlsaSink {
 
     fn fill_frames(&self) -> Option<Fill> {
         self.stream.fill_frames()
+    }
+
+    /// What the PCM still holds is its delay while it runs (or is paused,
+    /// or waits for its start threshold); after an underrun, a suspend or
+    /// a drop it holds nothing: those frames are gone, not to be waited for.
+    fn position(&self) -> Option<Position> {
+        let s = &self.stream;
+        if s.gone {
+            return None;
+        }
+        let holds = matches!(
+            s.pcm.state(),
+            alsa::pcm::State::Running
+                | alsa::pcm::State::Paused
+                | alsa::pcm::State::Prepared
+                | alsa::pcm::State::Draining
+        );
+        let queued = if holds {
+            s.pcm
+                .delay()
+                .ok()
+                .and_then(|d| u64::try_from(d).ok())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        Some(Position {
+            taken: s.taken,
+            played: s.taken.saturating_sub(queued),
+            keep: s.cushion as u64,
+        })
     }
 }
 

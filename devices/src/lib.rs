@@ -193,6 +193,26 @@ pub trait PlaybackSink: Send {
     fn fill_frames(&self) -> Option<Fill> {
         None
     }
+    /// For a sink on its own clock ([`Clock::Device`]): how far it has got,
+    /// in frames since it was opened (see [`Position`]). The daemon
+    /// completes a guest buffer once the device has played its last frame.
+    fn position(&self) -> Option<Position> {
+        None
+    }
+}
+
+/// Where a playback sink on its own clock is, in frames counted from its
+/// open: everything it was handed or made itself (its cushion of silence,
+/// frames it had no room for), and of that what it has played or dropped
+/// (`taken` less what it still holds). `played` never passes `taken`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Position {
+    pub taken: u64,
+    pub played: u64,
+    /// What it must hold, not yet played, to play on without a gap: what
+    /// it takes at a time (a period, a sound server's quantum) and slack
+    /// for a late wake-up of the daemon (the cushion it starts with).
+    pub keep: u64,
 }
 
 /// Where a capture stream's frames come from. Dropping it closes it.

@@ -222,3 +222,80 @@ fn sixty_seconds_on_devices_500_ppm_fast_and_slow_lose_no_frame_and_have_no_xrun
     }
     eprintln!("{}; no xrun, every frame in order", report.join(", "));
 }
+
+/// A playback buffer completes once the device has played its last frame,
+/// not when the daemon handed it over: on a `test-clock` device 500 ppm
+/// slow, whose clock starts at its first write with 35 ms of silence (a
+/// period and its 25 ms cushion) ahead of the guest's frames, buffer `k`
+/// has played no sooner than 35 ms + (k + 1) periods of the device's time
+/// after START. The guest's buffer (8 periods, 80 ms) covers what the
+/// device must hold, so the daemon completes nothing early. A daemon that
+/// completed a buffer a period after handing it over (as vsound did) is
+/// 35 ms early for every buffer.
+#[test]
+fn a_playback_buffer_completes_once_the_device_has_played_it() {
+    let dir = vmm_tests::unprivileged::tempdir("vsound-played-").unwrap();
+    let config = format!(
+        "[daemon]\napi_socket = \"{}\"\n\n[devices.slow]\nkind = \"test-clock\"\nppm = -500\n\
+         cushion_ms = 25\nbuffer_ms = 200\n\n[[streams]]\ndirection = \"output\"\ndevice = \"slow\"\n\
+         formats = [\"S16\"]\nrates = [48000]\nchannels = {{ min = 2, max = 2 }}\n",
+        dir.path().join("api.sock").display(),
+    );
+    let mut daemon = Daemon::spawn_with(&DaemonOptions {
+        binary: Some(env!("CARGO_BIN_EXE_vsound-test").into()),
+        config_toml: Some(config),
+        rust_log: "info".into(),
+        ..DaemonOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut snd = daemon
+        .connect(&ConnectOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
+    g.periods = 8;
+    assert_eq!(g.set_params(&mut snd, 0).unwrap(), Status::Ok, "SET_PARAMS");
+    assert_eq!(snd.prepare(0).unwrap(), Status::Ok, "PREPARE");
+    let n = 200;
+    let pcm = word_counter(1, n * g.period_bytes());
+    let periods: Vec<Vec<u8>> = pcm.chunks(g.period_bytes()).map(<[u8]>::to_vec).collect();
+    let (done, window) = vmm_tests::audio::play_streaming(
+        &mut snd,
+        0,
+        &periods,
+        g.periods as usize,
+        Duration::from_secs(30),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(done.len(), n, "completions");
+    // The device's time for `frames`, 500 ppm slow.
+    let device_time =
+        |frames: u64| Duration::from_secs_f64(frames as f64 / (48_000.0 * (1.0 - 500e-6)));
+    let cushion = 480 + 48 * 25;
+    let mut after = Vec::new();
+    for (k, c) in done.iter().enumerate() {
+        assert_eq!(c.status, Status::Ok, "buffer {k}");
+        let played = window.sent + device_time(cushion + (k as u64 + 1) * 480);
+        // Rounding only: the daemon and the test read one clock.
+        assert!(
+            c.completed_at + Duration::from_micros(500) >= played,
+            "buffer {k} completed {:?} before the device had played it",
+            played - c.completed_at
+        );
+        after.push(c.completed_at.saturating_duration_since(played));
+    }
+    after.sort();
+    let median = after[after.len() / 2];
+    // Late only by the daemon's look at the device and the START window.
+    assert!(
+        median < Duration::from_millis(10),
+        "completions come {median:?} after the device played them (median)"
+    );
+    assert_eq!(snd.stop(0).unwrap(), Status::Ok, "STOP");
+    assert_eq!(snd.release(0).unwrap(), Status::Ok, "RELEASE");
+    daemon.check_alive().unwrap();
+    eprintln!(
+        "{n} buffers, each completed after the device played it: {median:?} after in the median, {:?} at most",
+        after.last().unwrap()
+    );
+}

@@ -274,6 +274,80 @@ fn pipewire_killed_and_restarted_mid_playback_gets_the_stream_back() {
     );
 }
 
+/// What stops a stream's feed for 300 ms in the middle of 4 s of sound.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    /// The daemon is stopped (SIGSTOP: a host that did not schedule it).
+    /// The `pipewire` plugin's thread, in the daemon, stops with it: the
+    /// server plays silence for the node and the PCM sees no underrun.
+    Daemon,
+    /// The guest sends nothing more for 300 ms: the PCM runs dry and
+    /// underruns; the daemon recovers it when the guest's buffers come.
+    Guest,
+}
+
+/// Plays 4 s with a stall after 1 s; what the guest plays after it must
+/// reach the sink bit-exact, every buffer completing; returns the xruns
+/// the daemon reported (`None`: PipeWire is not tested).
+fn play_through(stall: Stall) -> Option<usize> {
+    let (pw, mut daemon, _turn) = start()?;
+    let g = geometry();
+    let mut snd = driver(&daemon);
+    let rec = pw.record("stalled.wav").unwrap();
+    let pcm = noise(4 * g.bytes_per_second() as usize, 6);
+    let pid = daemon.pid().expect("the daemon's pid");
+    let signal = |sig: i32| {
+        // SAFETY: a signal to the test's own child process.
+        let r = unsafe { libc::kill(pid as i32, sig) };
+        assert_eq!(r, 0, "kill({sig})");
+    };
+    let started = Instant::now();
+    play(&mut snd, &pcm, &[Status::Ok], |k| {
+        if k == 100 {
+            if stall == Stall::Daemon {
+                signal(libc::SIGSTOP);
+            }
+            thread::sleep(Duration::from_millis(300));
+            if stall == Stall::Daemon {
+                signal(libc::SIGCONT);
+            }
+        }
+    });
+    let took = started.elapsed();
+    thread::sleep(Duration::from_millis(500));
+    let got = rec.stop().unwrap();
+    daemon.check_alive().unwrap();
+    let last = &pcm[pcm.len() - 2 * g.bytes_per_second() as usize..];
+    contains(&got, last, "the last 2 s, after the stall");
+    assert!(
+        took < Duration::from_secs(6),
+        "4 s of sound took {took:?} to play"
+    );
+    let log = daemon.log();
+    let xruns = log.lines().filter(|l| l.contains("device pw xrun")).count();
+    eprintln!("4 s with a stall played in {took:?}; {xruns} xruns reported");
+    Some(xruns)
+}
+
+/// The daemon stopped for 300 ms mid-playback: the stream plays on after
+/// it, bit-exact, and at most one xrun is reported for it.
+#[test]
+fn a_stream_plays_on_after_the_daemon_stalled() {
+    if let Some(xruns) = play_through(Stall::Daemon) {
+        assert!(xruns <= 1, "{xruns} xruns reported for one stall");
+    }
+}
+
+/// The guest sends nothing for 300 ms mid-playback: PipeWire's PCM
+/// underruns, the daemon reports it once and brings the PCM back, and what
+/// the guest sends after plays bit-exact.
+#[test]
+fn a_pcm_that_ran_dry_under_a_starved_stream_plays_on() {
+    if let Some(xruns) = play_through(Stall::Guest) {
+        assert_eq!(xruns, 1, "xruns reported for one gap");
+    }
+}
+
 /// 10 s of capture from PipeWire (the null sink's monitor, while `pw-play`
 /// plays noise into the sink): the guest's buffers hold the noise bit-exact
 /// and contiguous, from where it starts to the end, with no xrun.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use vsound_devices::registry::{self, Plugin};
 use vsound_devices::{
-    CaptureSource, Clock, DeviceError, Fill, HostDevice, PlaybackSink, StreamDirection,
+    CaptureSource, Clock, DeviceError, Fill, HostDevice, PlaybackSink, Position, StreamDirection,
     StreamParams,
 };
 
@@ -182,6 +182,9 @@ struct ClockEnd {
     /// Frames moved through the buffer by the device so far.
     moved: u64,
     xruns: u64,
+    /// Playback: frames put in the buffer or dropped for want of room,
+    /// since the open (the cushion included).
+    taken: u64,
 }
 
 impl ClockEnd {
@@ -204,6 +207,7 @@ impl ClockEnd {
             primed: false,
             moved: 0,
             xruns: 0,
+            taken: 0,
         }
     }
     fn frames(&self) -> usize {
@@ -266,6 +270,7 @@ impl PlaybackSink for ClockSink {
         let e = &mut self.end;
         if !e.primed {
             e.buffer.extend(std::iter::repeat_n(0, e.cushion * e.frame));
+            e.taken += e.cushion as u64;
             e.primed = true;
             e.time.run(now);
         }
@@ -275,7 +280,22 @@ impl PlaybackSink for ClockSink {
             e.xruns += 1;
         }
         e.buffer.extend(&frames[..whole.min(room)]);
+        e.taken += (whole / e.frame) as u64;
         Ok(())
+    }
+    fn position(&self) -> Option<Position> {
+        let e = &self.end;
+        let due = if e.time.since.is_some() {
+            e.due(Instant::now())
+        } else {
+            0
+        };
+        let queued = (e.frames() as u64).saturating_sub(due);
+        Some(Position {
+            taken: e.taken,
+            played: e.taken.saturating_sub(queued),
+            keep: e.cushion as u64,
+        })
     }
     fn latency_bytes(&self) -> u32 {
         self.end.buffer.len() as u32
