@@ -1,4 +1,7 @@
-//! Pacing a stream by its host device's clock.
+//! Pacing a capture stream by its host device's clock.
+//!
+//! (Playback on such a device needs no loop: its buffers complete as the
+//! device's position passes them, `worker.rs` `tick_played`.)
 //!
 //! A host device with a clock of its own (an ALSA card's crystal, a sound
 //! server's graph) does not run at exactly the daemon's `CLOCK_MONOTONIC`

@@ -326,6 +326,8 @@ struct Timeline {
     /// How long before the device plays a message's last frame it
     /// completes (frames; see [`lead_frames`]).
     lead: u64,
+    /// The stream was not running when last looked at.
+    held: bool,
 }
 
 /// How far ahead of the device a playback stream completes, in frames: 0
@@ -878,6 +880,15 @@ impl StreamRuntime {
             (inner.state, inner.negotiated)
         };
         let hold = state != PcmState::Started || self.ring_stopped();
+        // The time the stream does not run is no play: a playback
+        // timeline starts again from where it was (a VM paused for
+        // seconds would otherwise seem to have played them, device or not).
+        if hold != local.line.held {
+            local.line.held = hold;
+            if !hold {
+                local.line.restart(now_ns());
+            }
+        }
         let Some(n) = negotiated.filter(|_| hold != local.paused) else {
             return false;
         };

@@ -5,23 +5,25 @@
 //! whole frames the PCM has room for and drops (and counts) the rest, a read
 //! takes what the PCM has captured and pads with silence. Under- and overruns
 //! are recovered on the spot, without `snd_pcm_recover`, which sleeps while a
-//! suspended card resumes. The daemon keeps the guest's clock either way.
-//! Since the daemon hands each period over just when it is due, a stream
-//! keeps a cushion in the PCM (a period, or a sound server's quantum, and
-//! [`CUSHION_MS`]):
-//! playback puts that much silence ahead of the guest's frames whenever the
-//! PCM (re)starts, and capture reads nothing until the PCM holds that much
-//! more than asked for.
+//! suspended card resumes. A stream keeps a cushion in the PCM (a period,
+//! or a sound server's quantum, and [`CUSHION_MS`]): playback puts that
+//! much silence ahead of the guest's frames whenever the PCM (re)starts
+//! (and reports it as [`Position::keep`]: what the PCM must hold to play
+//! on), and capture reads nothing until the PCM holds that much more than
+//! asked for.
 //!
 //! # The device's clock
 //!
 //! A PCM keeps its own time (a card's crystal, a sound server's graph).
-//! Its fill level (`fill_frames`: queued frames for playback, captured ones
-//! for capture) tells the daemon how the device's clock runs against its
-//! own, and the daemon paces the guest to keep it level (`device_clock.rs`
-//! in the daemon), so the guest plays and records at the device's rate.
-//! STOP (or a VM pause) pauses the PCM (`snd_pcm_pause`, or a drop and a
-//! new cushion when the PCM cannot pause) so that no underrun follows.
+//! Playback reports its position (`position`: frames taken since the open,
+//! and of them played, `taken` less `snd_pcm_delay`), and the daemon
+//! completes each guest buffer once its last frame has played. Capture
+//! reports its fill level (`fill_frames`: captured frames not yet read),
+//! and the daemon paces the guest to keep it level (`device_clock.rs` in
+//! the daemon). Either way the guest plays and records at the device's
+//! rate. STOP (or a VM pause) pauses the PCM (`snd_pcm_pause`; a capture
+//! PCM that cannot pause is dropped and starts with a new cushion, a
+//! playback one plays out what it holds) so that no underrun follows.
 //!
 //! # Capabilities
 //!
@@ -411,12 +413,13 @@ struct Geometry {
 /// nearest the PCM takes (the daemon paces completions on its own schedule).
 fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry, DeviceError> {
     let (period, guest_buffer) = frames_of(params)?;
-    // Room for the cushion, a guest period on top of it and what the
-    // device takes at a time still to be taken, with slack (see
-    // [`cushion_frames`]): the guest's buffer may be smaller.
+    // Room for the guest's whole buffer (the daemon hands each guest
+    // buffer over as soon as it fits, and completes it once played) behind
+    // the cushion, and what the device takes at a time still to be taken,
+    // with slack (see [`cushion_frames`]).
     let slack = i64::from(params.rate) * i64::from(CUSHION_MS) / 1000;
     let take = period.max(i64::try_from(server_quantum_frames(params.rate)).unwrap_or(i64::MAX));
-    let buffer = guest_buffer.max(
+    let buffer = guest_buffer.saturating_add(
         take.saturating_mul(2)
             .saturating_add(period)
             .saturating_add(slack.saturating_mul(2)),

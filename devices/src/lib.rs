@@ -79,8 +79,12 @@ pub struct Fill {
 pub enum Clock {
     /// The daemon paces completions on `CLOCK_MONOTONIC` (null, pad).
     Daemon,
-    /// The device consumes and produces frames at its own rate (ALSA); the
-    /// daemon still never runs faster than the stream's nominal rate.
+    /// The device consumes and produces frames at its own rate (ALSA): a
+    /// playback buffer completes once the device has played it
+    /// ([`PlaybackSink::position`]), capture is paced by the device's fill
+    /// level; the daemon still never runs more than 2,000 ppm faster than
+    /// the stream's nominal rate (a PCM without a clock, alsa-lib's `null`,
+    /// would take a guest's buffers as fast as it sends them).
     Device,
 }
 
@@ -188,8 +192,8 @@ pub trait PlaybackSink: Send {
         Ok(())
     }
     /// For a sink on its own clock ([`Clock::Device`]): the frames queued in
-    /// it, not yet played, as of now. The daemon paces the guest so that
-    /// this stays level (the device's clock becomes the guest's).
+    /// it, not yet played, as of now, and its room for more (the daemon
+    /// hands a guest buffer over when it fits).
     fn fill_frames(&self) -> Option<Fill> {
         None
     }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vmm_tests::audio::{start_timed, wait_drained, word_counter, words, Geometry};
 use vmm_tests::snd::{PcmFormat, PcmRate};
-use vmm_tests::{ConnectOptions, Daemon, DaemonOptions, Queue, Status};
+use vmm_tests::{ConnectOptions, Daemon, DaemonOptions, Queue, SndDriver, Status};
 
 const SECONDS: usize = 60;
 
@@ -223,17 +223,11 @@ fn sixty_seconds_on_devices_500_ppm_fast_and_slow_lose_no_frame_and_have_no_xrun
     eprintln!("{}; no xrun, every frame in order", report.join(", "));
 }
 
-/// A playback buffer completes once the device has played its last frame,
-/// not when the daemon handed it over: on a `test-clock` device 500 ppm
-/// slow, whose clock starts at its first write with 35 ms of silence (a
-/// period and its 25 ms cushion) ahead of the guest's frames, buffer `k`
-/// has played no sooner than 35 ms + (k + 1) periods of the device's time
-/// after START. The guest's buffer (8 periods, 80 ms) covers what the
-/// device must hold, so the daemon completes nothing early. A daemon that
-/// completed a buffer a period after handing it over (as vsound did) is
-/// 35 ms early for every buffer.
-#[test]
-fn a_playback_buffer_completes_once_the_device_has_played_it() {
+/// A daemon with one output stream on a `test-clock` device 500 ppm slow
+/// (its clock starts at its first write, with a period and 25 ms of
+/// silence ahead; it holds 200 ms), and a driver with the stream prepared
+/// for an 8-period buffer.
+fn slow_output() -> (tempfile::TempDir, Daemon, SndDriver, Geometry) {
     let dir = vmm_tests::unprivileged::tempdir("vsound-played-").unwrap();
     let config = format!(
         "[daemon]\napi_socket = \"{}\"\n\n[devices.slow]\nkind = \"test-clock\"\nppm = -500\n\
@@ -241,7 +235,7 @@ fn a_playback_buffer_completes_once_the_device_has_played_it() {
          formats = [\"S16\"]\nrates = [48000]\nchannels = {{ min = 2, max = 2 }}\n",
         dir.path().join("api.sock").display(),
     );
-    let mut daemon = Daemon::spawn_with(&DaemonOptions {
+    let daemon = Daemon::spawn_with(&DaemonOptions {
         binary: Some(env!("CARGO_BIN_EXE_vsound-test").into()),
         config_toml: Some(config),
         rust_log: "info".into(),
@@ -255,6 +249,29 @@ fn a_playback_buffer_completes_once_the_device_has_played_it() {
     g.periods = 8;
     assert_eq!(g.set_params(&mut snd, 0).unwrap(), Status::Ok, "SET_PARAMS");
     assert_eq!(snd.prepare(0).unwrap(), Status::Ok, "PREPARE");
+    (dir, daemon, snd, g)
+}
+
+/// The slow device's time for `frames`.
+fn slow_time(frames: u64) -> Duration {
+    Duration::from_secs_f64(frames as f64 / (48_000.0 * (1.0 - 500e-6)))
+}
+
+/// The slow device's cushion, in frames: it plays that much silence first.
+const SLOW_CUSHION: u64 = 480 + 48 * 25;
+
+/// A playback buffer completes once the device has played its last frame,
+/// not when the daemon handed it over: on a `test-clock` device 500 ppm
+/// slow, whose clock starts at its first write with 35 ms of silence (a
+/// period and its 25 ms cushion) ahead of the guest's frames, buffer `k`
+/// has played no sooner than 35 ms + (k + 1) periods of the device's time
+/// after START. The guest's buffer (8 periods, 80 ms) covers what the
+/// device must hold, so the daemon completes nothing early. A daemon that
+/// completed a buffer a period after handing it over (as vsound did) is
+/// 35 ms early for every buffer.
+#[test]
+fn a_playback_buffer_completes_once_the_device_has_played_it() {
+    let (_dir, mut daemon, mut snd, g) = slow_output();
     let n = 200;
     let pcm = word_counter(1, n * g.period_bytes());
     let periods: Vec<Vec<u8>> = pcm.chunks(g.period_bytes()).map(<[u8]>::to_vec).collect();
@@ -275,7 +292,7 @@ fn a_playback_buffer_completes_once_the_device_has_played_it() {
     let mut after = Vec::new();
     for (k, c) in done.iter().enumerate() {
         assert_eq!(c.status, Status::Ok, "buffer {k}");
-        let played = window.sent + device_time(cushion + (k as u64 + 1) * 480);
+        let played = window.sent + slow_time(SLOW_CUSHION + (k as u64 + 1) * 480);
         // Rounding only: the daemon and the test read one clock.
         assert!(
             c.completed_at + Duration::from_micros(500) >= played,
@@ -298,4 +315,72 @@ fn a_playback_buffer_completes_once_the_device_has_played_it() {
         "{n} buffers, each completed after the device played it: {median:?} after in the median, {:?} at most",
         after.last().unwrap()
     );
+}
+
+/// A VM paused for 1.5 s in the middle of playback on a device with its
+/// own clock (the frontend stops every ring, as QEMU's `stop` does): the
+/// device is held where it was, and after the resume the held buffers
+/// complete as it plays them, none before (the pause is no play: a burst
+/// of completions would say the timeline ran on; the pause is longer than
+/// a device that does not move is waited for), each exactly once.
+#[test]
+fn a_vm_pause_holds_the_device_and_the_resume_completes_on_its_clock() {
+    let (_dir, mut daemon, mut snd, g) = slow_output();
+    let period = g.period_bytes();
+    let n = 100;
+    let pcm = word_counter(1, n * period);
+    let mut sent = 0;
+    while sent < g.periods as usize {
+        snd.tx(0, &pcm[sent * period..(sent + 1) * period], &[])
+            .unwrap();
+        sent += 1;
+    }
+    wait_drained(&mut snd, Queue::Tx, Duration::from_secs(10)).unwrap();
+    let (status, window) = start_timed(&mut snd, 0).unwrap();
+    assert_eq!(status, Status::Ok, "START");
+    let mut done = Vec::new();
+    let mut paused = Duration::ZERO;
+    let mut resumed_at = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done.len() < n {
+        assert!(Instant::now() < deadline, "{} of {n} completed", done.len());
+        for c in snd.wait_io(Queue::Tx, Duration::from_millis(2)).unwrap() {
+            assert_eq!(c.status, Status::Ok, "buffer {}", done.len());
+            done.push((c.completed_at, paused));
+            if sent < n {
+                snd.tx(0, &pcm[sent * period..(sent + 1) * period], &[])
+                    .unwrap();
+                sent += 1;
+            }
+        }
+        if done.len() >= 30 && resumed_at.is_none() {
+            let bases = snd.dev_mut().stop_rings().unwrap();
+            let stopped = Instant::now();
+            std::thread::sleep(Duration::from_millis(1500));
+            let resume = Instant::now();
+            snd.dev_mut().restart_rings(&bases).unwrap();
+            paused = resume - stopped;
+            resumed_at = Some(done.len());
+        }
+    }
+    assert_eq!(snd.unknown_completions(), 0, "a buffer completed twice");
+    let resumed_at = resumed_at.unwrap();
+    for (k, (at, pause)) in done.iter().enumerate() {
+        let played = window.sent + slow_time(SLOW_CUSHION + (k as u64 + 1) * 480);
+        // The device was held from when its lane next looked after the
+        // rings stopped (within a period: it plays on until then) to the
+        // resume. A timeline that ran on through the pause would complete
+        // the held buffers up to 1.5 s early.
+        let played = played + pause.saturating_sub(Duration::from_millis(12));
+        assert!(
+            *at + Duration::from_micros(500) >= played,
+            "buffer {k} ({} after the resume) completed {:?} before the device had played it",
+            k.saturating_sub(resumed_at),
+            played - *at
+        );
+    }
+    assert_eq!(snd.stop(0).unwrap(), Status::Ok, "STOP");
+    assert_eq!(snd.release(0).unwrap(), Status::Ok, "RELEASE");
+    daemon.check_alive().unwrap();
+    eprintln!("paused {paused:?} after {resumed_at} buffers; every one completed after it played");
 }
