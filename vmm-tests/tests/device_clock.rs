@@ -285,10 +285,6 @@ fn a_playback_buffer_completes_once_the_device_has_played_it() {
     )
     .unwrap();
     assert_eq!(done.len(), n, "completions");
-    // The device's time for `frames`, 500 ppm slow.
-    let device_time =
-        |frames: u64| Duration::from_secs_f64(frames as f64 / (48_000.0 * (1.0 - 500e-6)));
-    let cushion = 480 + 48 * 25;
     let mut after = Vec::new();
     for (k, c) in done.iter().enumerate() {
         assert_eq!(c.status, Status::Ok, "buffer {k}");
