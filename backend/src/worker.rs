@@ -440,7 +440,7 @@ impl Timeline {
         }
         let measured = played.saturating_sub(p0) as f64 * 1e9 / span as f64;
         let ppm = (measured / f64::from(rate) - 1.0) * 1e6;
-        Some(ppm.clamp(-1e6, 1e6) as i32)
+        Some(ppm.round().clamp(-1e6, 1e6) as i32)
     }
 }
 
@@ -1929,5 +1929,129 @@ impl StreamRuntime {
             log::debug!("stream {}: xrun", self.id);
             shared.send_event(EventType::PcmXrun, self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vsound_devices::Format;
+
+    const MS: u64 = 1_000_000;
+
+    fn params(periods: u32) -> StreamParams {
+        StreamParams {
+            format: Format::S16,
+            rate: 48_000,
+            channels: 2,
+            period_bytes: 1920,
+            buffer_bytes: 1920 * periods,
+        }
+    }
+
+    #[test]
+    fn a_guest_buffer_that_covers_the_device_completes_nothing_early() {
+        // A 35 ms cushion (1,680 frames): 8 periods of 10 ms leave 60 ms in
+        // the device at the lowest, 4 leave 20 ms (15 ms short).
+        assert_eq!(lead_frames(1680, &params(8)), 0);
+        assert_eq!(lead_frames(1680, &params(4)), 1680 - 960);
+        assert_eq!(lead_frames(1680, &params(2)), 1680);
+        assert_eq!(lead_frames(0, &params(4)), 0);
+    }
+
+    #[test]
+    fn the_timeline_follows_the_device_and_never_goes_back() {
+        let mut line = Timeline::default();
+        line.restart(1000 * MS);
+        assert_eq!(line.observe(Some(480), 1010 * MS, 48_000, true), 480);
+        // A device whose count drops (an underrun's new cushion) does not
+        // take the timeline back.
+        assert_eq!(line.observe(Some(400), 1020 * MS, 48_000, true), 480);
+        assert_eq!(line.observe(Some(1440), 1030 * MS, 48_000, true), 1440);
+    }
+
+    #[test]
+    fn without_a_device_the_timeline_runs_on_at_the_nominal_rate() {
+        let mut line = Timeline::default();
+        line.restart(1000 * MS);
+        line.observe(Some(4800), 1100 * MS, 48_000, true);
+        // 50 ms on: 2,400 frames more.
+        assert_eq!(line.observe(None, 1150 * MS, 48_000, true), 7200);
+        // Not known yet (no look since the open): it stays.
+        let fresh = Timeline::default();
+        assert_eq!(fresh.estimate(5000 * MS, 48_000), 0);
+    }
+
+    #[test]
+    fn a_device_still_for_a_second_with_buffers_waiting_is_taken_to_run_on() {
+        let mut line = Timeline::default();
+        line.restart(1000 * MS);
+        assert_eq!(line.observe(Some(480), 1010 * MS, 48_000, true), 480);
+        // Still, but within the bound: it is waited for.
+        assert_eq!(line.observe(Some(480), 1900 * MS, 48_000, true), 480);
+        // Still for more than a second: on at the nominal rate from the
+        // last look (200 ms: 9,600 frames).
+        assert_eq!(line.observe(Some(480), 2100 * MS, 48_000, true), 480 + 9600);
+        // Nothing waiting: a still device is no stall.
+        let mut idle = Timeline::default();
+        idle.restart(1000 * MS);
+        idle.observe(Some(480), 1010 * MS, 48_000, false);
+        assert_eq!(idle.observe(Some(480), 3000 * MS, 48_000, false), 480);
+    }
+
+    #[test]
+    fn a_restart_after_a_pause_does_not_count_the_pause_as_play() {
+        let mut line = Timeline::default();
+        line.restart(1000 * MS);
+        line.observe(None, 1010 * MS, 48_000, true);
+        let at_pause = line.played;
+        // Ten seconds paused, then running again, no device.
+        line.restart(11_010 * MS);
+        assert_eq!(
+            line.observe(None, 11_020 * MS, 48_000, true),
+            at_pause + 480
+        );
+    }
+
+    #[test]
+    fn a_new_endpoint_continues_the_count_where_the_last_one_left_it() {
+        let mut line = Timeline::default();
+        line.restart(1000 * MS);
+        line.observe(Some(9600), 1200 * MS, 48_000, true);
+        // The device went away 200 ms ago; a new one opens, counting from 0.
+        line.rebase(1400 * MS, 48_000);
+        assert_eq!(line.offset, 9600 + 9600);
+        assert_eq!(
+            line.observe(Some(480), 1410 * MS, 48_000, true),
+            9600 + 9600 + 480
+        );
+    }
+
+    #[test]
+    fn a_message_ends_where_the_device_put_it_or_after_everything_before_it() {
+        let mut line = Timeline::default();
+        line.last_end = Some(3000);
+        assert_eq!(line.end_of(480), 3000);
+        // No device reading: after the last end (or what has played).
+        assert_eq!(line.end_of(480), 3480);
+        line.played = 10_000;
+        assert_eq!(line.end_of(480), 10_480);
+    }
+
+    #[test]
+    fn the_devices_rate_is_measured_from_a_second_after_start() {
+        let mut line = Timeline::default();
+        let start = 1000 * MS;
+        assert_eq!(line.rate_ppm(24_000, start + 500 * MS, start, 48_000), None);
+        // The reference, a second in.
+        assert_eq!(
+            line.rate_ppm(48_000, start + 1000 * MS, start, 48_000),
+            None
+        );
+        // 2 s later, 500 ppm fast: 96,048 frames.
+        assert_eq!(
+            line.rate_ppm(48_000 + 96_048, start + 3000 * MS, start, 48_000),
+            Some(500)
+        );
     }
 }
