@@ -2029,8 +2029,10 @@ mod tests {
 
     #[test]
     fn a_message_ends_where_the_device_put_it_or_after_everything_before_it() {
-        let mut line = Timeline::default();
-        line.last_end = Some(3000);
+        let mut line = Timeline {
+            last_end: Some(3000),
+            ..Timeline::default()
+        };
         assert_eq!(line.end_of(480), 3000);
         // No device reading: after the last end (or what has played).
         assert_eq!(line.end_of(480), 3480);
