@@ -1561,22 +1561,13 @@ impl StreamRuntime {
         let mut tx = None;
         if dir == Direction::Output {
             if let Some(m) = next.as_mut() {
-                let len = m.payload() as usize;
-                let n = chunk.min(len);
-                let read = match scratch.get_mut(..n) {
-                    Some(buf) => {
-                        let ok = m.read_pcm(0, buf).is_ok();
-                        crate::controls::apply(self.gain(), params.format, buf);
-                        ok
+                match self.read_first_chunk(m, scratch, chunk, &params) {
+                    Some(n) => {
+                        let mut at = Resume::new(epoch, m.head(), m.payload() as usize);
+                        at.pending = n;
+                        tx = Some(at);
                     }
-                    None => false,
-                };
-                if read {
-                    let mut at = Resume::new(epoch, m.head(), len);
-                    at.pending = n;
-                    tx = Some(at);
-                } else {
-                    m.mark_failed();
+                    None => m.mark_failed(),
                 }
             }
         }
@@ -1748,22 +1739,14 @@ impl StreamRuntime {
                 break;
             };
             let len = msg.payload() as usize;
-            let n = chunk.min(len);
-            let read = match scratch.get_mut(..n) {
-                Some(buf) => {
-                    let ok = msg.read_pcm(0, buf).is_ok();
-                    crate::controls::apply(self.gain(), params.format, buf);
-                    ok
-                }
-                None => false,
-            };
-            if !read {
+            let read = self.read_first_chunk(&mut msg, scratch, chunk, &params);
+            if read.is_none() {
                 msg.mark_failed();
             }
             let head = msg.head();
             self.put_back(msg, epoch);
             drop(pass);
-            if read {
+            if let Some(n) = read {
                 let mut at = Resume::new(epoch, head, len);
                 at.pending = n;
                 local.line.last_end = None;
@@ -1827,6 +1810,23 @@ impl StreamRuntime {
             inner.due = now.saturating_add(wait.clamp(MIN_WAIT_NS.min(period_ns), period_ns));
         }
         false
+    }
+
+    /// Reads a tx message's first chunk into the copy buffer, with the
+    /// stream's gain, under a pass the caller holds: its length, or `None`
+    /// if guest memory refused the copy.
+    fn read_first_chunk(
+        &self,
+        msg: &mut IoMessage,
+        scratch: &mut [u8],
+        chunk: usize,
+        params: &StreamParams,
+    ) -> Option<usize> {
+        let n = chunk.min(msg.payload() as usize);
+        let buf = scratch.get_mut(..n)?;
+        let ok = msg.read_pcm(0, buf).is_ok();
+        crate::controls::apply(self.gain(), params.format, buf);
+        ok.then_some(n)
     }
 
     /// Takes the oldest message a device on its own clock was given if it

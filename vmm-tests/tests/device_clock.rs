@@ -55,6 +55,21 @@ fn config(dir: &Path) -> String {
     )
 }
 
+/// The test binary's daemon on `config`, and a driver connected to it.
+fn spawn(config: String) -> (Daemon, SndDriver) {
+    let daemon = Daemon::spawn_with(&DaemonOptions {
+        binary: Some(env!("CARGO_BIN_EXE_vsound-test").into()),
+        config_toml: Some(config),
+        rust_log: "info".into(),
+        ..DaemonOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let snd = daemon
+        .connect(&ConnectOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    (daemon, snd)
+}
+
 fn status(config: &Path) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_vsound-test"))
         .args(["ctl", "--config"])
@@ -93,16 +108,7 @@ fn counter_frames(got: &[u8], what: &str) -> usize {
 #[test]
 fn sixty_seconds_on_devices_500_ppm_fast_and_slow_lose_no_frame_and_have_no_xrun() {
     let dir = vmm_tests::unprivileged::tempdir("vsound-clock-").unwrap();
-    let mut daemon = Daemon::spawn_with(&DaemonOptions {
-        binary: Some(env!("CARGO_BIN_EXE_vsound-test").into()),
-        config_toml: Some(config(dir.path())),
-        rust_log: "info".into(),
-        ..DaemonOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut snd = daemon
-        .connect(&ConnectOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut daemon, mut snd) = spawn(config(dir.path()));
     let g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
     let period = g.period_bytes();
     let n = SECONDS * 100;
@@ -235,16 +241,7 @@ fn slow_output() -> (tempfile::TempDir, Daemon, SndDriver, Geometry) {
          formats = [\"S16\"]\nrates = [48000]\nchannels = {{ min = 2, max = 2 }}\n",
         dir.path().join("api.sock").display(),
     );
-    let daemon = Daemon::spawn_with(&DaemonOptions {
-        binary: Some(env!("CARGO_BIN_EXE_vsound-test").into()),
-        config_toml: Some(config),
-        rust_log: "info".into(),
-        ..DaemonOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut snd = daemon
-        .connect(&ConnectOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (daemon, mut snd) = spawn(config);
     let mut g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
     g.periods = 8;
     assert_eq!(g.set_params(&mut snd, 0).unwrap(), Status::Ok, "SET_PARAMS");
