@@ -410,7 +410,7 @@ struct Geometry {
 
 /// Sets the hardware parameters for `params`. Access, format, channels and
 /// rate must be exactly the stream's; period and buffer sizes are the
-/// nearest the PCM takes (the daemon paces completions on its own schedule).
+/// nearest the PCM takes (the daemon reads what it chose).
 fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry, DeviceError> {
     let (period, guest_buffer) = frames_of(params)?;
     // Room for the guest's whole buffer (the daemon hands each guest
