@@ -1049,30 +1049,25 @@ impl StreamRuntime {
         }
     }
 
-    /// A device on its own clock that has not taken (playback) or made
-    /// (capture) the frames of this tick yet, a sound server still
-    /// starting or a card stalled, holds the tick back: the schedule waits
-    /// for the device by the frames it lacks, as a guest's clock waits for
-    /// its card on bare metal, rather than dropping frames or making up
-    /// silence. A wait longer than [`MAX_DEVICE_WAIT_NS`] in all gives up:
-    /// the tick goes on, frames lost and counted.
+    /// A capture device on its own clock that has not made the frames of
+    /// this tick yet, a sound server still starting or a card stalled,
+    /// holds the tick back: the schedule waits for the device by the frames
+    /// it lacks, as a guest's clock waits for its card on bare metal,
+    /// rather than making up silence. A wait longer than
+    /// [`MAX_DEVICE_WAIT_NS`] in all gives up: the tick goes on. (Playback
+    /// on such a device waits for room in `tick_played`.)
     fn wait_for_device(
         &self,
         local: &mut WorkerLocal,
         params: &StreamParams,
         current: Option<usize>,
     ) -> Wait {
-        if !local.device_clocked {
+        if !local.device_clocked || self.direction() == Direction::Output {
             return Wait::Go;
         }
         let frame = u64::from(params.frame_bytes().max(1));
-        let dir = self.direction();
-        let need = match dir {
-            // The next message goes to the device at this tick.
-            Direction::Output => self.lock().pending.front().map(|m| u64::from(m.payload())),
-            // The current message is read from it.
-            Direction::Input => current.map(|len| len as u64),
-        };
+        // The current message is read from the device at this tick.
+        let need = current.map(|len| len as u64);
         let Some(need) = need.map(|b| i64::try_from(b / frame).unwrap_or(i64::MAX)) else {
             return Wait::Go;
         };
@@ -1082,22 +1077,17 @@ impl StreamRuntime {
         }
         let mut fill = None;
         let io = self.host_call(local, params, false, false, |ep| match ep {
-            Endpoint::Playback(s) => {
-                fill = s.fill_frames();
-                Ok(s.latency_bytes())
-            }
             Endpoint::Capture(s) => {
                 fill = s.fill_frames();
                 Ok(s.latency_bytes())
             }
+            Endpoint::Playback(_) => Err(DeviceError::Gone),
         });
         if let HostIo::Replaced = io {
             return Wait::Replaced;
         }
-        let have = match (fill, dir) {
-            (Some(f), Direction::Output) => f.room,
-            (Some(f), Direction::Input) => f.frames,
-            (None, _) => return Wait::Go,
+        let Some(have) = fill.map(|f| f.frames) else {
+            return Wait::Go;
         };
         let short = u64::try_from(need.saturating_sub(have)).unwrap_or(0);
         if short == 0 {
@@ -1121,8 +1111,8 @@ impl StreamRuntime {
         Wait::Later
     }
 
-    /// Corrects the running stream's schedule by its endpoint's level
-    /// (`frames` queued or captured, just now): read as of the tick's due
+    /// Corrects a running capture stream's schedule by its endpoint's
+    /// level (`frames` captured, just now): read as of the tick's due
     /// time, so that the tick's own lateness is not taken for drift.
     fn pace_by_device(
         &self,
@@ -1148,12 +1138,8 @@ impl StreamRuntime {
         } else {
             late
         };
-        let level = frames as f64 / f64::from(params.rate);
-        let (level, flow) = match self.direction() {
-            Direction::Output => (level + late, Flow::Playback),
-            Direction::Input => (level - late, Flow::Capture),
-        };
-        let ppm = local.clock.feed(now, level, flow);
+        let level = frames as f64 / f64::from(params.rate) - late;
+        let ppm = local.clock.feed(now, level, Flow::Capture);
         schedule.set_rate_ppm(ppm);
         inner.stats.rate_ppm = schedule.rate_ppm();
     }
@@ -1644,21 +1630,9 @@ impl StreamRuntime {
         let frame_bytes = params.frame_bytes().max(1);
 
         // Where the device is.
-        let mut position = None;
-        let mut room = None;
-        if self.endpoint.is_attached() {
-            let io = self.host_call(local, &params, false, false, |ep| match ep {
-                Endpoint::Playback(s) => {
-                    position = s.position();
-                    room = s.fill_frames().map(|f| f.room);
-                    Ok(s.latency_bytes())
-                }
-                Endpoint::Capture(_) => Err(DeviceError::Gone),
-            });
-            if let HostIo::Replaced = io {
-                return true;
-            }
-        }
+        let Some((position, mut room)) = self.look_at_sink(local, &params) else {
+            return true;
+        };
         let waiting = !self.lock().written.is_empty();
         if let Some(p) = position {
             local.line.lead = lead_frames(p.keep, &params);
@@ -1771,21 +1745,10 @@ impl StreamRuntime {
                 Some(r) => Some(r.saturating_sub(i64::try_from(frames).unwrap_or(i64::MAX))),
                 // Not known before the device started (its first write
                 // puts its cushion ahead): asked now.
-                None if self.endpoint.is_attached() => {
-                    let mut fill = None;
-                    let io = self.host_call(local, &params, false, false, |ep| match ep {
-                        Endpoint::Playback(s) => {
-                            fill = s.fill_frames();
-                            Ok(s.latency_bytes())
-                        }
-                        Endpoint::Capture(_) => Err(DeviceError::Gone),
-                    });
-                    if let HostIo::Replaced = io {
-                        return true;
-                    }
-                    fill.map(|f| f.room)
-                }
-                None => None,
+                None => match self.look_at_sink(local, &params) {
+                    Some((_, room)) => room,
+                    None => return true,
+                },
             };
         }
 
@@ -1810,6 +1773,30 @@ impl StreamRuntime {
             inner.due = now.saturating_add(wait.clamp(MIN_WAIT_NS.min(period_ns), period_ns));
         }
         false
+    }
+
+    /// A playback endpoint's position and room (each `None` if it has no
+    /// endpoint or cannot say); `None` if this worker was replaced.
+    fn look_at_sink(
+        &self,
+        local: &mut WorkerLocal,
+        params: &StreamParams,
+    ) -> Option<(Option<vsound_devices::Position>, Option<i64>)> {
+        let (mut position, mut room) = (None, None);
+        if self.endpoint.is_attached() {
+            let io = self.host_call(local, params, false, false, |ep| match ep {
+                Endpoint::Playback(s) => {
+                    position = s.position();
+                    room = s.fill_frames().map(|f| f.room);
+                    Ok(s.latency_bytes())
+                }
+                Endpoint::Capture(_) => Err(DeviceError::Gone),
+            });
+            if let HostIo::Replaced = io {
+                return None;
+            }
+        }
+        Some((position, room))
     }
 
     /// Reads a tx message's first chunk into the copy buffer, with the
