@@ -38,10 +38,12 @@ cargo build --workspace --locked
 step "unit and integration tests"
 cargo test --workspace --locked
 
-step "loom models: the attach/detach protocol, the ring gate, deferred completions, the hang watch"
+step "loom models: the attach/detach protocol, the ring gate, deferred completions, the hang watch, the ALSA I/O doorbell"
 # Their own target dir: --cfg loom rebuilds the devices and backend crates.
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \
     cargo test -p vsound-devices --lib --release --locked attach::loom_model
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \
+    cargo test -p vsound-devices --lib --release --locked alsa::io::loom_model
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \
     cargo test -p vsound --lib --release --locked gate::loom_model
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-4} \

@@ -891,7 +891,10 @@ mod imp {
         vsound_devices::set_thread_hook(|t| {
             super::enter(match t {
                 vsound_devices::DeviceThread::Pad => ThreadKind::Pad,
-                vsound_devices::DeviceThread::AlsaMonitor => ThreadKind::AlsaMonitor,
+                // An ALSA stream's I/O thread calls what the monitor
+                // calls (opens, configures and serves PCMs), and polls.
+                vsound_devices::DeviceThread::AlsaMonitor
+                | vsound_devices::DeviceThread::AlsaIo => ThreadKind::AlsaMonitor,
             })
         });
         log::info!(

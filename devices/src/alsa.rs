@@ -1,9 +1,12 @@
 //! The `alsa` device: a guest stream plays to, or records from, an ALSA PCM
 //! (`pcm = "default"`, `"hw:0,0"`, `"plughw:1"`: any name alsa-lib knows).
 //!
-//! I/O never blocks: the PCM is opened non-blocking, a write hands over the
-//! whole frames the PCM has room for and drops (and counts) the rest, a read
-//! takes what the PCM has captured and pads with silence. Under- and overruns
+//! The stream's lane never calls into ALSA: each open stream has an I/O
+//! thread of its own ([`io`]) that opens the PCM, moves frames between it
+//! and a wait-free ring the lane pushes into or pops from, and closes it.
+//! The thread's calls never block either: the PCM is opened non-blocking,
+//! a write hands over the whole frames the PCM has room for, a read takes
+//! what the PCM has captured. Under- and overruns
 //! are recovered on the spot, without `snd_pcm_recover`, which sleeps while a
 //! suspended card resumes. A stream keeps a cushion in the PCM (a period,
 //! or a sound server's quantum, and [`CUSHION_MS`]): playback puts that
@@ -77,6 +80,8 @@ use crate::{
     CaptureSource, Clock, DeviceError, DeviceListener, Fill, Format, HostDevice, PlaybackSink,
     Position, StreamDirection, StreamParams,
 };
+
+mod io;
 
 /// The first delay before probing a detached PCM again, unless `retry_ms`
 /// says otherwise.
@@ -216,6 +221,28 @@ impl AlsaDevice {
         self.pcm.to_str().unwrap_or("?")
     }
 
+    /// What an I/O thread needs to open this device's PCM.
+    fn opener(&self) -> Opener {
+        Opener {
+            pcm: self.pcm.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Opens a device's PCM for a stream: what its I/O thread ([`io`]) is
+/// given, so that the open runs there.
+#[derive(Clone)]
+struct Opener {
+    pcm: CString,
+    shared: Arc<Shared>,
+}
+
+impl Opener {
+    fn pcm_name(&self) -> &str {
+        self.pcm.to_str().unwrap_or("?")
+    }
+
     /// Runs `f`, which opens the PCM; if it finds the PCM gone, the device
     /// is detached (nothing else would notice while no stream is open).
     fn watching<T>(&self, f: impl FnOnce(u64) -> Result<T, DeviceError>) -> Result<T, DeviceError> {
@@ -231,7 +258,7 @@ impl AlsaDevice {
         result
     }
 
-    fn open_stream(&self, params: &StreamParams, dir: Direction) -> Result<Stream, DeviceError> {
+    fn open(&self, params: &StreamParams, dir: Direction) -> Result<Stream, DeviceError> {
         self.watching(|generation| self.try_open_stream(params, dir, generation))
     }
 
@@ -275,6 +302,8 @@ impl AlsaDevice {
             xruns: 0,
             lost_frames: 0,
             taken: 0,
+            silence: 0,
+            silence_end: 0,
         })
     }
 }
@@ -341,19 +370,18 @@ impl HostDevice for AlsaDevice {
         }
     }
 
+    /// Never blocks: the PCM is opened, and then served, by the stream's
+    /// own I/O thread ([`io`]).
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn open_playback(&self, params: &StreamParams) -> Result<Box<dyn PlaybackSink>, DeviceError> {
-        let stream = self.open_stream(params, Direction::Playback)?;
-        let mut silence = vec![0; stream.cushion.saturating_mul(stream.frame_bytes)];
-        params.format.fill_silence(&mut silence);
-        Ok(Box::new(AlsaSink { stream, silence }))
+        Ok(Box::new(io::playback(self.opener(), *params)?))
     }
 
     fn open_capture(&self, params: &StreamParams) -> Result<Box<dyn CaptureSource>, DeviceError> {
-        let stream = self.open_stream(params, Direction::Capture)?;
-        Ok(Box::new(AlsaSource {
-            format: params.format,
-            stream,
-        }))
+        Ok(Box::new(io::capture(self.opener(), *params)?))
     }
 }
 
@@ -412,18 +440,8 @@ struct Geometry {
 /// rate must be exactly the stream's; period and buffer sizes are the
 /// nearest the PCM takes (the daemon reads what it chose).
 fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry, DeviceError> {
-    let (period, guest_buffer) = frames_of(params)?;
-    // Room for the guest's whole buffer (the daemon hands each guest
-    // buffer over as soon as it fits, and completes it once played) behind
-    // the cushion, and what the device takes at a time still to be taken,
-    // with slack (see [`cushion_frames`]).
-    let slack = i64::from(params.rate) * i64::from(CUSHION_MS) / 1000;
-    let take = period.max(i64::try_from(server_quantum_frames(params.rate)).unwrap_or(i64::MAX));
-    let buffer = guest_buffer.saturating_add(
-        take.saturating_mul(2)
-            .saturating_add(period)
-            .saturating_add(slack.saturating_mul(2)),
-    );
+    let (period, _) = frames_of(params)?;
+    let buffer = buffer_frames(params)?;
     let refused = |what: String| move |e: alsa::Error| param_error(&e, what, name);
     let hw = HwParams::any(pcm).map_err(|e| setup_error(&e))?;
     hw.set_access(Access::RWInterleaved)
@@ -469,6 +487,22 @@ fn configure_hw(pcm: &PCM, params: &StreamParams, name: &str) -> Result<Geometry
         );
     }
     Ok(chosen)
+}
+
+/// The PCM buffer a stream asks for, in frames: room for the guest's whole
+/// buffer (the daemon hands each guest buffer over as soon as it fits, and
+/// completes it once played) behind the cushion, and what the device takes
+/// at a time still to be taken, with slack (see [`cushion_frames`]). The
+/// ring between the stream's lane and its I/O thread is as large.
+fn buffer_frames(params: &StreamParams) -> Result<i64, DeviceError> {
+    let (period, guest_buffer) = frames_of(params)?;
+    let slack = i64::from(params.rate) * i64::from(CUSHION_MS) / 1000;
+    let take = period.max(i64::try_from(server_quantum_frames(params.rate)).unwrap_or(i64::MAX));
+    Ok(guest_buffer.saturating_add(
+        take.saturating_mul(2)
+            .saturating_add(period)
+            .saturating_add(slack.saturating_mul(2)),
+    ))
 }
 
 /// The guest's period and buffer in frames, if they make sense (a period
@@ -985,6 +1019,12 @@ struct Stream {
     /// Playback: frames handed to the PCM since the open (its cushion of
     /// silence included) and frames dropped ([`Position::taken`]).
     taken: u64,
+    /// Playback: of `taken`, the frames of silence the stream put ahead of
+    /// the guest's, and `taken` just after the last of them. Silence goes
+    /// in only when the PCM (re)starts, so every frame taken after that is
+    /// the guest's.
+    silence: u64,
+    silence_end: u64,
 }
 
 /// How a stream's PCM is held while the guest's stream is stopped.
@@ -1217,8 +1257,63 @@ fn recover(pcm: &PCM, errno: i32) -> alsa::Result<()> {
 
 struct AlsaSink {
     stream: Stream,
-    /// One period of silence, made at open.
+    /// The cushion's silence, made at open.
     silence: Vec<u8>,
+}
+
+impl AlsaSink {
+    fn new(stream: Stream, format: Format) -> AlsaSink {
+        let mut silence = vec![0; stream.cushion.saturating_mul(stream.frame_bytes)];
+        format.fill_silence(&mut silence);
+        AlsaSink { stream, silence }
+    }
+
+    /// Resumes the PCM if it was held, and puts the cushion of silence in
+    /// it if it (re)started: what [`write`](PlaybackSink::write) does first,
+    /// so that the room asked after this is the room for the guest's
+    /// frames.
+    fn prime(&mut self) -> Result<(), DeviceError> {
+        let AlsaSink { stream: s, silence } = self;
+        if s.gone {
+            return Err(DeviceError::Gone);
+        }
+        if s.paused != Paused::No {
+            s.set_paused(false)?;
+        }
+        let mut retried = false;
+        while !s.primed {
+            let written = s.pcm.io_bytes().writei(silence);
+            match written {
+                Ok(n) => {
+                    s.taken = s.taken.saturating_add(n as u64);
+                    s.silence = s.silence.saturating_add(n as u64);
+                    s.silence_end = s.taken;
+                    s.primed = true;
+                }
+                Err(e) => {
+                    if !s.handle(e, retried)? {
+                        break;
+                    }
+                    retried = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many of the guest's frames (the frames taken but the silence)
+    /// have played, and how many frames the PCM holds, silence included.
+    /// Silence is only ever ahead of the guest's frames in the PCM (it goes
+    /// in when the PCM (re)starts, empty), so of what the PCM holds, the
+    /// guest's are at most the frames taken since the last silence.
+    fn guest_played(&self) -> Option<(u64, u64)> {
+        let p = self.position()?;
+        let s = &self.stream;
+        let queued = p.taken.saturating_sub(p.played);
+        let guest_queued = queued.min(s.taken.saturating_sub(s.silence_end));
+        let guest_taken = s.taken.saturating_sub(s.silence);
+        Some((guest_taken.saturating_sub(guest_queued), queued))
+    }
 }
 
 impl PlaybackSink for AlsaSink {
@@ -1259,7 +1354,11 @@ impl PlaybackSink for AlsaSink {
                 s.taken = s.taken.saturating_add(n as u64);
             }
             match written {
-                Ok(_) if !s.primed => s.primed = true,
+                Ok(n) if !s.primed => {
+                    s.primed = true;
+                    s.silence = s.silence.saturating_add(n as u64);
+                    s.silence_end = s.taken;
+                }
                 Ok(0) => break,
                 Ok(n) => rest = rest.get(n.saturating_mul(fb)..).unwrap_or_default(),
                 Err(e) => {
@@ -1318,102 +1417,6 @@ impl PlaybackSink for AlsaSink {
             played: s.taken.saturating_sub(queued),
             keep: s.cushion as u64,
         })
-    }
-}
-
-struct AlsaSource {
-    format: Format,
-    stream: Stream,
-}
-
-impl AlsaSource {
-    /// Reads what the PCM has into `buf`, a part of a read with `more`
-    /// bytes after it (see [`CaptureSource::read_part`]); returns the bytes
-    /// filled.
-    ///
-    /// After each (re)start of the PCM, nothing is read until it holds this
-    /// read (all of its parts) plus a period: the daemon asks for a period
-    /// when it is due, just as the PCM captures it; without a cushion, a
-    /// read a little early would find a partial period.
-    fn read_available(&mut self, buf: &mut [u8], more: usize) -> Result<usize, DeviceError> {
-        let s = &mut self.stream;
-        if s.gone {
-            return Err(DeviceError::Gone);
-        }
-        if s.paused != Paused::No {
-            s.set_paused(false)?;
-        }
-        let fb = s.frame_bytes;
-        let whole = buf.len() / fb * fb;
-        if !s.primed {
-            // Leave a period of room, or the PCM overruns while it fills.
-            let need = (whole.saturating_add(more) / fb)
-                .saturating_add(s.cushion)
-                .min(s.buffer.saturating_sub(s.period))
-                .max(1);
-            match s.pcm.avail() {
-                Ok(avail) if usize::try_from(avail).unwrap_or(0) >= need => s.primed = true,
-                Ok(_) => return Ok(0),
-                Err(e) => {
-                    if s.handle(e, false)? {
-                        s.restart_capture()?;
-                    }
-                    return Ok(0);
-                }
-            }
-        }
-        let mut filled = 0;
-        while let Some(free) = buf.get_mut(filled..whole).filter(|b| !b.is_empty()) {
-            let read = s.pcm.io_bytes().readi(free);
-            match read {
-                Ok(0) => break,
-                Ok(n) => filled = whole.min(filled.saturating_add(n.saturating_mul(fb))),
-                Err(e) => {
-                    // After an overrun the PCM is empty: nothing more now.
-                    if s.handle(e, false)? {
-                        s.restart_capture()?;
-                    }
-                    break;
-                }
-            }
-        }
-        Ok(filled)
-    }
-}
-
-impl CaptureSource for AlsaSource {
-    fn clock(&self) -> Clock {
-        Clock::Device
-    }
-
-    fn xruns(&self) -> u64 {
-        self.stream.xruns
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.read_part(buf, 0).map(|_| ())
-    }
-
-    /// A part that finds the PCM empty (or not primed) comes back short,
-    /// which ends the read: the rest is silence, as in one read.
-    fn read_part(&mut self, buf: &mut [u8], more: usize) -> Result<usize, DeviceError> {
-        let result = self.read_available(buf, more);
-        let filled = *result.as_ref().unwrap_or(&0);
-        self.format
-            .fill_silence(buf.get_mut(filled..).unwrap_or_default());
-        result
-    }
-
-    fn latency_bytes(&self) -> u32 {
-        self.stream.latency_bytes()
-    }
-
-    fn set_paused(&mut self, paused: bool) -> Result<(), DeviceError> {
-        self.stream.set_paused(paused)
-    }
-
-    fn fill_frames(&self) -> Option<Fill> {
-        self.stream.fill_frames()
     }
 }
 

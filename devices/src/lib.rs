@@ -20,6 +20,7 @@
 pub mod alsa;
 pub mod alsa_log;
 pub mod attach;
+mod eventfd;
 mod format;
 pub mod mix;
 pub mod null;
@@ -36,6 +37,8 @@ pub enum DeviceThread {
     Pad,
     /// An ALSA device's monitor thread (`alsa-NAME`).
     AlsaMonitor,
+    /// An open ALSA stream's I/O thread (`alsa-io`).
+    AlsaIo,
 }
 
 static THREAD_HOOK: std::sync::OnceLock<fn(DeviceThread)> = std::sync::OnceLock::new();
@@ -123,10 +126,11 @@ pub trait HostDevice: Send + Sync {
 
     /// Whether a call into the device (open, write, read) may block or
     /// take long (a sound server, a kernel driver). The daemon serves the
-    /// streams of devices that never do (null, pad) from one shared
-    /// reactor thread, and gives each stream of any other device a thread
-    /// of its own, so that a device that hangs stalls only its streams.
-    /// The default is the safe answer.
+    /// streams of devices that never do (null, pad, ALSA, whose calls go
+    /// to a thread of its own per stream) from one shared reactor thread,
+    /// and gives each stream of any other device a thread of its own, so
+    /// that a device that hangs stalls only its streams. The default is
+    /// the safe answer.
     fn may_block(&self) -> bool {
         true
     }

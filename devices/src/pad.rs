@@ -44,9 +44,8 @@
 //! the pad thread, with no lock held, strictly alternating
 //! attached/detached.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +55,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::eventfd::EventFd;
 #[cfg(test)]
 use crate::unix_socket::MAX_SOCKET_PATH;
 use crate::{
@@ -538,35 +538,6 @@ fn wav_header(params: &StreamParams) -> Option<[u8; WAV_HEADER_LEN]> {
         at += field.len();
     }
     (at == WAV_HEADER_LEN).then_some(header)
-}
-
-/// A non-blocking eventfd that wakes the pad thread.
-struct EventFd(File);
-
-impl EventFd {
-    fn new() -> io::Result<EventFd> {
-        // SAFETY: eventfd takes no pointers; the result is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and nothing else owns it.
-        Ok(EventFd(File::from(unsafe { OwnedFd::from_raw_fd(fd) })))
-    }
-
-    fn signal(&self) {
-        // EAGAIN only if the counter is about to overflow: already signalled.
-        let _ = (&self.0).write(&1u64.to_ne_bytes());
-    }
-
-    fn drain(&self) {
-        let mut count = [0u8; 8];
-        let _ = (&self.0).read(&mut count);
-    }
-
-    fn raw(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
 }
 
 /// `send` that neither blocks nor raises `SIGPIPE`.

@@ -24,6 +24,11 @@ const OUT: u32 = 0;
 const IN: u32 = 1;
 
 fn config() -> String {
+    config_with("")
+}
+
+/// The test's configuration, with `more` after it.
+fn config_with(more: &str) -> String {
     format!(
         r#"
 [devices.pw]
@@ -43,7 +48,7 @@ device = "pw"
 formats = ["S16"]
 rates = [48000]
 channels = {{ min = 2, max = 2 }}
-"#
+{more}"#
     )
 }
 
@@ -56,10 +61,14 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// PipeWire and a daemon on it (holding this test's turn), or `None` when
 /// PipeWire is not tested.
 fn start() -> Option<(PipeWire, Daemon, std::sync::MutexGuard<'static, ()>)> {
+    start_with(config())
+}
+
+fn start_with(config: String) -> Option<(PipeWire, Daemon, std::sync::MutexGuard<'static, ()>)> {
     let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let pw = PipeWire::start().unwrap_or_else(|e| panic!("{e}"))?;
     let daemon = Daemon::spawn_with(&DaemonOptions {
-        config_toml: Some(config()),
+        config_toml: Some(config),
         env: pw.env(),
         ..DaemonOptions::default()
     })
@@ -414,4 +423,120 @@ fn ten_seconds_of_capture_from_pipewire_are_bit_exact_and_contiguous() {
         got.len(),
         tail.len()
     );
+}
+
+/// A PipeWire frozen while a stream opens on it: the open hangs on the
+/// stream's own I/O thread, never on the reactor that serves every stream
+/// (ALSA streams included). A `null` capture stream beside it records on
+/// pace throughout; the hung open is taken for the device gone once it is
+/// older than its bound (2 s), the stuck stream's buffers still complete;
+/// thawed, PipeWire gets the next sound whole.
+#[test]
+fn an_open_hung_on_a_frozen_pipewire_stalls_no_other_stream() {
+    const NULL_IN: u32 = 2;
+    let more = r#"
+[devices.quiet]
+kind = "null"
+
+[[streams]]
+direction = "input"
+device = "quiet"
+formats = ["S16"]
+rates = [48000]
+channels = { min = 2, max = 2 }
+"#;
+    let Some((pw, mut daemon, _turn)) = start_with(config_with(more)) else {
+        return;
+    };
+    let g = geometry();
+    let mut snd = driver(&daemon);
+    // The null stream records.
+    assert_eq!(g.set_params(&mut snd, NULL_IN).unwrap(), Status::Ok);
+    assert_eq!(snd.prepare(NULL_IN).unwrap(), Status::Ok);
+    for _ in 0..g.periods {
+        snd.rx(NULL_IN, g.period_bytes(), &[]).unwrap();
+    }
+    wait_drained(&mut snd, Queue::Rx, TIMEOUT).unwrap();
+    assert_eq!(start_timed(&mut snd, NULL_IN).unwrap().0, Status::Ok);
+    // PipeWire freezes; the output stream starts on it: its PCM opens
+    // (and hangs) as the stream's first buffer goes to the device.
+    pw.freeze(true);
+    assert_eq!(g.set_params(&mut snd, OUT).unwrap(), Status::Ok);
+    assert_eq!(snd.prepare(OUT).unwrap(), Status::Ok);
+    let tone = noise(g.period_bytes() * 400, 9);
+    let periods: Vec<&[u8]> = tone.chunks(g.period_bytes()).collect();
+    for p in periods.iter().take(g.periods as usize) {
+        snd.tx(OUT, p, &[]).unwrap();
+    }
+    wait_drained(&mut snd, Queue::Tx, TIMEOUT).unwrap();
+    assert_eq!(snd.start(OUT).unwrap(), Status::Ok, "START");
+    let started = Instant::now();
+    let (mut sent, mut played) = (g.periods as usize, 0);
+    let mut last = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut recorded = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        for c in snd.wait_io(Queue::Rx, Duration::from_millis(500)).unwrap() {
+            assert_eq!(c.status, Status::Ok, "null capture {recorded}");
+            let now = Instant::now();
+            longest = longest.max(now - last);
+            last = now;
+            recorded += 1;
+            snd.rx(NULL_IN, g.period_bytes(), &[]).unwrap();
+        }
+        for _ in snd.wait_io(Queue::Tx, Duration::ZERO).unwrap() {
+            played += 1;
+            if let Some(p) = periods.get(sent) {
+                snd.tx(OUT, p, &[]).unwrap();
+                sent += 1;
+            }
+        }
+    }
+    let log = daemon.log();
+    pw.freeze(false);
+    eprintln!(
+        "4 s with PipeWire frozen: {recorded} null captures, the longest gap {longest:?}; \
+         {played} playback buffers completed"
+    );
+    assert!(
+        longest < Duration::from_millis(250),
+        "the null stream stalled for {longest:?} while the PipeWire stream's open hung"
+    );
+    assert!(recorded >= 300, "{recorded} null captures in 4 s");
+    assert!(
+        log.contains("taken for gone"),
+        "the hung open was not taken for the device gone:\n{log}"
+    );
+    assert!(
+        played > 0,
+        "no playback buffer completed with the open hung"
+    );
+    // Thawed: the stream is done with; the next sound reaches the sink.
+    assert_eq!(snd.stop(OUT).unwrap(), Status::Ok, "STOP");
+    assert_eq!(snd.release(OUT).unwrap(), Status::Ok, "RELEASE");
+    let _ = snd.wait_io(Queue::Tx, Duration::from_millis(500));
+    assert_eq!(snd.stop(NULL_IN).unwrap(), Status::Ok);
+    assert_eq!(snd.release(NULL_IN).unwrap(), Status::Ok);
+    let _ = snd.wait_io(Queue::Rx, Duration::from_millis(200));
+    wait_for_attached(&mut daemon);
+    let rec = pw.record("after-thaw.wav").unwrap();
+    let pcm = noise(g.bytes_per_second() as usize / 2, 10);
+    play(&mut snd, &pcm, &[Status::Ok], |_| {});
+    thread::sleep(Duration::from_millis(500));
+    let got = rec.stop().unwrap();
+    daemon.check_alive().unwrap();
+    contains(&got, &pcm, "0.5 s after the thaw");
+}
+
+/// Waits until the daemon says the PipeWire device is present again.
+fn wait_for_attached(daemon: &mut Daemon) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !daemon.log().contains(": back") {
+        assert!(
+            Instant::now() < deadline,
+            "the device never came back:\n{}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -28,7 +28,9 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vmm_tests::{ConnectOptions, Daemon, DaemonOptions};
+use vmm_tests::audio::Geometry;
+use vmm_tests::snd::{PcmFormat, PcmRate};
+use vmm_tests::{ConnectOptions, Daemon, DaemonOptions, Queue, Status};
 
 /// The exit code of a daemon ended by a forbidden call.
 const KILLED: i32 = 159;
@@ -248,21 +250,43 @@ fn every_thread_of_a_running_daemon_is_under_its_own_filter() {
 }
 
 #[test]
-fn an_alsa_monitor_probes_under_its_filter() {
+fn alsa_monitors_and_io_threads_run_under_their_filters() {
     // A PCM defined nowhere: the monitor probes it (alsa-lib reads its
-    // configuration each time) every 20 ms.
+    // configuration each time) every 20 ms. And alsa-lib's `null` PCM,
+    // played: the stream's I/O thread opens and serves it.
     let config = "[devices.gone]\nkind = \"alsa\"\npcm = \"vs_missing\"\nretry_ms = 20\n\n\
+                  [devices.nul]\nkind = \"alsa\"\npcm = \"null\"\n\n\
                   [[streams]]\ndirection = \"output\"\ndevice = \"gone\"\n\
+                  formats = [\"S16\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n\n\
+                  [[streams]]\ndirection = \"output\"\ndevice = \"nul\"\n\
                   formats = [\"S16\"]\nrates = [48000]\nchannels = { min = 2, max = 2 }\n";
     let mut daemon = Daemon::spawn_with(&DaemonOptions {
         config_toml: Some(config.into()),
         ..DaemonOptions::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    wait_for_filters(&mut daemon, &[("alsa-gone", 3), ("vsound-s0", 3)]);
+    let mut snd = daemon.connect(&ConnectOptions::default()).unwrap();
+    let g = Geometry::new(PcmFormat::S16, PcmRate::R48000, 2);
+    assert_eq!(g.set_params(&mut snd, 1).unwrap(), Status::Ok);
+    assert_eq!(snd.prepare(1).unwrap(), Status::Ok);
+    let period = vec![0u8; g.period_bytes()];
+    for _ in 0..g.periods {
+        snd.tx(1, &period, &[]).unwrap();
+    }
+    assert_eq!(snd.start(1).unwrap(), Status::Ok);
+    let done = snd
+        .wait_io_count(Queue::Tx, 2, Duration::from_secs(10))
+        .unwrap();
+    assert!(done.len() >= 2, "{done:?}");
+    // The I/O thread starts under the reactor's filters (3) and adds its own.
+    wait_for_filters(
+        &mut daemon,
+        &[("alsa-gone", 3), ("vsound-reactor", 3), ("alsa-io", 4)],
+    );
     thread::sleep(Duration::from_millis(300));
     daemon.check_alive().unwrap_or_else(|e| panic!("{e}"));
     let log = daemon.log();
     assert!(log.contains("(with the host device group)"), "{log}");
     assert!(!log.contains("forbidden syscall"), "{log}");
+    snd.disconnect().unwrap();
 }
