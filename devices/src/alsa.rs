@@ -376,11 +376,16 @@ impl HostDevice for AlsaDevice {
         false
     }
 
+    /// A detached device is `Gone`, parameters its probe refused are
+    /// `Unsupported`, at once; the rest is the open on the stream's I/O
+    /// thread, whose failure the sink reports as `Gone`.
     fn open_playback(&self, params: &StreamParams) -> Result<Box<dyn PlaybackSink>, DeviceError> {
+        self.check_params(StreamDirection::Playback, params)?;
         Ok(Box::new(io::playback(self.opener(), *params)?))
     }
 
     fn open_capture(&self, params: &StreamParams) -> Result<Box<dyn CaptureSource>, DeviceError> {
+        self.check_params(StreamDirection::Capture, params)?;
         Ok(Box::new(io::capture(self.opener(), *params)?))
     }
 }
@@ -1302,17 +1307,22 @@ impl AlsaSink {
     }
 
     /// How many of the guest's frames (the frames taken but the silence)
-    /// have played, and how many frames the PCM holds, silence included.
+    /// have played, how many frames the PCM holds, silence included, and
+    /// of those the silence (all of it ahead of the guest's).
     /// Silence is only ever ahead of the guest's frames in the PCM (it goes
     /// in when the PCM (re)starts, empty), so of what the PCM holds, the
     /// guest's are at most the frames taken since the last silence.
-    fn guest_played(&self) -> Option<(u64, u64)> {
+    fn guest_played(&self) -> Option<(u64, u64, u64)> {
         let p = self.position()?;
         let s = &self.stream;
         let queued = p.taken.saturating_sub(p.played);
         let guest_queued = queued.min(s.taken.saturating_sub(s.silence_end));
         let guest_taken = s.taken.saturating_sub(s.silence);
-        Some((guest_taken.saturating_sub(guest_queued), queued))
+        Some((
+            guest_taken.saturating_sub(guest_queued),
+            queued,
+            queued.saturating_sub(guest_queued),
+        ))
     }
 }
 

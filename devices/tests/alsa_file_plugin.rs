@@ -114,6 +114,13 @@ fn play_into_file(pcm: &str, file: &str, p: StreamParams, periods: usize) {
         let mut chunk_frames = 1;
         while !rest.is_empty() {
             let n = (chunk_frames * frame).min(rest.len());
+            // As the daemon does: no more in flight than the sink has room
+            // for (its I/O thread moves it into the PCM).
+            wait_for("room", || {
+                sink.position().is_some_and(|at| {
+                    at.taken - at.played < 4 * u64::from(p.period_bytes) / frame as u64
+                })
+            });
             sink.write(&rest[..n]).unwrap();
             rest = &rest[n..];
             chunk_frames = chunk_frames * 3 % 1000 + 1;
@@ -177,9 +184,12 @@ fn capture_reads_the_input_file_bit_exact() {
     assert_eq!(src.clock(), Clock::Device);
 
     // Two frames and a partial one: the partial frame is silence (U16:
-    // 0x8000, little-endian).
+    // 0x8000, little-endian). The first frames come once the stream's I/O
+    // thread has opened the PCM and read the cushion.
     let mut odd = [0xaau8; 11];
-    src.read(&mut odd).unwrap();
+    wait_for("the first frames", || {
+        src.read_part(&mut odd, 0).unwrap() > 0
+    });
     assert_eq!(odd[..8], input[..8]);
     assert_eq!(odd[8..], [0, 0x80, 0]);
 
@@ -305,7 +315,7 @@ fn check_params_reads_the_probed_capabilities_without_opening_the_pcm() {
         .unwrap();
     sink.write(&[0; 1920]).unwrap();
     drop(sink);
-    assert!(file.exists());
+    wait_for("the open on the stream's I/O thread", || file.exists());
 }
 
 #[derive(Default)]
@@ -357,14 +367,16 @@ fn a_pcm_that_comes_and_goes_is_attached_and_detached() {
     assert!(buf == input);
     drop(src);
 
-    // The input goes away while no stream is open: the next open finds the
-    // PCM gone, which detaches the device; when it is back, it attaches.
+    // The input goes away while no stream is open: the next open (on the
+    // stream's I/O thread) finds the PCM gone, which detaches the device
+    // and ends the stream; when it is back, it attaches.
     fs::remove_file(hot.join("in.raw")).unwrap();
-    assert!(matches!(
-        dev.open_capture(&p).err(),
-        Some(DeviceError::Gone)
-    ));
-    assert!(!dev.is_attached());
+    let mut src = dev.open_capture(&p).unwrap();
+    wait_for("the stream to end", || {
+        matches!(src.read(&mut buf), Err(DeviceError::Gone))
+    });
+    drop(src);
+    wait_for("the device to detach", || !dev.is_attached());
     wait_for("the detach", || {
         counter.detached.load(Ordering::SeqCst) == 1
     });

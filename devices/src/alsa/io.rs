@@ -97,6 +97,9 @@ struct Snap {
     moved: u64,
     /// Playback: of `moved`, the frames played.
     played: u64,
+    /// Playback: of `pcm_frames`, the silence still ahead of the guest's
+    /// frames (the cushion after a (re)start): it plays before any of them.
+    silence_ahead: u64,
     /// Frames in the PCM: playback, queued, silence included; capture,
     /// captured and not yet read.
     pcm_frames: u64,
@@ -165,6 +168,7 @@ impl Doorbell {
 struct Seen {
     moved: u64,
     played: u64,
+    silence_ahead: u64,
     pcm_frames: u64,
     running: bool,
     xruns: u64,
@@ -212,6 +216,7 @@ impl Link {
         self.publish(|snap| {
             snap.moved = seen.moved;
             snap.played = seen.played;
+            snap.silence_ahead = seen.silence_ahead;
             snap.pcm_frames = seen.pcm_frames;
             snap.running = seen.running;
             snap.xruns = seen.xruns;
@@ -422,13 +427,15 @@ impl ThreadedSink {
     }
 
     /// What the PCM has played since `snap`, carried forward at the nominal
-    /// rate (at most two of its periods).
-    fn since(&self, snap: &Snap) -> u64 {
+    /// rate (at most two of its periods), and of that the guest's frames
+    /// (the silence ahead of them plays first).
+    fn since(&self, snap: &Snap) -> (u64, u64) {
         if !snap.running {
-            return 0;
+            return (0, 0);
         }
-        let ahead = frames_in(now_ns().saturating_sub(snap.at), self.end.rate);
-        ahead.min(snap.period.saturating_mul(2))
+        let ahead = frames_in(now_ns().saturating_sub(snap.at), self.end.rate)
+            .min(snap.period.saturating_mul(2));
+        (ahead, ahead.saturating_sub(snap.silence_ahead))
     }
 }
 
@@ -458,7 +465,7 @@ impl PlaybackSink for ThreadedSink {
         let Ok(snap) = self.end.check() else {
             return 0;
         };
-        let pcm = snap.pcm_frames.saturating_sub(self.since(&snap));
+        let pcm = snap.pcm_frames.saturating_sub(self.since(&snap).0);
         self.end.bytes(self.in_ring().saturating_add(pcm))
     }
 
@@ -475,7 +482,7 @@ impl PlaybackSink for ThreadedSink {
         if !snap.open || !snap.running {
             return None;
         }
-        let pcm = snap.pcm_frames.saturating_sub(self.since(&snap));
+        let pcm = snap.pcm_frames.saturating_sub(self.since(&snap).0);
         let frames = self.in_ring().saturating_add(pcm);
         Some(Fill {
             frames: i64::try_from(frames).unwrap_or(i64::MAX),
@@ -489,7 +496,7 @@ impl PlaybackSink for ThreadedSink {
         let snap = self.end.check().ok()?;
         let played = snap
             .played
-            .saturating_add(self.since(&snap))
+            .saturating_add(self.since(&snap).1)
             .min(snap.moved)
             .saturating_add(self.dropped)
             .min(self.pushed);
@@ -543,10 +550,11 @@ fn run_playback(opener: &Opener, params: &StreamParams, mut ring: Consumer<u8>, 
         let running = !paused && sink.stream.pcm.state() == alsa::pcm::State::Running;
         link.returned();
         let failed = result.is_err() || seen.is_none();
-        let (played, queued) = seen.unwrap_or_default();
+        let (played, queued, silence_ahead) = seen.unwrap_or_default();
         link.saw(Seen {
             moved,
             played,
+            silence_ahead,
             pcm_frames: queued,
             running,
             xruns: sink.stream.xruns,
@@ -797,6 +805,7 @@ fn run_capture(opener: &Opener, params: &StreamParams, mut ring: Producer<u8>, l
         link.saw(Seen {
             moved,
             played: 0,
+            silence_ahead: 0,
             pcm_frames: queued,
             running,
             xruns: stream.xruns,
