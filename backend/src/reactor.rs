@@ -41,7 +41,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -68,6 +68,10 @@ pub struct Lane {
     /// The lane's "kicks off" votes per I/O queue (`SoundDevice::kick_vote`),
     /// kept here so that a thread replacing a hung one inherits them.
     votes: std::sync::Mutex<[bool; 2]>,
+    /// Set by [`wake`](Self::wake) after the stream's own flag: the lane
+    /// looks at its streams' flags only when it is set (one swap per
+    /// wake-up, not one per stream).
+    woken: AtomicBool,
     wake: EventFd,
     timer: OwnedFd,
 }
@@ -92,14 +96,24 @@ impl Lane {
             may_block,
             generation: AtomicU64::new(0),
             votes: std::sync::Mutex::new([false; 2]),
+            woken: AtomicBool::new(false),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             timer,
         })
     }
 
-    /// Makes the lane's thread look at its woken streams.
+    /// Makes the lane's thread look at its woken streams (call it after
+    /// setting the stream's flag).
     pub fn wake(&self) {
+        self.woken.store(true, Ordering::SeqCst);
         let _ = self.wake.write(1);
+    }
+
+    /// Whether a stream was woken since the last call (and clears it):
+    /// cleared before the streams' flags are looked at, so a wake that
+    /// comes meanwhile sets it again.
+    fn take_woken(&self) -> bool {
+        self.woken.swap(false, Ordering::SeqCst)
     }
 
     /// The generation the lane's current thread runs with.
@@ -221,7 +235,10 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
     // When each stream is armed (the heap entry that is current), and
     // whether it runs on a started ring (for the queue's kicks).
     let mut armed: Vec<Option<u64>> = vec![None; n];
-    let mut running: Vec<Option<QueueIndex>> = vec![None; n];
+    let mut running = Running {
+        of: vec![None; n],
+        count: [0; 2],
+    };
     let mut quit: Vec<bool> = vec![false; n];
     let capacity = n.saturating_mul(4).saturating_add(8);
     let mut heap: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::with_capacity(capacity);
@@ -251,7 +268,8 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
             return;
         };
         // 1. Streams the control path woke (all of them the first time).
-        for (slot, s) in streams.iter().enumerate() {
+        let woken = lane.take_woken() || first;
+        for (slot, s) in streams.iter().enumerate().filter(|_| woken) {
             if !first && !s.take_woken() {
                 continue;
             }
@@ -263,11 +281,11 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
                 Next::Quit => {
                     set(&mut quit, slot, true);
                     set(&mut armed, slot, None);
-                    set(&mut running, slot, None);
+                    running.set(slot, None);
                 }
                 Next::At(at, run_q) => {
                     arm_stream(&mut heap, &mut armed, slot, at);
-                    set(&mut running, slot, run_q);
+                    running.set(slot, run_q);
                 }
             }
         }
@@ -325,11 +343,11 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
                     }
                     Next::Quit => {
                         set(&mut quit, slot, true);
-                        set(&mut running, slot, None);
+                        running.set(slot, None);
                     }
                     Next::At(at, run_q) => {
                         arm_stream(&mut heap, &mut armed, slot, at);
-                        set(&mut running, slot, run_q);
+                        running.set(slot, run_q);
                     }
                 }
             }
@@ -345,7 +363,7 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
 
         // 3. Kicks off while a stream of this lane runs on the queue.
         for q in IO_QUEUES {
-            let want_off = running.contains(&Some(q));
+            let want_off = running.count.get(io_slot(q)).is_some_and(|&c| c > 0);
             if let Some(k) = kicks_off.get_mut(io_slot(q)) {
                 if *k != want_off {
                     *k = want_off;
@@ -389,6 +407,28 @@ fn release_kicks(dev: &SoundDevice, kicks_off: &mut [bool; 2]) {
                 dev.kick_vote(q, false);
             }
         }
+    }
+}
+
+/// Which I/O queue each stream runs on (`None`: not running), and how many
+/// run on each, so that a wake-up need not scan every stream for it.
+struct Running {
+    of: Vec<Option<QueueIndex>>,
+    count: [usize; 2],
+}
+
+impl Running {
+    fn set(&mut self, slot: usize, q: Option<QueueIndex>) {
+        let Some(e) = self.of.get_mut(slot) else {
+            return;
+        };
+        if let Some(c) = e.and_then(|old| self.count.get_mut(io_slot(old))) {
+            *c = c.saturating_sub(1);
+        }
+        if let Some(c) = q.and_then(|new| self.count.get_mut(io_slot(new))) {
+            *c = c.saturating_add(1);
+        }
+        *e = q;
     }
 }
 

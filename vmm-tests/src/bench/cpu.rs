@@ -83,6 +83,14 @@ pub struct CpuRun {
     pub floor_us_per_stream_second: f64,
     /// The same with the timer armed once with an interval (no re-arm).
     pub floor_interval_us_per_stream_second: f64,
+    /// The daemon's notifications (txq and rxq call eventfd writes, as
+    /// counted by the eventfds) per second.
+    pub notifications_per_s: f64,
+    /// The floor with the notifications: the re-armed timer thread also
+    /// writes an eventfd another thread sleeps on, as often per wake-up as
+    /// the daemon notified the bench (`floor::timer_cpu`), per stream, µs
+    /// per second.
+    pub floor_notify_us_per_stream_second: f64,
 }
 
 /// What `cpu` measured.
@@ -126,8 +134,10 @@ fn run_one(spec: &TargetSpec, opts: &CpuOptions, n: u32) -> Result<CpuRun> {
     load.run_until(Instant::now() + opts.warmup)?;
     let me = std::process::id();
     let (d0, b0) = (procfs::sample(pid)?, procfs::sample(me)?);
+    let n0 = load.notifications();
     load.run_until(d0.at + opts.duration)?;
     let (d1, b1) = (procfs::sample(pid)?, procfs::sample(me)?);
+    let notified = load.notifications().saturating_sub(n0);
     load.rebase_starts();
     let mut errs: Vec<f64> = load
         .samples()
@@ -143,9 +153,15 @@ fn run_one(spec: &TargetSpec, opts: &CpuOptions, n: u32) -> Result<CpuRun> {
 
     let usage = d1.since(&d0);
     let bench = b1.since(&b0);
-    let floor_for = |arming| floor::timer_cpu(usage.wakeups_per_s, opts.duration, arming);
-    let floor_each = floor_for(floor::Arming::EachWake)?;
-    let floor_interval = floor_for(floor::Arming::Interval)?;
+    let notifications_per_s = notified as f64 / usage.wall_s.max(1e-9);
+    let floor_for =
+        |arming, notify| floor::timer_cpu(usage.wakeups_per_s, opts.duration, arming, notify);
+    let floor_each = floor_for(floor::Arming::EachWake, 0.0)?;
+    let floor_interval = floor_for(floor::Arming::Interval, 0.0)?;
+    let floor_notify = floor_for(
+        floor::Arming::EachWake,
+        notifications_per_s / usage.wakeups_per_s.max(1.0),
+    )?;
     let pct = |cpu_s: f64| 100.0 * cpu_s / usage.wall_s;
     let cpu_pct = pct(usage.cpu_sched_s);
     let nf = f64::from(n);
@@ -165,5 +181,7 @@ fn run_one(spec: &TargetSpec, opts: &CpuOptions, n: u32) -> Result<CpuRun> {
         memory,
         floor_us_per_stream_second: floor_each * 1e6 / nf,
         floor_interval_us_per_stream_second: floor_interval * 1e6 / nf,
+        notifications_per_s,
+        floor_notify_us_per_stream_second: floor_notify * 1e6 / nf,
     })
 }

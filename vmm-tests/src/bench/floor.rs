@@ -20,6 +20,8 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -177,10 +179,36 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 /// times a second for `duration` and does nothing else: `epoll_wait` on a
 /// `timerfd` (`CLOCK_MONOTONIC`, 1 µs timer slack), read it, and with
 /// [`Arming::EachWake`] arm it for the next wake-up, the reactor's loop
-/// without its work. Measured with `CLOCK_THREAD_CPUTIME_ID`.
-pub fn timer_cpu(wakes_per_s: f64, duration: Duration, arming: Arming) -> Result<f64> {
+/// without its work; and, `notifies_per_wake` times a wake-up on average,
+/// write an eventfd another thread sleeps on in `poll` and reads (as the
+/// daemon writes a queue's call eventfd, which wakes the guest's vCPU, or
+/// here the bench's frontend). Only the waking thread's CPU is counted
+/// (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn timer_cpu(
+    wakes_per_s: f64,
+    duration: Duration,
+    arming: Arming,
+    notifies_per_wake: f64,
+) -> Result<f64> {
     let period_ns = (1e9 / wakes_per_s.max(1.0)).max(1_000.0) as u64;
-    thread::Builder::new()
+    let call = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = (notifies_per_wake > 0.0)
+        .then(|| {
+            let (call, stop) = (Arc::clone(&call), Arc::clone(&stop));
+            thread::Builder::new()
+                .name("bench-notified".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        if wait_readable(&call).is_err() {
+                            return;
+                        }
+                    }
+                })
+        })
+        .transpose()?;
+    let writer = Arc::clone(&call);
+    let result = thread::Builder::new()
         .name("bench-timer-cpu".into())
         .spawn(move || -> io::Result<f64> {
             let err = io::Error::last_os_error;
@@ -239,6 +267,7 @@ pub fn timer_cpu(wakes_per_s: f64, duration: Duration, arming: Arming) -> Result
                 let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
                 let end = start + duration.as_nanos() as u64;
                 let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+                let mut owed = 0.0f64;
                 loop {
                     // SAFETY: `out` has room for 4 events.
                     let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, -1) };
@@ -252,6 +281,11 @@ pub fn timer_cpu(wakes_per_s: f64, duration: Duration, arming: Arming) -> Result
                     let mut expirations = 0u64;
                     // SAFETY: 8 bytes into a u64; the fd is non-blocking.
                     unsafe { libc::read(tfd, (&mut expirations as *mut u64).cast(), 8) };
+                    owed += notifies_per_wake;
+                    while owed >= 1.0 {
+                        owed -= 1.0;
+                        let _ = writer.write(1);
+                    }
                     let now = clock_ns(libc::CLOCK_MONOTONIC);
                     if now >= end {
                         break;
@@ -271,7 +305,13 @@ pub fn timer_cpu(wakes_per_s: f64, duration: Duration, arming: Arming) -> Result
         })?
         .join()
         .map_err(|_| Error::Protocol("timer thread panicked".into()))?
-        .map_err(Error::Io)
+        .map_err(Error::Io);
+    stop.store(true, Ordering::SeqCst);
+    let _ = call.write(1);
+    if let Some(r) = reader {
+        let _ = r.join();
+    }
+    result
 }
 
 /// Times (µs from the first close) at which one collector thread learns of
@@ -368,7 +408,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(late.len() >= 10 && late.iter().all(|&l| l >= 0.0));
         for arming in [Arming::EachWake, Arming::Interval] {
-            let cpu = timer_cpu(1000.0, Duration::from_millis(50), arming)
+            let cpu = timer_cpu(1000.0, Duration::from_millis(50), arming, 1.5)
                 .unwrap_or_else(|e| panic!("{e}"));
             assert!(cpu > 0.0 && cpu < 1.0, "{arming:?}: {cpu}");
         }

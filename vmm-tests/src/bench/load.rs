@@ -89,6 +89,9 @@ pub struct Load<'a> {
     /// Events read from the eventq, when buffers were posted there.
     events: Vec<Event>,
     watch_events: bool,
+    /// The daemon's notifications on the txq and rxq so far (the sum of
+    /// what each read of their call eventfds said).
+    notifications: u64,
 }
 
 fn signed_ns(at: Instant, ideal: Instant) -> i64 {
@@ -111,6 +114,7 @@ impl<'a> Load<'a> {
             pcm: vec![0; PERIOD_BYTES as usize],
             samples: Vec::new(),
             events: Vec::new(),
+            notifications: 0,
             watch_events: false,
         };
         for &(id, dir) in streams {
@@ -212,6 +216,11 @@ impl<'a> Load<'a> {
         Ok(())
     }
 
+    /// The daemon's txq and rxq notifications seen so far.
+    pub fn notifications(&self) -> u64 {
+        self.notifications
+    }
+
     /// The events read so far.
     pub fn events(&self) -> &[Event] {
         &self.events
@@ -249,7 +258,10 @@ impl<'a> Load<'a> {
             if pfd.revents & libc::POLLIN != 0 {
                 // Drain before reading the ring: a completion after this
                 // read fires the eventfd again. WouldBlock is harmless.
-                let _ = self.snd.dev().queue(q).call_fd().read();
+                let n = self.snd.dev().queue(q).call_fd().read().unwrap_or(0);
+                if q != Queue::Event {
+                    self.notifications = self.notifications.saturating_add(n);
+                }
             }
         }
         let mut n = 0;

@@ -196,13 +196,14 @@ impl fmt::Display for Report {
         if let Some(c) = &self.cpu {
             let _ = writeln!(
                 f,
-                "\ncpu: daemon CPU and wakeups (streams half output, half input); floor / intv: \
+                "\ncpu: daemon CPU and wakeups (streams half output, half input); floor / intv / +notif: \
                  one bare thread waking as often as the daemon did, on a timerfd re-armed at each \
-                 wake-up / armed once with an interval, per stream"
+                 wake-up / armed once with an interval / re-armed and writing an eventfd another thread \
+                 waits on as often as the daemon notified, per stream"
             );
             let _ = writeln!(
                 f,
-                "  {:>7} {:>9} {:>9} {:>11} {:>12} {:>9} {:>9} {:>10} {:>12} {:>8} {:>9} {:>7} {:>9}",
+                "  {:>7} {:>9} {:>9} {:>11} {:>12} {:>9} {:>9} {:>9} {:>10} {:>9} {:>12} {:>8} {:>9} {:>7} {:>9}",
                 "streams",
                 "cpu %",
                 "stat %",
@@ -210,7 +211,9 @@ impl fmt::Display for Report {
                 "µs/stream·s",
                 "floor µs",
                 "intv µs",
+                "+notif µs",
                 "wakeups/s",
+                "notif/s",
                 "wk/stream·s",
                 "threads",
                 "p99 µs",
@@ -220,7 +223,7 @@ impl fmt::Display for Report {
             for r in &c.runs {
                 let _ = writeln!(
                     f,
-                    "  {:>7} {:>9.3} {:>9.2} {:>11.4} {:>12.1} {:>9.1} {:>9.1} {:>10.0} {:>12.1} {:>8} {:>9.1} {:>7} {:>9.2}",
+                    "  {:>7} {:>9.3} {:>9.2} {:>11.4} {:>12.1} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>9.0} {:>12.1} {:>8} {:>9.1} {:>7} {:>9.2}",
                     r.streams,
                     r.cpu_pct,
                     r.cpu_pct_stat,
@@ -228,7 +231,9 @@ impl fmt::Display for Report {
                     r.cpu_us_per_stream_second,
                     r.floor_us_per_stream_second,
                     r.floor_interval_us_per_stream_second,
+                    r.floor_notify_us_per_stream_second,
                     r.usage.wakeups_per_s,
+                    r.notifications_per_s,
                     r.wakeups_per_stream_s,
                     r.usage.threads,
                     r.pacing.p99,
