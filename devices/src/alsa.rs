@@ -77,8 +77,8 @@ use alsa::{Direction, ValueOr};
 use serde::Deserialize;
 
 use crate::{
-    CaptureSource, Clock, DeviceError, DeviceListener, Fill, Format, HostDevice, PlaybackSink,
-    Position, StreamDirection, StreamParams,
+    CaptureSource, DeviceError, DeviceListener, Format, HostDevice, PlaybackSink, Position,
+    StreamDirection, StreamParams,
 };
 
 mod io;
@@ -1013,8 +1013,9 @@ struct Stream {
     can_pause: bool,
     paused: Paused,
     rate: u32,
-    /// Whether the cushion is in place since the PCM was last started (see
-    /// [`AlsaSink::write`] and [`AlsaSource::read_available`]).
+    /// Playback: whether the cushion is in place since the PCM was last
+    /// started ([`AlsaSink::prime`]). (Capture waits for its cushion in the
+    /// lane's end of the ring, `io::ThreadedSource`.)
     primed: bool,
     /// Set once the PCM failed for good: every later call says `Gone`.
     gone: bool,
@@ -1118,30 +1119,6 @@ impl Stream {
         }
     }
 
-    /// Playback: frames queued, not yet played; capture: frames captured,
-    /// not yet read. `None` while the PCM is not running (paused, just
-    /// recovered, not primed).
-    fn fill_frames(&self) -> Option<Fill> {
-        if self.gone || !self.primed || self.paused != Paused::No {
-            return None;
-        }
-        let (avail, delay) = self.pcm.avail_delay().ok()?;
-        if self.pcm.state() != alsa::pcm::State::Running {
-            return None;
-        }
-        let buffer = i64::try_from(self.buffer).unwrap_or(i64::MAX);
-        Some(match self.dir {
-            Direction::Playback => Fill {
-                frames: delay,
-                room: avail,
-            },
-            Direction::Capture => Fill {
-                frames: avail,
-                room: buffer.saturating_sub(avail),
-            },
-        })
-    }
-
     fn gone(&mut self) -> DeviceError {
         if !self.gone {
             self.gone = true;
@@ -1179,17 +1156,6 @@ impl Stream {
         match self.pcm.start() {
             Err(e) if is_gone(e.errno()) => Err(self.gone()),
             _ => Ok(()),
-        }
-    }
-
-    fn latency_bytes(&self) -> u32 {
-        match self.pcm.delay() {
-            Ok(frames) if frames > 0 => u64::try_from(frames)
-                .unwrap_or(0)
-                .saturating_mul(self.frame_bytes as u64)
-                .try_into()
-                .unwrap_or(u32::MAX),
-            _ => 0,
         }
     }
 }
@@ -1274,7 +1240,7 @@ impl AlsaSink {
     }
 
     /// Resumes the PCM if it was held, and puts the cushion of silence in
-    /// it if it (re)started: what [`write`](PlaybackSink::write) does first,
+    /// it if it (re)started: what [`write`](AlsaSink::write) does first,
     /// so that the room asked after this is the room for the guest's
     /// frames.
     fn prime(&mut self) -> Result<(), DeviceError> {
@@ -1326,76 +1292,47 @@ impl AlsaSink {
     }
 }
 
-impl PlaybackSink for AlsaSink {
-    fn clock(&self) -> Clock {
-        Clock::Device
-    }
-
-    fn xruns(&self) -> u64 {
-        self.stream.xruns
-    }
-
-    /// After each (re)start of the PCM, one period of silence goes ahead of
-    /// the guest's frames. The daemon hands a period over when it is due,
-    /// just as the PCM finishes the one before: without a cushion, any
-    /// lateness would underrun.
+impl AlsaSink {
+    /// Hands the PCM what it has room for of `frames` (whole frames; the
+    /// rest is dropped and counted), after the cushion of silence if it
+    /// (re)started.
     ///
-    /// A large message comes in several writes of whole frames: ALSA counts
-    /// frames, so they add up to one write of it (the cushion goes ahead of
-    /// the first only; frames the PCM has no room for are dropped either
-    /// way). One difference: each write recovers one xrun, where a single
-    /// write gives up on the rest after its first.
+    /// Writes of whole frames add up to one write of them (ALSA counts
+    /// frames; the cushion goes ahead of the first only). One difference:
+    /// each write recovers one xrun, where a single write gives up on the
+    /// rest after its first.
     fn write(&mut self, frames: &[u8]) -> Result<(), DeviceError> {
-        let AlsaSink { stream: s, silence } = self;
-        if s.gone {
-            return Err(DeviceError::Gone);
-        }
-        if s.paused != Paused::No {
-            s.set_paused(false)?;
-        }
-        let fb = s.frame_bytes;
+        let fb = self.stream.frame_bytes;
         let whole = frames.len() / fb * fb;
         let mut rest = frames.get(..whole).unwrap_or_default();
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.prime()?;
         let mut retried = false;
         while !rest.is_empty() {
-            let chunk = if s.primed { rest } else { &silence[..] };
-            let written = s.pcm.io_bytes().writei(chunk);
-            if let Ok(n) = written {
-                s.taken = s.taken.saturating_add(n as u64);
-            }
+            let written = self.stream.pcm.io_bytes().writei(rest);
             match written {
-                Ok(n) if !s.primed => {
-                    s.primed = true;
-                    s.silence = s.silence.saturating_add(n as u64);
-                    s.silence_end = s.taken;
-                }
                 Ok(0) => break,
-                Ok(n) => rest = rest.get(n.saturating_mul(fb)..).unwrap_or_default(),
+                Ok(n) => {
+                    self.stream.taken = self.stream.taken.saturating_add(n as u64);
+                    rest = rest.get(n.saturating_mul(fb)..).unwrap_or_default();
+                }
                 Err(e) => {
-                    if !s.handle(e, retried)? {
+                    if !self.stream.handle(e, retried)? {
                         break;
                     }
                     retried = true;
-                    s.primed = false;
+                    self.stream.primed = false;
+                    self.prime()?;
                 }
             }
         }
+        let s = &mut self.stream;
         let lost = (rest.len() / fb) as u64;
         s.lost_frames = s.lost_frames.saturating_add(lost);
         s.taken = s.taken.saturating_add(lost);
         Ok(())
-    }
-
-    fn latency_bytes(&self) -> u32 {
-        self.stream.latency_bytes()
-    }
-
-    fn set_paused(&mut self, paused: bool) -> Result<(), DeviceError> {
-        self.stream.set_paused(paused)
-    }
-
-    fn fill_frames(&self) -> Option<Fill> {
-        self.stream.fill_frames()
     }
 
     /// What the PCM still holds is its delay while it runs (or is paused,

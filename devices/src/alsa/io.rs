@@ -351,6 +351,17 @@ fn open(opener: &Opener, params: &StreamParams, dir: Direction, link: &Link) -> 
     }
 }
 
+/// Room for the PCM's poll descriptors and the link's eventfd, allocated
+/// once per stream.
+fn pollfds(pcm: &alsa::PCM) -> Vec<libc::pollfd> {
+    let none = libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    };
+    vec![none; pcm.count().saturating_add(1)]
+}
+
 /// Sleeps in `ppoll` on the PCM's descriptors (`fds[..pcm]`, if `pcm` is
 /// not 0) and the link's eventfd, for at most `timeout_ns`; drains the
 /// eventfd. Returns whether the PCM's descriptors said it can move (or
@@ -516,14 +527,7 @@ fn run_playback(opener: &Opener, params: &StreamParams, mut ring: Consumer<u8>, 
     let period_ns = ns_for(stream.period as u64, params.rate).max(1_000_000);
     let buffer_ns = ns_for(stream.buffer as u64, params.rate);
     let mut sink = AlsaSink::new(stream, params.format);
-    let mut fds = vec![
-        libc::pollfd {
-            fd: -1,
-            events: 0,
-            revents: 0
-        };
-        sink.stream.pcm.count().saturating_add(1)
-    ];
+    let mut fds = pollfds(&sink.stream.pcm);
     let mut moved: u64 = 0;
     let mut paused = false;
     let mut close_by = None;
@@ -538,7 +542,7 @@ fn run_playback(opener: &Opener, params: &StreamParams, mut ring: Consumer<u8>, 
         let result = (|| {
             let want = link.pause.load(Ordering::SeqCst) && close_by.is_none();
             if want != paused {
-                sink.set_paused(want)?;
+                sink.stream.set_paused(want)?;
                 paused = want;
             }
             if !paused {
@@ -765,14 +769,7 @@ fn run_capture(opener: &Opener, params: &StreamParams, mut ring: Producer<u8>, l
     };
     let fb = stream.frame_bytes.max(1);
     let period_ns = ns_for(stream.period as u64, params.rate).max(1_000_000);
-    let mut fds = vec![
-        libc::pollfd {
-            fd: -1,
-            events: 0,
-            revents: 0
-        };
-        stream.pcm.count().saturating_add(1)
-    ];
+    let mut fds = pollfds(&stream.pcm);
     let (mut moved, mut restarts): (u64, u64) = (0, 0);
     let mut paused = false;
     while !link.closing.load(Ordering::SeqCst) {
