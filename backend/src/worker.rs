@@ -875,11 +875,14 @@ impl StreamRuntime {
     /// (STOP, a paused VM), so that it does not underrun meanwhile, and lets
     /// it run again at START. Returns true if this lane was replaced.
     fn hold_device_clock(&self, local: &mut WorkerLocal) -> bool {
-        let (state, negotiated) = {
+        let (state, negotiated, ended) = {
             let inner = self.lock();
-            (inner.state, inner.negotiated)
+            let ended =
+                inner.pending.is_empty() && inner.current.is_none() && inner.written.is_empty();
+            (inner.state, inner.negotiated, ended)
         };
-        let hold = state != PcmState::Started || self.ring_stopped();
+        let ring_stopped = self.ring_stopped();
+        let hold = state != PcmState::Started || ring_stopped;
         // The time the stream does not run is no play: a playback
         // timeline starts again from where it was (a VM paused for
         // seconds would otherwise seem to have played them, device or not).
@@ -896,7 +899,14 @@ impl StreamRuntime {
             return false;
         }
         local.paused = hold;
+        // A STOP with none of the guest's buffers left is the end of its
+        // sound (a drain ends so): what the device holds of it plays out
+        // now. Held, it would wait for the next START or the RELEASE with
+        // the device's silence ahead of it (completions come `lead`
+        // frames before the device plays them, see `lead_frames`).
+        let play_out = hold && ended && state == PcmState::Stopped && !ring_stopped;
         let io = self.host_call(local, &n.params, false, false, |ep| match ep {
+            Endpoint::Playback(s) if play_out => s.play_out().map(|()| s.latency_bytes()),
             Endpoint::Playback(s) => s.set_paused(hold).map(|()| s.latency_bytes()),
             Endpoint::Capture(s) => s.set_paused(hold).map(|()| s.latency_bytes()),
         });

@@ -1047,7 +1047,57 @@ enum Paused {
     Dropped,
 }
 
+/// What the lane asks of a stream's PCM: to run, to be held while the
+/// guest's stream is stopped, or (playback whose guest stopped with
+/// nothing more queued: its sound ended) to play out what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Hold {
+    Run = 0,
+    Keep = 1,
+    PlayOut = 2,
+}
+
+impl Hold {
+    fn from_u8(v: u8) -> Hold {
+        match v {
+            0 => Hold::Run,
+            2 => Hold::PlayOut,
+            _ => Hold::Keep,
+        }
+    }
+}
+
 impl Stream {
+    fn set_hold(&mut self, hold: Hold) -> Result<(), DeviceError> {
+        match hold {
+            Hold::Run => self.set_paused(false),
+            Hold::Keep => self.set_paused(true),
+            Hold::PlayOut => self.play_out(),
+        }
+    }
+
+    /// Leaves the PCM to play out what it holds, unfed ([`Paused::Idle`]):
+    /// the guest's sound ended. A held PCM is let go first; a dropped one
+    /// holds nothing.
+    fn play_out(&mut self) -> Result<(), DeviceError> {
+        if self.gone {
+            return Err(DeviceError::Gone);
+        }
+        match self.paused {
+            Paused::Held => self.set_paused(false)?,
+            Paused::No => {}
+            Paused::Idle | Paused::Dropped => return Ok(()),
+        }
+        log::debug!(
+            "{}: {:?} -> Idle (plays out)",
+            self.shared.name,
+            self.paused
+        );
+        self.paused = Paused::Idle;
+        Ok(())
+    }
+
     /// Pauses or resumes the PCM (see [`Paused`]).
     fn set_paused(&mut self, pause: bool) -> Result<(), DeviceError> {
         let dir = self.dir;

@@ -195,6 +195,15 @@ pub trait PlaybackSink: Send {
         let _ = paused;
         Ok(())
     }
+    /// The guest stopped the stream with nothing more queued: its sound
+    /// ended (Linux sends STOP when a drain ends, RELEASE only when the PCM
+    /// is closed). What the sink holds, the sound's end, plays out now
+    /// rather than waiting, held, for the next START or the RELEASE; an
+    /// underrun after it is no xrun. `set_paused(false)` runs it again.
+    /// By default the sink is held, as by `set_paused(true)`.
+    fn play_out(&mut self) -> Result<(), DeviceError> {
+        self.set_paused(true)
+    }
     /// For a sink on its own clock ([`Clock::Device`]): the frames queued in
     /// it, not yet played, as of now, and its room for more (the daemon
     /// hands a guest buffer over when it fits).

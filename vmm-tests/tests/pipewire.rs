@@ -89,7 +89,20 @@ fn geometry() -> Geometry {
 /// Plays `pcm` on the output stream as Linux does (SET_PARAMS, PREPARE, the
 /// buffer queued, START, a new period each time one completes), then STOP
 /// and RELEASE right after the last completion, as a guest's `aplay` ends.
-fn play(snd: &mut SndDriver, pcm: &[u8], allowed: &[Status], mut on_completion: impl FnMut(usize)) {
+fn play(snd: &mut SndDriver, pcm: &[u8], allowed: &[Status], on_completion: impl FnMut(usize)) {
+    play_then_release_after(snd, pcm, allowed, Duration::ZERO, on_completion);
+}
+
+/// [`play`], with `gap` between the STOP and the RELEASE: a guest's
+/// player that keeps the PCM open between sounds (Linux sends STOP when a
+/// drain ends, RELEASE only when the PCM is closed or set up again).
+fn play_then_release_after(
+    snd: &mut SndDriver,
+    pcm: &[u8],
+    allowed: &[Status],
+    gap: Duration,
+    mut on_completion: impl FnMut(usize),
+) {
     let g = geometry();
     assert_eq!(g.set_params(snd, OUT).unwrap(), Status::Ok, "SET_PARAMS");
     assert_eq!(snd.prepare(OUT).unwrap(), Status::Ok, "PREPARE");
@@ -101,6 +114,7 @@ fn play(snd: &mut SndDriver, pcm: &[u8], allowed: &[Status], mut on_completion: 
     .unwrap();
     check_statuses(&done, allowed).unwrap();
     assert_eq!(snd.stop(OUT).unwrap(), Status::Ok, "STOP");
+    thread::sleep(gap);
     assert_eq!(snd.release(OUT).unwrap(), Status::Ok, "RELEASE");
 }
 
@@ -151,7 +165,10 @@ fn no_xruns(daemon: &Daemon) {
 
 /// A 100 ms beep and a 2 s tone, played and released as a guest's `aplay`
 /// does, reach PipeWire whole and bit-exact: the end of each is played out
-/// (the PCM drains on close) rather than cut.
+/// (the PCM drains on close) rather than cut. The tone's RELEASE comes
+/// 300 ms after its STOP: its end plays out at the STOP, not held until
+/// the RELEASE with silence before it (the guest stopped with nothing more
+/// queued: its sound ended).
 #[test]
 fn a_beep_and_a_tone_reach_pipewire_whole_and_bit_exact() {
     let Some((pw, mut daemon, _turn)) = start() else {
@@ -164,7 +181,13 @@ fn a_beep_and_a_tone_reach_pipewire_whole_and_bit_exact() {
     play(&mut snd, &beep, &[Status::Ok], |_| {});
     thread::sleep(Duration::from_millis(300));
     let tone = noise(2 * g.bytes_per_second() as usize, 2);
-    play(&mut snd, &tone, &[Status::Ok], |_| {});
+    play_then_release_after(
+        &mut snd,
+        &tone,
+        &[Status::Ok],
+        Duration::from_millis(300),
+        |_| {},
+    );
     thread::sleep(Duration::from_millis(500));
     let got = rec.stop().unwrap();
     daemon.check_alive().unwrap();

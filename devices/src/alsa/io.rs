@@ -23,8 +23,8 @@
 //!   when a period is there (`poll` on the PCM's descriptors); the lane
 //!   pops. After each (re)start of the PCM the lane reads nothing until
 //!   the ring holds its read and the cushion.
-//! - **Pause** (`set_paused`): a flag the thread applies at its next wake,
-//!   which the call rings at once.
+//! - **Pause** (`set_paused`, and playback's `play_out`): a [`Hold`] the
+//!   thread applies at its next wake, which the call rings at once.
 //! - **Hangs.** The thread marks when its current call into ALSA started.
 //!   The lane, at each of its calls, takes a call older than
 //!   [`CALL_BOUND_NS`] (an open older than [`OPEN_BOUND_NS`]) for a
@@ -37,7 +37,7 @@
 //!   buffer's length, then the PCM is drained on the device's monitor
 //!   thread ([`super::Stream`]'s drop).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -45,7 +45,7 @@ use alsa::poll::Descriptors;
 use alsa::Direction;
 use rtrb::{Consumer, Producer, RingBuffer};
 
-use super::{buffer_frames, frame_bytes, lock, AlsaSink, Opener, Shared, Stream};
+use super::{buffer_frames, frame_bytes, lock, AlsaSink, Hold, Opener, Shared, Stream};
 use crate::eventfd::EventFd;
 use crate::{
     CaptureSource, Clock, DeviceError, DeviceThread, Fill, Format, PlaybackSink, Position,
@@ -182,7 +182,8 @@ struct Link {
     wake: EventFd,
     doorbell: Doorbell,
     closing: AtomicBool,
-    pause: AtomicBool,
+    /// What the lane asked last, a [`Hold`].
+    hold: AtomicU8,
     /// When the thread's current call into ALSA started (0: none).
     call_since: AtomicU64,
     /// The lane took a call for a hang (reported once).
@@ -196,7 +197,7 @@ impl Link {
             wake: EventFd::new().map_err(DeviceError::Io)?,
             doorbell: Doorbell::new(),
             closing: AtomicBool::new(false),
-            pause: AtomicBool::new(false),
+            hold: AtomicU8::new(Hold::Run as u8),
             call_since: AtomicU64::new(0),
             hung: AtomicBool::new(false),
         })
@@ -242,8 +243,8 @@ struct End {
     generation: u64,
     rate: u32,
     frame_bytes: usize,
-    /// What `set_paused` asked last.
-    paused: bool,
+    /// What the lane asked last.
+    hold: Hold,
 }
 
 impl End {
@@ -273,10 +274,14 @@ impl End {
     }
 
     fn set_paused(&mut self, paused: bool) -> Result<(), DeviceError> {
+        self.set_hold(if paused { Hold::Keep } else { Hold::Run })
+    }
+
+    fn set_hold(&mut self, hold: Hold) -> Result<(), DeviceError> {
         self.check()?;
-        if paused != self.paused {
-            self.paused = paused;
-            self.link.pause.store(paused, Ordering::SeqCst);
+        if hold != self.hold {
+            self.hold = hold;
+            self.link.hold.store(hold as u8, Ordering::SeqCst);
             self.link.wake.signal();
         }
         Ok(())
@@ -315,7 +320,7 @@ fn start(
         generation: opener.shared.generation.load(Ordering::SeqCst),
         rate: params.rate,
         frame_bytes: frame_bytes(params)?,
-        paused: false,
+        hold: Hold::Run,
     })
 }
 
@@ -488,6 +493,10 @@ impl PlaybackSink for ThreadedSink {
         self.end.set_paused(paused)
     }
 
+    fn play_out(&mut self) -> Result<(), DeviceError> {
+        self.end.set_hold(Hold::PlayOut)
+    }
+
     fn fill_frames(&self) -> Option<Fill> {
         let snap = self.end.check().ok()?;
         if !snap.open || !snap.running {
@@ -529,7 +538,7 @@ fn run_playback(opener: &Opener, params: &StreamParams, mut ring: Consumer<u8>, 
     let mut sink = AlsaSink::new(stream, params.format);
     let mut fds = pollfds(&sink.stream.pcm);
     let mut moved: u64 = 0;
-    let mut paused = false;
+    let mut hold = Hold::Run;
     let mut close_by = None;
     loop {
         let mark = link.doorbell.awake();
@@ -540,16 +549,21 @@ fn run_playback(opener: &Opener, params: &StreamParams, mut ring: Consumer<u8>, 
         link.calls(now);
         let mut full = false;
         let result = (|| {
-            let want = link.pause.load(Ordering::SeqCst) && close_by.is_none();
-            if want != paused {
-                sink.stream.set_paused(want)?;
-                paused = want;
+            // Closing, it writes out what the ring still holds.
+            let want = match close_by {
+                None => Hold::from_u8(link.hold.load(Ordering::SeqCst)),
+                Some(_) => Hold::Run,
+            };
+            if want != hold {
+                sink.stream.set_hold(want)?;
+                hold = want;
             }
-            if !paused {
+            if hold == Hold::Run {
                 full = move_out(&mut sink, &mut ring, fb, &mut moved)?;
             }
             Ok::<_, DeviceError>(())
         })();
+        let paused = hold != Hold::Run;
         let seen = sink.guest_played();
         let running = !paused && sink.stream.pcm.state() == alsa::pcm::State::Running;
         link.returned();
@@ -676,7 +690,7 @@ impl ThreadedSource {
 
     fn read_available(&mut self, buf: &mut [u8], more: usize) -> Result<usize, DeviceError> {
         let snap = self.end.check()?;
-        if self.end.paused {
+        if self.end.hold != Hold::Run {
             self.end.set_paused(false)?;
         }
         if !snap.open {
@@ -777,7 +791,7 @@ fn run_capture(opener: &Opener, params: &StreamParams, mut ring: Producer<u8>, l
         link.calls(now_ns());
         let mut full = false;
         let result = (|| {
-            let want = link.pause.load(Ordering::SeqCst);
+            let want = Hold::from_u8(link.hold.load(Ordering::SeqCst)) != Hold::Run;
             if want != paused {
                 stream.set_paused(want)?;
                 paused = want;
