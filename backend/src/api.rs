@@ -457,6 +457,10 @@ pub fn streams_json(state: &DaemonState, dev: &crate::device::SoundDevice) -> Ve
             m.insert("xruns".into(), json!(st.xruns));
             m.insert("latency_bytes".into(), json!(st.latency_bytes));
             m.insert("rate_ppm".into(), json!(st.rate_ppm));
+            m.insert(
+                "device_rate_ppm".into(),
+                json!(st.device_rate_ppm.map(|p| (p * 10.0).round() / 10.0 + 0.0)),
+            );
             m.insert("volume".into(), volume_json(state, id));
             Some(Value::Object(m))
         })
@@ -481,6 +485,7 @@ fn streams_json_idle(state: &DaemonState) -> Vec<Value> {
             m.insert("xruns".into(), json!(0));
             m.insert("latency_bytes".into(), json!(0));
             m.insert("rate_ppm".into(), json!(0));
+            m.insert("device_rate_ppm".into(), Value::Null);
             m.insert("volume".into(), volume_json(state, id));
             Some(Value::Object(m))
         })

@@ -77,6 +77,16 @@ impl DeviceClock {
         };
     }
 
+    /// The device's rate was measured on its own clock (its readings'
+    /// delay-locked loop, `vsound_devices::dll`): the integral term, the
+    /// loop's estimate of that rate, starts from it. Before the loop locks
+    /// only (after, the level is the better guide).
+    pub fn seed(&mut self, ppm: f64) {
+        if self.target.is_none() && ppm.is_finite() {
+            self.integral = ppm.clamp(-f64::from(MAX_RATE_PPM), f64::from(MAX_RATE_PPM));
+        }
+    }
+
     /// The correction (ppm) the loop gives now, without a new reading.
     pub fn ppm(&self) -> i32 {
         let e = match self.target {
@@ -141,6 +151,18 @@ mod tests {
     /// returns the level error (seconds) at the end and its largest size
     /// after the first `settle_s` seconds.
     fn run(ppm: f64, flow: Flow, seconds: f64, settle_s: f64) -> (f64, f64, i32) {
+        run_seeded(ppm, flow, seconds, settle_s, None)
+    }
+
+    /// [`run`], the loop [`seed`](DeviceClock::seed)ed with `seed` ppm at
+    /// each reading until it locks.
+    fn run_seeded(
+        ppm: f64,
+        flow: Flow,
+        seconds: f64,
+        settle_s: f64,
+        seed: Option<f64>,
+    ) -> (f64, f64, i32) {
         let rate = 48_000.0;
         let period = 480u64; // frames, 10 ms
         let bps = 48_000 * 4;
@@ -164,6 +186,9 @@ mod tests {
                 // Captured, not read: produced plus cushion, less read.
                 Flow::Capture => cushion + device - frames_moved as f64,
             };
+            if let Some(p) = seed {
+                clock.seed(p);
+            }
             let u = clock.feed(due, level / rate, flow);
             sched.set_rate_ppm(u);
             if clock.locked() && target.is_none() {
@@ -207,6 +232,23 @@ mod tests {
         for flow in [Flow::Playback, Flow::Capture] {
             let (_, worst, _) = run(500.0, flow, 60.0, 0.0);
             assert!(worst < 0.005, "{flow:?}: level off by {worst} s");
+        }
+    }
+
+    #[test]
+    fn a_loop_seeded_with_the_devices_measured_rate_holds_the_level_from_the_start() {
+        for flow in [Flow::Playback, Flow::Capture] {
+            let (_, unseeded, _) = run(500.0, flow, 60.0, 0.0);
+            // Measured 3 ppm off, as a delay-locked loop may be.
+            let (_, seeded, rate) = run_seeded(500.0, flow, 60.0, 0.0, Some(497.0));
+            assert!(
+                seeded < 0.000_2 && seeded < unseeded / 5.0,
+                "{flow:?}: level off by {seeded} s seeded, {unseeded} s not"
+            );
+            assert!(
+                (f64::from(rate) - 500.0).abs() < 5.0,
+                "{flow:?}: {rate} ppm"
+            );
         }
     }
 

@@ -94,6 +94,9 @@ pub struct Stats {
     /// The schedule's rate correction, in ppm, for a device with a clock of
     /// its own (see `device_clock.rs`).
     pub rate_ppm: i32,
+    /// The endpoint's rate against `CLOCK_MONOTONIC`, measured on its own
+    /// clock (an ALSA PCM's delay-locked loop), once known.
+    pub device_rate_ppm: Option<f64>,
 }
 
 impl Stats {
@@ -1005,6 +1008,10 @@ impl StreamRuntime {
         match result {
             Ok(latency) => {
                 let xruns = device_xruns(&lent.item);
+                let device_rate = match &lent.item {
+                    Endpoint::Playback(s) => s.rate_ppm(),
+                    Endpoint::Capture(s) => s.rate_ppm(),
+                };
                 let fill = match (&lent.item, last && local.device_clocked) {
                     // Playback completes by the device's position: where
                     // the message's last frame went (see `tick_played`).
@@ -1029,6 +1036,14 @@ impl StreamRuntime {
                 }
                 let mut inner = self.lock();
                 inner.stats.latency_bytes = latency;
+                if device_rate.is_some() {
+                    inner.stats.device_rate_ppm = device_rate;
+                }
+                if let (Some(ppm), false) = (device_rate, local.clock.locked()) {
+                    // The loop starts from the rate the device's clock was
+                    // measured at, rather than learning it from the level.
+                    local.clock.seed(ppm);
+                }
                 if let Some(f) = fill {
                     self.pace_by_device(&mut inner, local, params, f.frames);
                 }

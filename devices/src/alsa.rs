@@ -557,6 +557,12 @@ fn configure_sw(pcm: &PCM, dir: Direction, period: i64) -> alsa::Result<()> {
         sw.set_start_threshold(period)?;
     }
     sw.set_avail_min(period)?;
+    // `snd_pcm_status` then says when its numbers held, on the daemon's
+    // clock (the I/O thread's delay-locked loop, `dll.rs`). A PCM that
+    // cannot is read as of the call.
+    let _ = sw
+        .set_tstamp_mode(true)
+        .and_then(|()| sw.set_tstamp_type(alsa::pcm::TstampType::Monotonic));
     pcm.sw_params(&sw)
 }
 
@@ -1259,6 +1265,21 @@ impl Drop for Stream {
             );
         }
     }
+}
+
+/// One reading of a PCM's clock (`snd_pcm_status`): its delay (playback:
+/// frames queued; capture: captured, not yet read), and when it held
+/// (`htstamp` on `CLOCK_MONOTONIC`, or `now` if the PCM gives none).
+pub(super) fn clock_reading(pcm: &PCM, now: u64) -> Option<(alsa::pcm::Frames, u64)> {
+    let status = pcm.status().ok()?;
+    let ts = status.get_htstamp();
+    let at = u64::try_from(ts.tv_sec)
+        .ok()
+        .and_then(|s| s.checked_mul(1_000_000_000))
+        .and_then(|s| s.checked_add(u64::try_from(ts.tv_nsec).ok()?))
+        .filter(|at| *at != 0 && *at <= now)
+        .unwrap_or(now);
+    Some((status.get_delay(), at))
 }
 
 /// Brings the PCM back from an xrun (`EPIPE`) or a suspend (`ESTRPIPE`)

@@ -20,6 +20,7 @@
 pub mod alsa;
 pub mod alsa_log;
 pub mod attach;
+pub mod dll;
 mod eventfd;
 mod format;
 pub mod mix;
@@ -195,6 +196,12 @@ pub trait PlaybackSink: Send {
         let _ = paused;
         Ok(())
     }
+    /// The device's rate against `CLOCK_MONOTONIC` (ppm), as its own clock
+    /// was measured (a delay-locked loop on its readings, `dll.rs`), once
+    /// known. `None` for a sink with no clock of its own.
+    fn rate_ppm(&self) -> Option<f64> {
+        None
+    }
     /// The guest stopped the stream with nothing more queued: its sound
     /// ended (Linux sends STOP when a drain ends, RELEASE only when the PCM
     /// is closed). What the sink holds, the sound's end, plays out now
@@ -266,6 +273,11 @@ pub trait CaptureSource: Send {
     /// daemon reports new ones to the guest as PCM_XRUN.
     fn xruns(&self) -> u64 {
         0
+    }
+    /// The device's rate against `CLOCK_MONOTONIC` (ppm), as its own clock
+    /// was measured, once known (see [`PlaybackSink::rate_ppm`]).
+    fn rate_ppm(&self) -> Option<f64> {
+        None
     }
     /// Holds the device's clock (`true`: the guest stopped the stream, or
     /// the VM paused) or lets it run again. Never blocks.

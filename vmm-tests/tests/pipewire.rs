@@ -27,10 +27,19 @@ fn config() -> String {
     config_with("")
 }
 
-/// The test's configuration, with `more` after it.
+/// The test's configuration, with `more` after it; its API socket is a
+/// path of its own in the temporary directory.
 fn config_with(more: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let api = std::env::temp_dir().join(format!("vsound-pw-api-{}-{n}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&api);
+    let api = api.display();
     format!(
         r#"
+[daemon]
+api_socket = "{api}"
+
 [devices.pw]
 kind = "alsa"
 pcm = "{PCM}"
@@ -156,6 +165,39 @@ fn contains(got: &[u8], want: &[u8], what: &str) -> usize {
     at
 }
 
+/// Stream `id` as the daemon reports it (`vsound ctl --json status`).
+fn stream_status(daemon: &Daemon, id: u32) -> serde_json::Value {
+    let out = std::process::Command::new(Daemon::binary().unwrap())
+        .args(["ctl", "--config"])
+        .arg(daemon.dir().join("vsound.toml"))
+        .args(["--json", "status"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["result"]["streams"][id as usize].clone()
+}
+
+/// The rate the daemon measured on the PCM's own clock, in ppm: PipeWire's
+/// null sink runs on the host's `CLOCK_MONOTONIC` timer, so it is 0 but
+/// for the readings' noise.
+fn measured_rate_is_the_servers(daemon: &Daemon, id: u32) -> f64 {
+    let st = stream_status(daemon, id);
+    let ppm = st["device_rate_ppm"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no rate measured on the PCM's clock: {st}"));
+    assert!(
+        ppm.abs() < 20.0,
+        "PipeWire's clock measured at {ppm} ppm: {st}"
+    );
+    ppm
+}
+
 /// The daemon's log says nothing of an xrun.
 fn no_xruns(daemon: &Daemon) {
     let log = daemon.log();
@@ -255,7 +297,11 @@ fn sixty_seconds_on_pipewire_lose_no_frame_and_have_no_xrun() {
     daemon.check_alive().unwrap();
     contains(&got, &pcm, "60 s of noise");
     no_xruns(&daemon);
-    eprintln!("60 s played in {took:?}, all {} bytes bit-exact", pcm.len());
+    let ppm = measured_rate_is_the_servers(&daemon, OUT);
+    eprintln!(
+        "60 s played in {took:?}, all {} bytes bit-exact; PipeWire's clock measured at {ppm} ppm",
+        pcm.len()
+    );
 }
 
 /// PipeWire killed mid-playback (SIGKILL: the PCM fails under the stream)
@@ -441,6 +487,8 @@ fn ten_seconds_of_capture_from_pipewire_are_bit_exact_and_contiguous() {
         .unwrap_or_else(|| panic!("the capture does not hold the noise played into the sink"));
     contains(&source[at..], tail, "the capture");
     no_xruns(&daemon);
+    let ppm = measured_rate_is_the_servers(&daemon, IN);
+    eprintln!("PipeWire's clock measured at {ppm} ppm");
     eprintln!(
         "{} bytes captured, the last {} bit-exact and contiguous",
         got.len(),

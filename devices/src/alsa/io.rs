@@ -17,8 +17,10 @@
 //!   the PCM's position again. The position the lane sees counts the
 //!   guest's frames only (the PCM's cushion of silence is the thread's
 //!   business): frames pushed, and of them played, as of the thread's last
-//!   look and carried forward at the nominal rate since (at most two of
-//!   the PCM's periods, never past what the PCM was given).
+//!   look and carried forward since by the thread's delay-locked loop on
+//!   the PCM's clock ([`ClockLoop`], `dll.rs`; at the nominal rate before
+//!   its first reading; at most two of the PCM's periods, never past what
+//!   the PCM was given).
 //! - **Capture.** The thread reads what the PCM captured into the ring
 //!   when a period is there (`poll` on the PCM's descriptors); the lane
 //!   pops. After each (re)start of the PCM the lane reads nothing until
@@ -45,7 +47,10 @@ use alsa::poll::Descriptors;
 use alsa::Direction;
 use rtrb::{Consumer, Producer, RingBuffer};
 
-use super::{buffer_frames, frame_bytes, lock, AlsaSink, Hold, Opener, Shared, Stream};
+use super::{
+    buffer_frames, clock_reading, frame_bytes, lock, AlsaSink, Hold, Opener, Shared, Stream,
+};
+use crate::dll::Dll;
 use crate::eventfd::EventFd;
 use crate::{
     CaptureSource, Clock, DeviceError, DeviceThread, Fill, Format, PlaybackSink, Position,
@@ -116,6 +121,87 @@ struct Snap {
     /// Capture: how often the PCM started over (an overrun, a drop): the
     /// lane waits for a new cushion each time.
     restarts: u64,
+    /// The PCM's clock as last read, and the loop's estimate of it.
+    clock: Option<ClockSeen>,
+    /// The PCM's rate against `CLOCK_MONOTONIC`, once the loop settled.
+    rate_ppm: Option<f64>,
+}
+
+/// One reading of the PCM's count of frames (playback: consumed, silence
+/// included; capture: produced) at `at` (`snd_pcm_status`), with the
+/// loop's estimate of the count then and its rate.
+#[derive(Clone, Copy, Debug, Default)]
+struct ClockSeen {
+    count: u64,
+    at: u64,
+    estimate: f64,
+    rate: f64,
+}
+
+impl ClockSeen {
+    /// Frames the PCM has moved since the reading, by the loop's estimate
+    /// (none if the estimate is behind the reading itself).
+    fn since(&self, now: u64) -> u64 {
+        let dt = now.saturating_sub(self.at) as f64 * 1e-9;
+        let ahead = self.estimate + self.rate * dt - self.count as f64;
+        if ahead.is_finite() && ahead > 0.0 {
+            ahead as u64
+        } else {
+            0
+        }
+    }
+}
+
+/// The loop on a PCM's clock, as a thread keeps it.
+struct ClockLoop {
+    dll: Dll,
+    xruns: u64,
+    restarts: u64,
+}
+
+impl ClockLoop {
+    fn new(rate: u32) -> ClockLoop {
+        ClockLoop {
+            dll: Dll::new(rate),
+            xruns: 0,
+            restarts: 0,
+        }
+    }
+
+    /// Takes a reading of `pcm`, whose count is `base` plus (playback)
+    /// less (capture) its delay. A PCM that does not run, or started over
+    /// (an xrun, a restart), re-anchors the loop.
+    fn read(
+        &mut self,
+        pcm: &alsa::PCM,
+        running: bool,
+        base: u64,
+        dir: Direction,
+        xruns: u64,
+        restarts: u64,
+    ) -> Option<ClockSeen> {
+        if !running || xruns != self.xruns || restarts != self.restarts {
+            self.xruns = xruns;
+            self.restarts = restarts;
+            self.dll.restart();
+        }
+        if !running {
+            return None;
+        }
+        let (delay, at) = clock_reading(pcm, now_ns())?;
+        let delay = u64::try_from(delay).unwrap_or(0);
+        let count = match dir {
+            Direction::Playback => base.saturating_sub(delay),
+            Direction::Capture => base.saturating_add(delay),
+        };
+        self.dll.feed(count, at);
+        Some(ClockSeen {
+            count,
+            at,
+            estimate: self.dll.count_at(at).unwrap_or(count as f64),
+            rate: self.dll.rate(),
+        })
+    }
 }
 
 #[cfg(loom)]
@@ -174,6 +260,8 @@ struct Seen {
     xruns: u64,
     restarts: u64,
     failed: bool,
+    clock: Option<ClockSeen>,
+    rate_ppm: Option<f64>,
 }
 
 /// What the lane's end and the thread share.
@@ -222,6 +310,8 @@ impl Link {
             snap.running = seen.running;
             snap.xruns = seen.xruns;
             snap.restarts = seen.restarts;
+            snap.clock = seen.clock;
+            snap.rate_ppm = seen.rate_ppm;
             snap.at = at;
             snap.failed |= seen.failed;
         });
@@ -442,15 +532,20 @@ impl ThreadedSink {
         self.capacity.saturating_sub(free)
     }
 
-    /// What the PCM has played since `snap`, carried forward at the nominal
-    /// rate (at most two of its periods), and of that the guest's frames
-    /// (the silence ahead of them plays first).
+    /// What the PCM has played since `snap`, carried forward by the loop
+    /// on its clock (at the nominal rate until it has one; at most two of
+    /// its periods), and of that the guest's frames (the silence ahead of
+    /// them plays first).
     fn since(&self, snap: &Snap) -> (u64, u64) {
         if !snap.running {
             return (0, 0);
         }
-        let ahead = frames_in(now_ns().saturating_sub(snap.at), self.end.rate)
-            .min(snap.period.saturating_mul(2));
+        let now = now_ns();
+        let ahead = match snap.clock {
+            Some(c) => c.since(now),
+            None => frames_in(now.saturating_sub(snap.at), self.end.rate),
+        }
+        .min(snap.period.saturating_mul(2));
         (ahead, ahead.saturating_sub(snap.silence_ahead))
     }
 }
@@ -497,6 +592,10 @@ impl PlaybackSink for ThreadedSink {
         self.end.set_hold(Hold::PlayOut)
     }
 
+    fn rate_ppm(&self) -> Option<f64> {
+        self.end.link.snap().rate_ppm
+    }
+
     fn fill_frames(&self) -> Option<Fill> {
         let snap = self.end.check().ok()?;
         if !snap.open || !snap.running {
@@ -540,6 +639,7 @@ fn run_playback(opener: &Opener, params: &StreamParams, mut ring: Consumer<u8>, 
     let mut moved: u64 = 0;
     let mut hold = Hold::Run;
     let mut close_by = None;
+    let mut clock = ClockLoop::new(params.rate);
     loop {
         let mark = link.doorbell.awake();
         let now = now_ns();
@@ -566,6 +666,9 @@ fn run_playback(opener: &Opener, params: &StreamParams, mut ring: Consumer<u8>, 
         let paused = hold != Hold::Run;
         let seen = sink.guest_played();
         let running = !paused && sink.stream.pcm.state() == alsa::pcm::State::Running;
+        let s = &sink.stream;
+        let written = s.taken.saturating_sub(s.lost_frames);
+        let reading = clock.read(&s.pcm, running, written, Direction::Playback, s.xruns, 0);
         link.returned();
         let failed = result.is_err() || seen.is_none();
         let (played, queued, silence_ahead) = seen.unwrap_or_default();
@@ -578,6 +681,8 @@ fn run_playback(opener: &Opener, params: &StreamParams, mut ring: Consumer<u8>, 
             xruns: sink.stream.xruns,
             restarts: 0,
             failed,
+            clock: reading,
+            rate_ppm: clock.dll.rate_ppm(),
         });
         if failed {
             return;
@@ -676,15 +781,16 @@ impl ThreadedSource {
     }
 
     /// Captured frames not in the ring yet: what the thread saw, and what
-    /// the PCM has captured since at the nominal rate (at most two of its
-    /// periods).
+    /// the PCM has captured since, by the loop on its clock (at the
+    /// nominal rate until it has one; at most two of its periods).
     fn in_pcm(&self, snap: &Snap) -> u64 {
-        let since = if snap.running {
-            frames_in(now_ns().saturating_sub(snap.at), self.end.rate)
-                .min(snap.period.saturating_mul(2))
-        } else {
-            0
-        };
+        let now = now_ns();
+        let since = match (snap.running, snap.clock) {
+            (false, _) => 0,
+            (true, Some(c)) => c.since(now),
+            (true, None) => frames_in(now.saturating_sub(snap.at), self.end.rate),
+        }
+        .min(snap.period.saturating_mul(2));
         snap.pcm_frames.saturating_add(since)
     }
 
@@ -764,6 +870,10 @@ impl CaptureSource for ThreadedSource {
         self.end.set_paused(paused)
     }
 
+    fn rate_ppm(&self) -> Option<f64> {
+        self.end.link.snap().rate_ppm
+    }
+
     fn fill_frames(&self) -> Option<Fill> {
         let snap = self.end.check().ok()?;
         if !snap.open || !snap.running || !self.primed {
@@ -786,6 +896,7 @@ fn run_capture(opener: &Opener, params: &StreamParams, mut ring: Producer<u8>, l
     let mut fds = pollfds(&stream.pcm);
     let (mut moved, mut restarts): (u64, u64) = (0, 0);
     let mut paused = false;
+    let mut clock = ClockLoop::new(params.rate);
     while !link.closing.load(Ordering::SeqCst) {
         let mark = link.doorbell.awake();
         link.calls(now_ns());
@@ -811,6 +922,14 @@ fn run_capture(opener: &Opener, params: &StreamParams, mut ring: Producer<u8>, l
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0);
         let running = !paused && stream.pcm.state() == alsa::pcm::State::Running;
+        let reading = clock.read(
+            &stream.pcm,
+            running,
+            moved,
+            Direction::Capture,
+            stream.xruns,
+            restarts,
+        );
         link.returned();
         let failed = result.is_err();
         link.saw(Seen {
@@ -822,6 +941,8 @@ fn run_capture(opener: &Opener, params: &StreamParams, mut ring: Producer<u8>, l
             xruns: stream.xruns,
             restarts,
             failed,
+            clock: reading,
+            rate_ppm: clock.dll.rate_ppm(),
         });
         if failed {
             return;
@@ -901,7 +1022,7 @@ fn move_in(
     Ok(filled == free)
 }
 
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 mod loom_model {
     use loom::sync::atomic::AtomicUsize;
     use loom::sync::Arc;
