@@ -8,6 +8,11 @@
 //! - [`timer_lateness`]: how late a thread waking every period on an
 //!   absolute schedule (`ppoll` with a 1 µs timer slack, as the daemon's
 //!   workers do) actually wakes, the floor under the pacing error;
+//! - [`timer_notify_lateness`]: the same timer, whose thread at each
+//!   wake-up signals an eventfd that a second thread waits on in `poll`,
+//!   as the daemon's reactor notifies the frontend of a completion: how
+//!   late the second thread wakes, the floor under the pacing error that
+//!   a frontend sees (a completion is a timer wake-up and a notification);
 //! - [`timer_cpu`]: the CPU a thread costs that does nothing but wake as
 //!   often as the daemon did, in `epoll_wait` on a `timerfd`, the floor
 //!   under the daemon's CPU per wake-up: re-armed at each wake-up
@@ -147,6 +152,78 @@ pub fn timer_lateness(period: Duration, duration: Duration) -> Result<Vec<f64>> 
         .join()
         .map_err(|_| Error::Protocol("timer thread panicked".into()))?
         .map_err(Error::Io)
+}
+
+/// Lateness (µs), against each due time of a `period` absolute schedule,
+/// of a second thread woken through an eventfd by the thread that woke on
+/// the schedule (`ppoll`, 1 µs timer slack): a timer wake-up and one
+/// notification, as a completion reaches a frontend waiting in `poll`.
+pub fn timer_notify_lateness(period: Duration, duration: Duration) -> Result<Vec<f64>> {
+    let bell = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Io)?);
+    let start = Instant::now() + Duration::from_millis(5);
+    let rounds = (duration.as_nanos() / period.as_nanos().max(1)) as u64;
+    let ring = Arc::clone(&bell);
+    let timer =
+        thread::Builder::new()
+            .name("bench-timer".into())
+            .spawn(move || -> io::Result<()> {
+                // SAFETY: PR_SET_TIMERSLACK takes a plain integer.
+                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
+                for k in 1..=rounds {
+                    let due = start + period * k as u32;
+                    let left = due.saturating_duration_since(Instant::now());
+                    let ts = libc::timespec {
+                        tv_sec: left.as_secs() as libc::time_t,
+                        tv_nsec: left.subsec_nanos() as libc::c_long,
+                    };
+                    // SAFETY: no fds; `ts` outlives the call; no signal mask.
+                    unsafe { libc::ppoll(std::ptr::null_mut(), 0, &ts, std::ptr::null()) };
+                    ring.write(1)?;
+                }
+                Ok(())
+            })?;
+    let mut late = Vec::with_capacity(rounds as usize);
+    let mut seen: u64 = 0;
+    while seen < rounds {
+        wait_readable_counting(&bell, &mut seen).map_err(Error::Io)?;
+        // The latest due time rung for (two rings read at once: the later).
+        let due = start + period * seen as u32;
+        if seen as usize > WARMUP {
+            late.push(Instant::now().saturating_duration_since(due).as_secs_f64() * 1e6);
+        }
+    }
+    timer
+        .join()
+        .map_err(|_| Error::Protocol("timer thread panicked".into()))?
+        .map_err(Error::Io)?;
+    Ok(late)
+}
+
+/// [`wait_readable`], adding what the eventfd counted to `seen`.
+fn wait_readable_counting(fd: &EventFd, seen: &mut u64) -> io::Result<()> {
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; no timeout.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r > 0 {
+            match fd.read() {
+                Ok(n) => {
+                    *seen += n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let e = io::Error::last_os_error();
+        if r < 0 && e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// How a [`timer_cpu`] thread's timer is armed.
@@ -407,6 +484,14 @@ mod tests {
         let late = timer_lateness(Duration::from_millis(1), Duration::from_millis(40))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(late.len() >= 10 && late.iter().all(|&l| l >= 0.0));
+        // One lateness per due time past the warm-up, each after its due
+        // time (the notified thread never wakes before the timer's).
+        let notified = timer_notify_lateness(Duration::from_millis(1), Duration::from_millis(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            notified.len() >= 30 && notified.len() <= 40 && notified.iter().all(|&l| l > 0.0),
+            "{notified:?}"
+        );
         for arming in [Arming::EachWake, Arming::Interval] {
             let cpu = timer_cpu(1000.0, Duration::from_millis(50), arming, 1.5)
                 .unwrap_or_else(|e| panic!("{e}"));

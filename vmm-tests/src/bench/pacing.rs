@@ -89,6 +89,11 @@ pub struct PacingReport {
     /// (measured before the streams run): the machine's floor under the
     /// pacing error.
     pub timer_floor: Summary,
+    /// The same schedule's timer wake-up and one notification of a thread
+    /// waiting in `poll` ([`floor::timer_notify_lateness`]): the floor
+    /// under a completion as the frontend sees it.
+    #[serde(default)]
+    pub notify_floor: Summary,
     /// The daemon's memory at the end (peak RSS), when its pid is known.
     pub memory: Option<Memory>,
     /// Every signed error, for the plot.
@@ -106,6 +111,8 @@ pub struct PacingReport {
 /// Runs `pacing`.
 pub fn run(spec: &TargetSpec, opts: &PacingOptions) -> Result<PacingReport> {
     let timer_floor_us = floor::timer_lateness(PERIOD, (opts.duration / 4).min(FLOOR_TIME))?;
+    let mut notify_floor_us =
+        floor::timer_notify_lateness(PERIOD, (opts.duration / 4).min(FLOOR_TIME))?;
     let mut target = Target::open(spec, &Layout::null(opts.outputs, opts.inputs))?;
     if let Some(pid) = target.pid() {
         procfs::reset_peak_rss(pid);
@@ -125,6 +132,7 @@ pub fn run(spec: &TargetSpec, opts: &PacingOptions) -> Result<PacingReport> {
     target.check_alive()?;
     let mut report = summarize(opts, seconds, &streams, &samples, memory);
     report.timer_floor = Summary::of(&mut timer_floor_us.clone());
+    report.notify_floor = Summary::of(&mut notify_floor_us);
     report.timer_floor_us = timer_floor_us;
     Ok(report)
 }
@@ -243,6 +251,7 @@ pub fn summarize(
             .map(|s| s.start_shift.as_secs_f64() * 1e6)
             .collect(),
         timer_floor: Summary::default(),
+        notify_floor: Summary::default(),
         memory,
         errors_us,
         timer_floor_us: Vec::new(),

@@ -167,6 +167,7 @@ impl fmt::Display for Report {
             row(&mut f, "jitter (|err − median|)", &p.jitter);
             row(&mut f, "START round trip", &p.start_rtt);
             row(&mut f, "timer lateness (floor)", &p.timer_floor);
+            row(&mut f, "timer + notification (floor)", &p.notify_floor);
             let list = |v: &[f64]| -> String {
                 if v.len() <= 8 {
                     format!("{:?}", v.iter().map(|e| e.round()).collect::<Vec<_>>())
@@ -347,6 +348,11 @@ pub fn side_by_side(ours: &Report, peer: &Report) -> String {
             "timer floor p99 (µs)".into(),
             Some(a.timer_floor.p99),
             Some(b.timer_floor.p99),
+        );
+        line(
+            "timer + notification floor p99 (µs)".into(),
+            Some(a.notify_floor.p99),
+            Some(b.notify_floor.p99),
         );
     }
     if let (Some(a), Some(b)) = (&ours.cpu, &peer.cpu) {
