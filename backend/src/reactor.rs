@@ -238,6 +238,8 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
     let mut running = Running {
         of: vec![None; n],
         count: [0; 2],
+        period_ns: vec![0; n],
+        shortest_ns: u64::MAX,
     };
     let mut quit: Vec<bool> = vec![false; n];
     let capacity = n.saturating_mul(4).saturating_add(8);
@@ -281,11 +283,11 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
                 Next::Quit => {
                     set(&mut quit, slot, true);
                     set(&mut armed, slot, None);
-                    running.set(slot, None);
+                    running.set(slot, None, || 0);
                 }
                 Next::At(at, run_q) => {
                     arm_stream(&mut heap, &mut armed, slot, at);
-                    running.set(slot, run_q);
+                    running.set(slot, run_q, || s.period_ns());
                 }
             }
         }
@@ -343,11 +345,11 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
                     }
                     Next::Quit => {
                         set(&mut quit, slot, true);
-                        running.set(slot, None);
+                        running.set(slot, None, || 0);
                     }
                     Next::At(at, run_q) => {
                         arm_stream(&mut heap, &mut armed, slot, at);
-                        running.set(slot, run_q);
+                        running.set(slot, run_q, || s.period_ns());
                     }
                 }
             }
@@ -388,13 +390,36 @@ pub fn run(lane: Arc<Lane>, device: Weak<SoundDevice>, generation: u64) {
         }
         drop(dev);
 
-        // 5. Sleep until the earliest due time, the watch, or a wake.
-        let next = heap.peek().map(|Reverse((t, _))| *t);
+        // 5. Sleep until the earliest due time (plus the lane's grace, to
+        // serve the deadlines that follow it in the same wake-up), the
+        // watch, or a wake.
+        let grace = coalesce_ns(running.count.iter().sum(), running.shortest_ns);
+        let next = heap.peek().map(|Reverse((t, _))| t.saturating_add(grace));
         lane.arm(match (next, watch_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         });
         lane.sleep();
+    }
+}
+
+/// Running streams a lane serves each on time, its wake-up at each one's
+/// deadline; beyond this many it serves a deadline up to
+/// [`COALESCE_SHARE`] of the shortest running period late (200 µs for
+/// 10 ms periods), several to a wake-up. Never early: only deadlines past
+/// are served.
+pub const COALESCE_ABOVE: usize = 64;
+/// The share of the shortest running period a deadline may be served late
+/// by, beyond [`COALESCE_ABOVE`] running streams (1/50: 2 %).
+pub const COALESCE_SHARE: u64 = 50;
+
+/// The grace a lane with `running` streams, the shortest of whose periods
+/// is `shortest_ns`, gives its earliest deadline.
+fn coalesce_ns(running: usize, shortest_ns: u64) -> u64 {
+    if running > COALESCE_ABOVE && shortest_ns != u64::MAX {
+        shortest_ns / COALESCE_SHARE
+    } else {
+        0
     }
 }
 
@@ -415,13 +440,21 @@ fn release_kicks(dev: &SoundDevice, kicks_off: &mut [bool; 2]) {
 struct Running {
     of: Vec<Option<QueueIndex>>,
     count: [usize; 2],
+    /// Each running stream's period (ns; 0: not running), read when it
+    /// starts to run, and the shortest of them (`u64::MAX`: none).
+    period_ns: Vec<u64>,
+    shortest_ns: u64,
 }
 
 impl Running {
-    fn set(&mut self, slot: usize, q: Option<QueueIndex>) {
+    /// Stream `slot` runs on `q` (or not); `period_ns` gives its period,
+    /// asked only when it starts to run (a stream's parameters change only
+    /// while it does not).
+    fn set(&mut self, slot: usize, q: Option<QueueIndex>, period_ns: impl FnOnce() -> u64) {
         let Some(e) = self.of.get_mut(slot) else {
             return;
         };
+        let was = e.is_some();
         if let Some(c) = e.and_then(|old| self.count.get_mut(io_slot(old))) {
             *c = c.saturating_sub(1);
         }
@@ -429,6 +462,18 @@ impl Running {
             *c = c.saturating_add(1);
         }
         *e = q;
+        if was == q.is_some() {
+            return;
+        }
+        let p = if q.is_some() { period_ns() } else { 0 };
+        set(&mut self.period_ns, slot, p);
+        self.shortest_ns = self
+            .period_ns
+            .iter()
+            .copied()
+            .filter(|&p| p > 0)
+            .min()
+            .unwrap_or(u64::MAX);
     }
 }
 
@@ -467,6 +512,38 @@ fn arm_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_are_shared_only_beyond_64_running_streams_by_2_percent_of_the_shortest_period() {
+        const MS: u64 = 1_000_000;
+        let mut r = Running {
+            of: vec![None; 70],
+            count: [0; 2],
+            period_ns: vec![0; 70],
+            shortest_ns: u64::MAX,
+        };
+        let q = Some(QueueIndex::Tx);
+        for slot in 0..64 {
+            r.set(slot, q, || 10 * MS);
+        }
+        assert_eq!(
+            coalesce_ns(r.count.iter().sum(), r.shortest_ns),
+            0,
+            "64 on time"
+        );
+        r.set(64, q, || 10 * MS);
+        assert_eq!(coalesce_ns(r.count.iter().sum(), r.shortest_ns), 200_000);
+        // A 1 ms stream: 20 us at most, for every stream of the lane.
+        r.set(65, Some(QueueIndex::Rx), || MS);
+        assert_eq!(coalesce_ns(r.count.iter().sum(), r.shortest_ns), 20_000);
+        // Its period is read when it starts, not at each tick.
+        r.set(65, Some(QueueIndex::Rx), || panic!("asked again"));
+        // It stops: back to the 10 ms streams' grace; below 65, none.
+        r.set(65, None, || 0);
+        assert_eq!(coalesce_ns(r.count.iter().sum(), r.shortest_ns), 200_000);
+        r.set(0, None, || 0);
+        assert_eq!(coalesce_ns(r.count.iter().sum(), r.shortest_ns), 0);
+    }
 
     #[test]
     fn a_full_heap_is_compacted_in_place_and_keeps_every_current_entry() {

@@ -691,6 +691,16 @@ impl StreamRuntime {
 
     /// Locks the stream state (poisoning is not fatal: the state is plain
     /// data and every writer leaves it consistent).
+    /// The negotiated period, in ns (0 if none).
+    pub(crate) fn period_ns(&self) -> u64 {
+        let Some(n) = self.lock().negotiated else {
+            return 0;
+        };
+        let p = n.params;
+        let frames = u64::from(p.period_bytes / p.frame_bytes().max(1));
+        ns_for(frames, p.rate)
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
