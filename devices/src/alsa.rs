@@ -1122,10 +1122,20 @@ impl Stream {
             }
             (false, Paused::Idle) => {
                 let state = self.pcm.state();
-                if matches!(
-                    state,
-                    alsa::pcm::State::XRun | alsa::pcm::State::Setup | alsa::pcm::State::Draining
-                ) {
+                // A plugin may still say Running after it ran dry: its
+                // pointer says so (`EPIPE`), which only a call asks for.
+                let ran_dry = self
+                    .pcm
+                    .avail_update()
+                    .is_err_and(|e| e.errno() == libc::EPIPE);
+                if ran_dry
+                    || matches!(
+                        state,
+                        alsa::pcm::State::XRun
+                            | alsa::pcm::State::Setup
+                            | alsa::pcm::State::Draining
+                    )
+                {
                     self.primed = false;
                     self.pcm.prepare().map(|()| Paused::No)
                 } else {

@@ -245,6 +245,50 @@ fn a_beep_and_a_tone_reach_pipewire_whole_and_bit_exact() {
     );
 }
 
+/// A guest that keeps its PCM open between two sounds (STOP when the
+/// first has drained, START for the second, no RELEASE between): the first
+/// plays out at its STOP, the PCM runs dry while stopped (no xrun: nothing
+/// was being played), and the second starts afresh; both reach PipeWire
+/// whole and bit-exact, and the daemon reports no xrun.
+#[test]
+fn a_second_sound_after_a_stop_that_played_out_starts_with_no_xrun() {
+    let Some((pw, mut daemon, _turn)) = start() else {
+        return;
+    };
+    let g = geometry();
+    let mut snd = driver(&daemon);
+    let rec = pw.record("two.wav").unwrap();
+    assert_eq!(
+        g.set_params(&mut snd, OUT).unwrap(),
+        Status::Ok,
+        "SET_PARAMS"
+    );
+    assert_eq!(snd.prepare(OUT).unwrap(), Status::Ok, "PREPARE");
+    let first = noise(g.bytes_per_second() as usize / 2, 6);
+    let second = noise(g.bytes_per_second() as usize / 2, 7);
+    for (pcm, gap_ms) in [(&first, 400), (&second, 0)] {
+        let periods: Vec<Vec<u8>> = pcm.chunks(g.period_bytes()).map(<[u8]>::to_vec).collect();
+        let (done, _) =
+            play_streaming(&mut snd, OUT, &periods, g.periods as usize, TIMEOUT, |_| {}).unwrap();
+        check_statuses(&done, &[Status::Ok]).unwrap();
+        assert_eq!(snd.stop(OUT).unwrap(), Status::Ok, "STOP");
+        thread::sleep(Duration::from_millis(gap_ms));
+    }
+    assert_eq!(snd.release(OUT).unwrap(), Status::Ok, "RELEASE");
+    thread::sleep(Duration::from_millis(500));
+    let got = rec.stop().unwrap();
+    daemon.check_alive().unwrap();
+    let a = contains(&got, &first, "the first sound");
+    let b = contains(&got, &second, "the second sound");
+    assert!(b > a, "the second sound came first");
+    no_xruns(&daemon);
+    let log = daemon.log();
+    assert!(
+        log.contains("plays out"),
+        "the first STOP did not play out:\n{log}"
+    );
+}
+
 /// A sound server that stops answering (SIGSTOP, its socket still there)
 /// does not stall the guest's control queue: SET_PARAMS is checked against
 /// what the device read of the PCM at its attach, without opening it, and
